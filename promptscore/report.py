@@ -1,0 +1,38 @@
+"""Job reports: ``_report.json`` next to the output, an optional second copy, and the summary line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from promptscore import hadoop
+
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """Hide any user:secret part of a URI (``oss://id:key@bucket/x`` -> ``oss://***@bucket/x``)."""
+    return _USERINFO.sub(r"\1***@", uri)
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KB``."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def write_report(spark, report: dict, path: str, copy_to: str | None = None) -> None:
+    """Write ``report`` as JSON to ``path`` (any Hadoop URI) and, if given, to ``copy_to``:
+    a local file on the driver, or a Hadoop URI when it has a scheme."""
+    text = json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    hadoop.write_text(spark, path, text)
+    if copy_to:
+        if hadoop.has_scheme(copy_to):
+            hadoop.write_text(spark, copy_to, text)
+        else:
+            Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
+            Path(copy_to).write_text(text, encoding="utf-8")

@@ -1,0 +1,71 @@
+"""Schema inference from sampled lines: Spark's JSON typing rules, applied on the driver."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DecimalType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from promptscore import infer
+
+
+def schema_of(*objs):
+    return infer.infer_struct(objs)
+
+
+def test_scalars():
+    s = schema_of({"a": 1, "b": 1.5, "c": "x", "d": True, "e": None, "f": 10**30})
+    assert s == StructType([
+        StructField("a", LongType()), StructField("b", DoubleType()), StructField("c", StringType()),
+        StructField("d", BooleanType()), StructField("e", StringType()),
+        StructField("f", DecimalType(38, 0)),
+    ])
+
+
+def test_widening_and_conflicts():
+    s = schema_of({"n": 1, "s": "x", "o": {"a": 1}}, {"n": 2.5, "s": 3, "o": {"b": "y"}})
+    assert s == StructType([
+        StructField("n", DoubleType()), StructField("s", StringType()),
+        StructField("o", StructType([StructField("a", LongType()), StructField("b", StringType())])),
+    ])
+
+
+def test_arrays_and_field_order():
+    s = schema_of({"z": [], "a": [1, 2]}, {"z": ["x"], "m": [{"k": 1}, {"k": None, "j": True}]})
+    assert s.fieldNames() == ["z", "a", "m"]
+    assert s["z"].dataType == ArrayType(StringType())
+    assert s["a"].dataType == ArrayType(LongType())
+    assert s["m"].dataType == ArrayType(StructType([StructField("k", LongType()), StructField("j", BooleanType())]))
+
+
+def test_struct_against_scalar_becomes_string():
+    assert schema_of({"x": {"a": 1}}, {"x": "text"})["x"].dataType == StringType()
+
+
+def test_parse_sample_skips_blank_and_counts_bad_lines():
+    data = '\ufeff{"a": 1}\r\n\r\n[1]\nnot json\n{"a": 2}\n'.encode()
+    recs, bad = infer.parse_sample(data, compressed=False, complete=True)
+    assert recs == [{"a": 1}, {"a": 2}] and bad == 2
+
+
+def test_parse_sample_of_a_file_head_drops_the_cut_line():
+    data = b'{"a": 1}\n{"a": 2}\n{"a": 3'
+    recs, bad = infer.parse_sample(data, compressed=False, complete=False)
+    assert recs == [{"a": 1}, {"a": 2}] and bad == 0
+
+
+def test_parse_sample_gzip_head():
+    full = gzip.compress(("\n".join(json.dumps({"i": i}) for i in range(5000)) + "\n").encode())
+    recs, bad = infer.parse_sample(full[: len(full) // 2], compressed=True, complete=False)
+    assert 0 < len(recs) < 5000 and bad == 0
+    assert recs[:2] == [{"i": 0}, {"i": 1}]
