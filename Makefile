@@ -9,12 +9,13 @@ RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
 BENCH_FILES ?= 4000
 
-.PHONY: help venv demo test bench-convert clean
+.PHONY: help venv demo test bench-convert package clean
 
 help:
 	@echo "make demo           convert a generated sample dataset locally and print the report"
 	@echo "make test           run the tests (local Spark, no GPU)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
+	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
 
 venv: $(STAMP)
 
@@ -45,6 +46,13 @@ test: venv
 
 bench-convert: venv
 	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
+
+package: venv
+	@rm -rf dist build && mkdir -p dist
+	@$(RUN) python -m pip wheel -q --no-deps -w dist .
+	@find promptscore udfs -name __pycache__ -prune -exec rm -rf {} +
+	@$(RUN) python -m zipfile -c dist/promptscore.zip promptscore udfs
+	@ls -l dist
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info build dist

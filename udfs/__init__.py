@@ -1,0 +1,1 @@
+"""Spark pandas UDFs of promptscore (the reward-model scorer lives here)."""
