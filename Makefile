@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-EXTRAS := locked,spark,dev
+EXTRAS := locked,spark,score,cpu,dev
 STAMP := $(VENV)/.installed
 # Every recipe runs with the venv's tools first on PATH and a JAVA_HOME when one was installed.
 RUN := source $(VENV)/env.sh &&

@@ -3,7 +3,7 @@
 Extras pin exact versions for reproducible environments:
   locked the data stack (pyarrow, pandas, numpy) for a fresh environment
   spark  PySpark for local runs (clusters bring their own Spark)
-  model  what the transformers backend and the tiny test model need (no torch)
+  score  the score job without torch: tokenizers, transformers, the report's plot
   cpu    torch for CPU machines (tests, the demo)
   gpu    vLLM 0.25.0 and the torch 2.11.0 it pins (GPU nodes)
   oss    oss2, for staging models from OSS outside the JVM
@@ -35,7 +35,7 @@ setup(
     extras_require={
         "locked": ["pyarrow==21.0.0", "pandas==2.3.3", "numpy==2.3.4"],
         "spark": ["pyspark==3.5.9"],
-        "model": ["transformers==5.17.0", "tokenizers==0.23.3", "safetensors==0.8.0"],
+        "score": ["transformers==5.17.0", "tokenizers==0.23.3", "safetensors==0.8.0", "matplotlib==3.10.7"],
         "cpu": ["torch==2.13.0"],
         "gpu": ["vllm==0.25.0", "torch==2.11.0"],
         "oss": ["oss2==2.19.1"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,9 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, hadoop, infer
-from promptscore.report import human_bytes, redact_uri, write_report
+from promptscore import cli, hadoop, infer, output
+from promptscore.output import OutputSpec
+from promptscore.report import human_bytes, redact_uri
 
 INPUT_GLOB = "*.{jsonl,jsonl.gz}"
 CORRUPT = "_corrupt_record"
@@ -38,31 +38,13 @@ class ConvertOptions:
     """Everything the convert job takes; built from the command line or directly in code."""
 
     inputs: list[str]
-    output: str
+    out: OutputSpec
     schema: str | None = None
     sample_files: int = 32
     target_file_size: int = 256 << 20
     max_bad_fraction: float = 0.001
     with_source_file: bool = False
-    mode: str | None = None
-    partition_col: str | None = None
-    partition_value: str | None = None
     required_fields: list[str] = field(default_factory=lambda: ["prompt"])
-    compression: str = "zstd"
-    report: str | None = None
-
-    def resolved_mode(self) -> str:
-        """``error`` unless asked; a partitioned write overwrites its own partition by default."""
-        if self.mode:
-            return self.mode
-        return "overwrite" if self.partition_col else "error"
-
-    def target(self) -> str:
-        """The directory this run writes: the output, or its ``col=value`` partition."""
-        base = self.output.rstrip("/")
-        if self.partition_col:
-            return f"{base}/{self.partition_col}={self.partition_value}"
-        return base
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")
-    p.add_argument("--output", required=True, metavar="URI", help="output directory")
     p.add_argument("--schema", metavar="DDL",
                    help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint'; "
                    "default: inferred from --sample-files files")
@@ -88,49 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.001)")
     p.add_argument("--with-source-file", action="store_true",
                    help="add a source_file column (the input file's URI)")
-    p.add_argument("--mode", choices=("error", "overwrite"),
-                   help="if the output exists: error (default; exit 2) or overwrite. With "
-                   "--partition-col the default is overwrite of that partition only")
-    p.add_argument("--partition-col", metavar="NAME", help="write <output>/NAME=VALUE/ (e.g. dt)")
-    p.add_argument("--partition-value", metavar="VALUE", help="e.g. ${bizdate} from DataWorks")
     p.add_argument("--required-fields", default="prompt", metavar="A,B",
                    help="lines whose JSON lacks any of these (or has null) are rejected "
                    "(default prompt; '' for none)")
-    p.add_argument("--compression", default="zstd",
-                   choices=("zstd", "snappy", "gzip", "lz4", "none"), help="Parquet codec (default zstd)")
-    p.add_argument("--report", metavar="PATH",
-                   help="also write the report here (a local file, or a URI with a scheme)")
+    output.add_args(p)
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     """Check the parsed flags together and turn them into ConvertOptions."""
-    if bool(args.partition_col) != bool(args.partition_value):
-        raise cli.UsageError("--partition-col and --partition-value go together")
-    if args.partition_col and not args.partition_col.isidentifier():
-        raise cli.UsageError(f"--partition-col must be a plain column name, got {args.partition_col!r}")
-    if args.partition_value is not None and ("/" in args.partition_value or "=" in args.partition_value
-                                             or not args.partition_value.strip()):
-        raise cli.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
-                             f"{args.partition_value!r}")
     if args.sample_files < 0:
         raise cli.UsageError("--sample-files must be 0 or more")
     if args.sample_files == 0 and not args.schema:
         raise cli.UsageError("--sample-files 0 needs --schema")
     return ConvertOptions(
         inputs=list(args.input),
-        output=args.output,
+        out=output.from_args(args),
         schema=args.schema,
         sample_files=args.sample_files,
         target_file_size=args.target_file_size,
         max_bad_fraction=args.max_bad_fraction,
         with_source_file=args.with_source_file,
-        mode=args.mode,
-        partition_col=args.partition_col,
-        partition_value=args.partition_value,
         required_fields=[f.strip() for f in args.required_fields.split(",") if f.strip()],
-        compression=args.compression,
-        report=args.report,
     )
 
 
@@ -306,10 +266,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     """Run the whole job; return the report. Raises UsageError / DataQualityError."""
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    target = hadoop.qualify(spark, opts.target())
-    mode = opts.resolved_mode()
-    if mode == "error" and hadoop.exists(spark, target):
-        raise cli.UsageError(f"output exists: {redact_uri(target)} (pass --mode overwrite to replace it)")
+    target, mode = output.prepare(spark, opts.out)
 
     explicit = parse_schema(spark, opts.schema) if opts.schema else None
     if explicit is not None:
@@ -320,7 +277,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     if opts.with_source_file and explicit is not None and "source_file" in explicit.fieldNames():
         raise cli.UsageError("--with-source-file clashes with a schema field named source_file")
 
-    clock = _Phases()
+    clock = output.Phases()
     lines = read_lines(spark, opts.inputs)
     index = index_inputs(spark, lines, opts.sample_files)
     clock.lap("list")
@@ -335,7 +292,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     slots = _task_slots(spark)
     ratio = None
     if index.bytes / opts.target_file_size > slots:  # only then does the ratio change the plan
-        ratio = estimate_ratio(spark, index.sample, schema, opts.compression)
+        ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
     split = split_bytes(index.bytes, index.files, open_cost, slots, opts.target_file_size,
                         ratio or DEFAULT_RATIO)
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
@@ -353,11 +310,11 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
         F.array_join(F.collect_set(F.when(kind == KIND_REJECT, F.col("source_file"))), _SEP)
         .alias("reject_files"),
     )
-    group = f"promptscore-convert-{time.time_ns()}"
-    _write_parquet(spark, good_rows(observed, schema, opts.with_source_file), target, mode,
-                   opts.compression, group)
+    group = output.new_group("convert")
+    output.write_parquet(spark, good_rows(observed, schema, opts.with_source_file), target, mode,
+                         opts.out.compression, group)
     clock.lap("write")
-    tasks = _tasks_of_group(spark, group)
+    tasks = output.tasks_of_group(spark, group)
     m = obs.get
     lines_read, blank, rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
     reject_files = [f for f in (m["reject_files"] or "").split(_SEP) if f]
@@ -378,7 +335,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
         "started_at": started_at,
         "inputs": [redact_uri(i) for i in opts.inputs],
         "output": redact_uri(target),
-        "partition": {opts.partition_col: opts.partition_value} if opts.partition_col else None,
+        "partition": opts.out.partition(),
         "mode": mode,
         "input_files": index.files,
         "input_bytes": index.bytes,
@@ -398,7 +355,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
         "task_slots": slots,
         "max_split_bytes": split,
         "estimated_compression_ratio": round(ratio, 4) if ratio else None,
-        "compression": opts.compression,
+        "compression": opts.out.compression,
         "schema": schema_ddl(schema),
         "schema_source": "explicit" if explicit is not None else f"sample of {len(index.sample)} files",
         "with_source_file": opts.with_source_file,
@@ -407,8 +364,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
         "elapsed_s": round(time.monotonic() - started, 3),
     }
     report["summary"] = summary_line(report, f"{target}/_report.json")
-    write_report(spark, report, f"{target}/_report.json", opts.report)
-    hadoop.set_marker(spark, target, present=not too_many)
+    output.finish(spark, target, report, opts.out.report, ok=not too_many)
     if too_many:
         raise cli.DataQualityError(
             f"{rejected:,} of {nonblank:,} lines rejected ({bad_fraction:.4%} > --max-bad-fraction "
@@ -434,23 +390,6 @@ def job(spark: SparkSession, args: argparse.Namespace) -> dict:
 # Helpers
 
 
-def _write_parquet(spark: SparkSession, df: DataFrame, path: str, mode: str, codec: str,
-                   group: str | None = None) -> None:
-    sc = spark.sparkContext
-    if group:
-        sc.setJobGroup(group, f"promptscore convert: write {path}")
-    try:
-        (df.write.mode("overwrite" if mode == "overwrite" else "errorifexists")
-         .option("compression", codec)
-         # _SUCCESS is written by the job itself, once rejects and report are in place.
-         .option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
-         .parquet(path))
-    finally:
-        if group:
-            sc.setLocalProperty("spark.jobGroup.id", None)
-            sc.setLocalProperty("spark.job.description", None)
-
-
 def _write_rejects(spark: SparkSession, files: Sequence[str], schema: StructType,
                    opts: ConvertOptions, path: str) -> dict[str, int]:
     """Read only the files that held rejected lines again and write those lines to ``path``."""
@@ -459,20 +398,9 @@ def _write_rejects(spark: SparkSession, files: Sequence[str], schema: StructType
     obs = Observation("rejects")
     reason = F.col("reason")
     counted = rejects.observe(obs, *[_count(reason == r).alias(r) for r in REASONS])
-    _write_parquet(spark, counted.coalesce(max(1, min(len(files), 16))), path, "overwrite",
-                   opts.compression)
+    output.write_parquet(spark, counted.coalesce(max(1, min(len(files), 16))), path, "overwrite",
+                         opts.out.compression)
     return {r: int(obs.get[r] or 0) for r in REASONS if obs.get[r]}
-
-
-class _Phases:
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-        self._t = time.monotonic()
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.phases[name] = round(now - self._t, 3)
-        self._t = now
 
 
 def _open_cost(spark: SparkSession) -> int:
@@ -490,17 +418,6 @@ def _task_slots(spark: SparkSession) -> int:
         if value:
             return max(1, int(value))
     return max(1, spark.sparkContext.defaultParallelism)
-
-
-def _tasks_of_group(spark: SparkSession, group: str) -> int:
-    tracker = spark.sparkContext.statusTracker()
-    total = 0
-    for job_id in tracker.getJobIdsForGroup(group):
-        info = tracker.getJobInfo(job_id)
-        for stage_id in (info.stageIds if info else []):
-            stage = tracker.getStageInfo(stage_id)
-            total += stage.numTasks if stage else 0
-    return total
 
 
 def _count(cond: Column) -> Column:

@@ -1,0 +1,476 @@
+"""One engine per GPU, in its own process, shared by every Python worker of the executor.
+
+Spark's Python workers come and go: a task whose output is not fully read (``limit()``) leaves
+its worker alive, and the next task gets a new worker. An engine living inside a worker would be
+stranded with its GPU memory, and the next worker's engine would not fit. So the engine lives in
+an *engine host*: a process started by the first worker that needs it, outside Spark's worker
+pool, which
+
+- holds an exclusive lock on its device key (``gpu0``, ``gpu2-3``, or ``cpu-<executor pid>``):
+  there is never a second engine on one GPU;
+- serves any number of workers over a Unix socket, queueing their requests into one engine that
+  stays busy across Arrow batch boundaries (workers keep a second batch in flight);
+- shuts the engine down cleanly (vLLM's engine core is a child process) when the executor JVM that
+  owns it exits, on SIGTERM/SIGHUP, or when asked.
+
+Workers reach it with ``connect()``. Its log is ``<runtime dir>/<key>.log`` (the YARN container
+log directory when there is one), and ``<key>.starts`` gets one line per engine start.
+
+Run directly only for debugging: ``python -m udfs.engine_host --spec FILE --key KEY --owner PID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from udfs.engines import EngineError, EngineSpec
+
+
+class RowError(Exception):
+    """The engine refused the rows of one request (a bad row among them)."""
+
+
+def runtime_dir() -> Path:
+    """Where sockets, locks and logs of engine hosts live (one directory per user, mode 0700)."""
+    base = os.environ.get("PROMPTSCORE_RUNTIME_DIR") or f"/tmp/promptscore-{os.getuid()}"
+    path = Path(base)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    sock: str
+    lock: str
+    spawn_lock: str
+    log: str
+    starts: str
+
+
+def paths_for(key: str) -> HostPaths:
+    d = runtime_dir()
+    log_dir = Path((os.environ.get("LOG_DIRS") or "").split(",")[0] or d)
+    return HostPaths(str(d / f"{key}.sock"), str(d / f"{key}.lock"), str(d / f"{key}.spawn.lock"),
+                     str(log_dir / f"promptscore-engine-{key}.log"), str(d / f"{key}.starts"))
+
+
+def fingerprint(spec: EngineSpec) -> str:
+    """Identifies the engine a spec builds: a host with another fingerprint is replaced."""
+    blob = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def owner_pid() -> int:
+    """The executor JVM this worker belongs to (the nearest ``java`` ancestor), else the parent."""
+    pid = os.getpid()
+    for _ in range(12):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid <= 1:
+                break
+            if Path(f"/proc/{ppid}/comm").read_text().strip() == "java":
+                return ppid
+            pid = ppid
+        except (OSError, ValueError, IndexError):
+            break
+    return os.getppid()
+
+
+def device_key(gpus: list[str] | None, spec: EngineSpec, owner: int) -> tuple[str, dict[str, str]]:
+    """The lock key of the device the engine will use, and the environment that pins it there."""
+    if gpus:
+        return "gpu" + "-".join(gpus), {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+    has_gpu = os.path.exists("/dev/nvidiactl")
+    if spec.backend == "vllm" or (has_gpu and spec.device != "cpu"):
+        # No GPU from Spark's scheduler: use what is visible, one engine for all of it.
+        return "gpu-visible", {}
+    return f"cpu-{owner}", {"CUDA_VISIBLE_DEVICES": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# The host process
+
+
+class _Request:
+    __slots__ = ("link", "rid", "ids", "tokens")
+
+    def __init__(self, link: "_Link", rid: int, ids: list[list[int]]):
+        self.link, self.rid, self.ids = link, rid, ids
+        self.tokens = sum(len(r) for r in ids)
+
+
+class _Link:
+    """One worker's connection: a reader thread queues requests, a writer thread sends replies,
+    so a worker that stops reading (``limit()``) never blocks the engine."""
+
+    def __init__(self, host: "Host", conn: Connection):
+        self.host, self.conn = host, conn
+        self.outbox: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._write, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                kind, rid = msg[0], msg[1]
+                if kind == "score":
+                    self.host.requests.put(_Request(self, rid, msg[2]))
+                elif kind == "hello":
+                    matches = msg[2] == self.host.fp and msg[3] == self.host.owner
+                    self.outbox.put(("hello", rid, self.host.info(), matches))
+                elif kind == "stats":
+                    self.outbox.put(("stats", rid, self.host.info()))
+                elif kind == "shutdown":
+                    self.outbox.put(("bye", rid))
+                    self.host.stop("asked to shut down")
+        except (EOFError, OSError):
+            pass
+        finally:
+            self.outbox.put(None)
+
+    def _write(self) -> None:
+        try:
+            while (item := self.outbox.get()) is not None:
+                self.conn.send(item)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+
+
+class Host:
+    """The engine and the socket that feeds it."""
+
+    def __init__(self, engine, spec: EngineSpec, key: str, owner: int, fp: str, start_s: float):
+        self.engine, self.spec, self.key, self.owner, self.fp = engine, spec, key, owner, fp
+        self.requests: queue.Queue[_Request] = queue.Queue()
+        self._stop = threading.Event()
+        self.reason = ""
+        self.stats = {"requests": 0, "rows": 0, "tokens": 0, "failed_requests": 0}
+        self.started_at = time.time()
+        self.start_s = start_s
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "key": self.key, "owner": self.owner, "fingerprint": self.fp,
+            "backend": self.spec.backend, "device": getattr(self.engine, "device_name", "?"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "engine_start_s": round(self.start_s, 3), "started_at": self.started_at,
+            "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3), **self.stats,
+        }
+
+    def stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self.reason = reason
+            self._stop.set()
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def next_request(self, block: bool) -> _Request | None:
+        try:
+            return self.requests.get(timeout=0.2) if block else self.requests.get_nowait()
+        except queue.Empty:
+            return None
+
+    def deliver(self, req: _Request, result) -> None:
+        if isinstance(result, BaseException):
+            self.stats["failed_requests"] += 1
+            fatal = isinstance(result, EngineError)
+            req.link.outbox.put(("error", req.rid, "fatal" if fatal else "row",
+                                 f"{type(result).__name__}: {result}".splitlines()[0][:500]))
+        else:
+            self.stats["requests"] += 1
+            self.stats["rows"] += len(req.ids)
+            self.stats["tokens"] += req.tokens
+            req.link.outbox.put(("result", req.rid, result))
+
+    def watch_owner(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                os.kill(self.owner, 0)
+            except ProcessLookupError:
+                self.stop(f"owner process {self.owner} exited")
+            except PermissionError:
+                pass
+
+    def serve(self, listener: Listener) -> None:
+        def accept() -> None:
+            while not self._stop.is_set():
+                try:
+                    _Link(self, listener.accept())
+                except OSError:
+                    return
+
+        threading.Thread(target=accept, daemon=True).start()
+        threading.Thread(target=self.watch_owner, daemon=True).start()
+        try:
+            self.engine.run(self.next_request, self.deliver, self.stopping)
+        except Exception as e:  # noqa: BLE001 - logged; workers see the socket close
+            self.stop(f"engine failed: {type(e).__name__}: {e}")
+        while (req := self.next_request(False)) is not None:
+            self.deliver(req, EngineError(f"engine host stopped: {self.reason}"))
+
+
+def serve(spec: EngineSpec, key: str, owner: int) -> int:
+    """Take the device lock, load the engine, serve until told to stop. Returns an exit code."""
+    paths = paths_for(key)
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"engine host: another engine holds {key}; not starting a second one", flush=True)
+        return 3
+    host: Host | None = None
+
+    def on_signal(signum, _frame):
+        if host is not None:
+            host.stop(f"signal {signum}")
+        else:
+            raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    from udfs import engines
+
+    fp = fingerprint(spec)
+    print(f"engine host {os.getpid()}: loading {spec.backend} engine for {spec.model_dir} on {key} "
+          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, owner {owner})", flush=True)
+    t0 = time.monotonic()
+    engine = engines.build(spec)
+    start_s = time.monotonic() - t0
+    with open(paths.starts, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "at": time.time(), "fingerprint": fp, "start_s": start_s}) + "\n")
+    host = Host(engine, spec, key, owner, fp, start_s)
+    if os.path.exists(paths.sock):
+        os.unlink(paths.sock)
+    listener = Listener(paths.sock, family="AF_UNIX")
+    print(f"engine host {os.getpid()}: ready in {start_s:.1f} s on {host.info()['device']}", flush=True)
+    try:
+        host.serve(listener)
+    finally:
+        try:
+            listener.close()
+        except OSError:
+            pass
+        if os.path.exists(paths.sock):
+            os.unlink(paths.sock)
+        print(f"engine host {os.getpid()}: shutting down ({host.reason}); {host.info()}", flush=True)
+        engine.close()
+        os.close(lock_fd)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker side
+
+
+class EngineClient:
+    """A worker's connection to its engine host. Every message carries a request id; replies
+    may come back out of order and are matched by it."""
+
+    def __init__(self, conn: Connection, key: str):
+        self.conn, self.key = conn, key
+        self.info: dict[str, Any] = {}
+        self._ids = itertools.count()
+        self._ready: dict[int, tuple] = {}
+
+    def _send(self, kind: str, *payload) -> int:
+        rid = next(self._ids)
+        try:
+            self.conn.send((kind, rid, *payload))
+        except (OSError, ValueError) as e:
+            raise EngineError(f"engine host {self.key} went away: {e}") from None
+        return rid
+
+    def _reply(self, rid: int) -> tuple:
+        while rid not in self._ready:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError) as e:
+                raise EngineError(f"engine host {self.key} went away (its log: {paths_for(self.key).log}): "
+                                  f"{type(e).__name__}") from None
+            self._ready[msg[1]] = msg
+        return self._ready.pop(rid)
+
+    def hello(self, fp: str, owner: int) -> bool:
+        """Whether the host runs the engine ``fp`` for executor ``owner``; fills ``info``."""
+        _, _, self.info, matches = self._reply(self._send("hello", fp, owner))
+        return bool(matches)
+
+    def submit(self, rows: list[list[int]]) -> int:
+        """Queue rows for scoring; returns a request id for ``result``."""
+        return self._send("score", rows)
+
+    def result(self, rid: int) -> list[float]:
+        """The scores of request ``rid``; RowError if the engine refused its rows."""
+        msg = self._reply(rid)
+        if msg[0] == "result":
+            return msg[2]
+        if msg[2] == "row":
+            raise RowError(msg[3])
+        raise EngineError(msg[3])
+
+    def score(self, rows: list[list[int]]) -> list[float]:
+        return self.result(self.submit(rows))
+
+    def stats(self) -> dict[str, Any]:
+        """The host's counters: rows, tokens, busy seconds, engine start seconds, device."""
+        return self._reply(self._send("stats"))[2]
+
+    def shutdown(self) -> None:
+        """Ask the host to stop (it shuts its engine down) and close the connection."""
+        try:
+            self._reply(self._send("shutdown"))
+        except EngineError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+_CLIENTS: dict[str, EngineClient] = {}
+
+
+def _try_connect(path: str) -> Connection | None:
+    try:
+        return Client(path, family="AF_UNIX")
+    except (FileNotFoundError, ConnectionRefusedError, socket.error):
+        return None
+
+
+def _wait_unlocked(lock_path: str, timeout: float) -> None:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EngineError(f"the engine on {lock_path} did not release its device in {timeout:.0f} s")
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: float = 1800.0) -> EngineClient:
+    """The engine client for this worker's device, starting the engine host if there is none.
+
+    Reuses the worker's connection across tasks; replaces a host that runs another spec or
+    belongs to another executor; serialises concurrent starts with a lock.
+    """
+    owner = owner_pid()
+    key, env = device_key(gpus, spec, owner)
+    fp = fingerprint(spec)
+    client = _CLIENTS.get(key)
+    if client is not None and client.info.get("fingerprint") == fp and not client.conn.closed:
+        return client
+    _CLIENTS.pop(key, None)
+    paths = paths_for(key)
+    spawn_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(spawn_fd, fcntl.LOCK_EX)
+        conn = _try_connect(paths.sock)
+        if conn is not None:
+            client = EngineClient(conn, key)
+            if client.hello(fp, owner):
+                _CLIENTS[key] = client
+                return client
+            client.shutdown()  # another spec, or the host of an executor that is gone
+        _wait_unlocked(paths.lock, timeout=120)
+        _spawn(spec, key, owner, env, paths)
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            conn = _try_connect(paths.sock)
+            if conn is not None:
+                client = EngineClient(conn, key)
+                if not client.hello(fp, owner):
+                    raise EngineError(f"the engine host on {key} runs another model or executor")
+                _CLIENTS[key] = client
+                return client
+            proc = _SPAWNED.get(key)
+            if proc is not None and proc.poll() is not None:
+                raise EngineError(f"the engine host for {key} exited with code {proc.returncode} while "
+                                  f"starting; its log {paths.log} ends with:\n{_log_tail(paths.log)}")
+            if time.monotonic() > deadline:
+                raise EngineError(f"the engine host for {key} did not start in {start_timeout_s:.0f} s; "
+                                  f"see {paths.log}")
+            time.sleep(0.25)
+    finally:
+        os.close(spawn_fd)
+
+
+_SPAWNED: dict[str, subprocess.Popen] = {}
+
+
+def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> None:
+    spec_file = Path(paths.sock).with_suffix(".spec.json")
+    spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(paths.log, "ab") as log:
+        _SPAWNED[key] = subprocess.Popen(
+            [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--key", key, "--owner", str(owner)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the worker that starts it
+        )
+
+
+def stop_all() -> None:
+    """Ask every engine host this process knows of to shut down (tests and benchmarks)."""
+    for key, client in list(_CLIENTS.items()):
+        client.shutdown()
+        del _CLIENTS[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m udfs.engine_host", description="an engine host (see module doc)")
+    p.add_argument("--spec", required=True, help="JSON file of an EngineSpec")
+    p.add_argument("--key", required=True)
+    p.add_argument("--owner", type=int, required=True, help="exit when this process exits")
+    a = p.parse_args(argv)
+    spec = EngineSpec(**json.loads(Path(a.spec).read_text()))
+    return serve(spec, a.key, a.owner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
