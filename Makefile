@@ -12,7 +12,7 @@ BENCH_FILES ?= 4000
 .PHONY: help venv demo test bench-convert package clean
 
 help:
-	@echo "make demo           convert a generated sample dataset locally and print the report"
+	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
@@ -36,10 +36,14 @@ $(STAMP): setup.py
 
 demo: venv
 	@rm -rf $(DEMO)
-	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --bad-every 50 --gz-every 10
+	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
 	@$(RUN) spark-submit --properties-file conf/local.conf jobs/convert.py \
 	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
 	@$(RUN) python -m promptscore.show $(DEMO)/parquet
+	@$(RUN) python -m udfs.tiny_model $(DEMO)/model
+	@$(RUN) spark-submit --properties-file conf/local.conf jobs/score.py \
+	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
+	@$(RUN) python -m promptscore.show $(DEMO)/scored
 
 test: venv
 	@$(RUN) python -m pytest -q tests

@@ -81,18 +81,14 @@ def print_err(text: str) -> None:
 
 
 def get_session(app_name: str):
-    """The active SparkSession, or a new one (local mode when nothing says otherwise)."""
+    """The active SparkSession, or a new one. The master comes from spark-submit (``--master``,
+    a properties file); run without one, Spark defaults to local mode."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    builder = SparkSession.builder.appName(app_name)
-    from pyspark import SparkConf
-
-    if not SparkConf().contains("spark.master"):
-        builder = builder.master("local[*]")
-    return builder.getOrCreate()
+    return SparkSession.builder.appName(app_name).getOrCreate()
 
 
 def run(

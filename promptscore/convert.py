@@ -360,6 +360,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
         "schema_source": "explicit" if explicit is not None else f"sample of {len(index.sample)} files",
         "with_source_file": opts.with_source_file,
         "spark_version": spark.version,
+        "spark_master": spark.sparkContext.master,
         "phase_s": clock.phases,
         "elapsed_s": round(time.monotonic() - started, 3),
     }

@@ -51,15 +51,19 @@ def delete(spark, uri: str, recursive: bool = True) -> None:
         fs.delete(p, recursive)
 
 
-def write_text(spark, uri: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``uri``, replacing what was there."""
+def write_bytes(spark, uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``, replacing what was there."""
     p = _path(spark, uri)
     out = _fs(spark, p).create(p, True)
     try:
-        data = text.encode("utf-8")
         out.write(bytearray(data))
     finally:
         out.close()
+
+
+def write_text(spark, uri: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``uri``, replacing what was there."""
+    write_bytes(spark, uri, text.encode("utf-8"))
 
 
 def read_text(spark, uri: str) -> str:
@@ -101,6 +105,20 @@ def list_data_files(spark, uri: str) -> list[FileInfo]:
         if st.isFile() and not name.startswith(("_", ".")):
             files.append(FileInfo(st.getPath().toString(), int(st.getLen())))
     return sorted(files, key=lambda f: f.path)
+
+
+def list_tree(spark, uri: str) -> list[tuple[str, int]]:
+    """Every file under ``uri`` (recursively) as (path relative to ``uri``, size). For small trees,
+    such as a model directory."""
+    p = _path(spark, uri.rstrip("/"))
+    fs = _fs(spark, p)
+    base = fs.makeQualified(p).toString().rstrip("/") + "/"
+    files = []
+    it = fs.listFiles(p, True)
+    while it.hasNext():
+        st = it.next()
+        files.append((st.getPath().toString().removeprefix(base), int(st.getLen())))
+    return sorted(files)
 
 
 def uri_to_path(spark, uri: str) -> str:

@@ -1,4 +1,5 @@
-"""``python -m promptscore.show DIR``: print a job's report and a few rows of its Parquet output.
+"""``python -m promptscore.show DIR``: print a job's report and a few rows of its Parquet output
+(for a score output: the top and bottom prompts).
 
 Reads local output directories with pyarrow (no Spark needed).
 """
@@ -26,7 +27,7 @@ def _short(value, width: int = 70):
 
 
 def show(directory: str, limit: int = 3) -> int:
-    """Print the report's main numbers, the output schema and ``limit`` rows."""
+    """Print the report's main numbers and ``limit`` rows (for scores: the top and bottom rows)."""
     root = Path(directory)
     report_path = root / "_report.json"
     if not report_path.exists():
@@ -34,10 +35,29 @@ def show(directory: str, limit: int = 3) -> int:
         return 2
     report = json.loads(report_path.read_text())
     print(f"report: {report_path}")
-    for key in ("status", "input_files", "input_bytes", "rows_written", "rows_rejected", "blank_lines",
-                "reject_reasons", "output_files", "output_bytes", "tasks", "schema", "elapsed_s"):
-        if key in report:
+    keys = ("status", "input_files", "input_bytes", "rows_written", "rows_rejected", "blank_lines",
+            "reject_reasons", "output_files", "output_bytes", "tasks", "schema", "rows", "scored", "errors",
+            "truncated", "tokens", "prompts_per_s", "engines", "score_quantiles", "elapsed_s")
+    for key in keys:
+        if key in report and not (key == "tasks" and isinstance(report[key], list)):
             print(f"  {key:<16} {report[key]}")
+    if report.get("job") == "score":
+        text = report.get("text_col") or "prompt"
+        rows = ds.dataset(str(root), format="parquet", ignore_prefixes=["_", "."]) \
+            .to_table(columns=[text, "score", "score_error"]).to_pylist()
+        ranked = sorted((r for r in rows if r["score"] is not None), key=lambda r: r["score"], reverse=True)
+        for title, part in ((f"top {limit}", ranked[:limit]), (f"bottom {limit}", ranked[-limit:][::-1])):
+            print(f"{title} by score:")
+            for r in part:
+                print(f"  {r['score']:+8.4f}  {_short(r[text], 70)}")
+        unscored = [r for r in rows if r["score"] is None]
+        if unscored:
+            print(f"not scored ({len(unscored)}):")
+            for r in unscored[:limit]:
+                print(f"  {r['score_error']:<24} {_short(r[text] if r[text] is not None else 'null', 50)}")
+        if report.get("histogram_png"):
+            print(f"histogram: {report['histogram_png']}")
+        return 0
     print(f"first {limit} rows:")
     for row in _rows(root, limit=limit):
         print("  " + ", ".join(f"{k}={_short(v, 40)}" for k, v in row.items()))

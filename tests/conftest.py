@@ -6,11 +6,17 @@ import gzip
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Engine hosts of this test run keep their sockets, locks and logs here (inherited by Spark's
+# JVM and its Python workers, which start after this line).
+os.environ.setdefault("PROMPTSCORE_RUNTIME_DIR", tempfile.mkdtemp(prefix="promptscore-test-run-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +38,49 @@ def spark():
         .getOrCreate()
     )
     yield session
+    from udfs import engine_host
+
+    engine_host.stop_all()
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny random-weight reward model (``python -m udfs.tiny_model``), built once."""
+    from udfs.tiny_model import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def oov_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with one more tokenizer token than the model has embeddings: rows holding
+    ``<|oov|>`` are refused by the engine, as a mismatched tokenizer would make them."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("models") / "oov"
+    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_tokens(["<|oov|>"], special_tokens=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def direct_scores(model_dir: Path, texts: list[str]) -> list[float]:
+    """The reference: transformers' own forward pass, one unpadded row at a time, in fp32."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"]])
+            out.append(float(model(input_ids=ids).logits[0, 0]))
+    return out
 
 
 def write_lines(path: Path, lines: list[str], newline: str = "\n", gz: bool = False) -> Path:
@@ -65,3 +113,18 @@ def run_job(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
     code = load_job(name).main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
+    config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
+
+
+def has_gpu_and_vllm() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()

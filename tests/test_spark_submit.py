@@ -39,7 +39,7 @@ def test_convert_on_two_executor_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "_report.json").read_text())
     assert report["rows_written"] == 1001 and report["rows_rejected"] == 1
-    assert report["task_slots"] == 2
+    assert report["task_slots"] == 2 and report["spark_master"] == "local-cluster[2,1,1024]"
     assert proc.stdout.strip() == report["summary"]
     assert ds.dataset(str(out), ignore_prefixes=["_", "."]).count_rows() == 1001
     assert ds.dataset(str(out / "_rejects")).to_table().column("raw").to_pylist() == ["not json"]
@@ -54,3 +54,35 @@ def test_usage_error_from_spark_submit_is_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("convert:")]
     assert errors == [errors[0]] and errors[0].startswith("convert: error: input not found")
     assert "Traceback" not in proc.stderr
+
+
+def test_score_on_two_executors_one_engine_each_despite_worker_churn(tmp_path, tiny_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": list(range(200)), "prompt": [f"prompt {i} " * (i % 7 + 1) for i in range(200)]}),
+                   src / "part-0.parquet")
+    out = tmp_path / "scored"
+    proc = spark_submit([
+        "--master", "local-cluster[2,1,1024]", "--properties-file", "conf/local.conf",
+        "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
+        # A new Python worker for every task: workers churn, engines must not.
+        "--conf", "spark.python.worker.reuse=false",
+        "--conf", "spark.sql.execution.arrow.maxRecordsPerBatch=16",
+        # Start only once both executors are there, so that both get tasks.
+        "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0", "--conf", "spark.locality.wait=0",
+        "jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
+        "--partitions", "8",
+    ])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["scored"] == 200 and report["error_rows"] == 0
+    assert report["spark_master"] == "local-cluster[2,1,1024]"
+    assert len(report["tasks"]) == 8
+    assert len({t["worker_pid"] for t in report["tasks"]}) == 8  # every task its own worker
+    engines = {(t["engine_key"], t["engine_pid"]) for t in report["tasks"]}
+    assert len(engines) == 2 and len(report["engines"]) == 2, [(t["executor_pid"], t["engine_pid"]) for t in report["tasks"]]
+    assert len({key for key, _ in engines}) == 2
+    assert ds.dataset(str(out), ignore_prefixes=["_", "."]).count_rows() == 200

@@ -168,6 +168,7 @@ class Host:
         self.requests: queue.Queue[_Request] = queue.Queue()
         self._stop = threading.Event()
         self.reason = ""
+        self.owner_gone = False
         self.stats = {"requests": 0, "rows": 0, "tokens": 0, "failed_requests": 0}
         self.started_at = time.time()
         self.start_s = start_s
@@ -212,6 +213,7 @@ class Host:
             try:
                 os.kill(self.owner, 0)
             except ProcessLookupError:
+                self.owner_gone = True
                 self.stop(f"owner process {self.owner} exited")
             except PermissionError:
                 pass
@@ -279,8 +281,19 @@ def serve(spec: EngineSpec, key: str, owner: int) -> int:
             os.unlink(paths.sock)
         print(f"engine host {os.getpid()}: shutting down ({host.reason}); {host.info()}", flush=True)
         engine.close()
+        _remove(Path(paths.sock).with_suffix(".spec.json"))
+        if key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
+            for leftover in (paths.spawn_lock, paths.starts, paths.lock):
+                _remove(Path(leftover))
         os.close(lock_fd)
     return 0
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

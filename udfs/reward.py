@@ -96,12 +96,15 @@ class TaskStats:
     def as_dict(self, busy_end: float | None) -> dict[str, Any]:
         from pyspark import TaskContext
 
+        from udfs.engine_host import owner_pid
+
         ctx = TaskContext.get()
         seconds = time.monotonic() - self.start
         return {
             "partition": ctx.partitionId() if ctx else None,
             "attempt": ctx.attemptNumber() if ctx else None,
             "worker_pid": os.getpid(),
+            "executor_pid": owner_pid(),
             "engine_pid": self.host.get("pid"),
             "engine_device": self.host.get("device"),
             "engine_key": self.host.get("key"),
@@ -111,7 +114,9 @@ class TaskStats:
             "tokens": self.tokens,
             "seconds": round(seconds, 3),
             "engine_wait_s": round(self.engine_wait_s, 3),
+            # The engine's busy seconds while this task ran (exact when one task uses the engine).
             "gpu_s": round(busy_end - self.busy_start, 3) if busy_end is not None and self.busy_start is not None else None,
+            "engine_busy_s": busy_end,
             "prompts_per_s": round(self.rows / seconds, 2) if seconds else None,
             "tokens_per_s": round(self.tokens / seconds, 1) if seconds else None,
         }

@@ -68,7 +68,9 @@ def build(directory: str | Path, shape: str = "tiny", seed: int = 0, dtype: str 
     """Write the tokenizer and a random-weight one-label Qwen2 classifier to ``directory``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()

@@ -1,0 +1,377 @@
+"""The score job: a reward-model score for every row of a Parquet dataset.
+
+The driver checks the model and the columns, builds the pandas UDF of ``udfs.reward`` and writes
+every input column plus ``score`` (float, null when not scorable) and ``score_error`` (string,
+null when scored). Counts, token totals, score quantiles and a histogram are observed metrics of
+the same write; each task's timings come back through an accumulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
+
+from promptscore import cli, hadoop, output
+from promptscore.output import OutputSpec
+from promptscore.report import human_bytes, redact_uri
+
+REASONS = ("null_text", "empty_text", "null_response", "no_tokens", "engine_rejected", "non_finite_score")
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+HISTOGRAM_PNG = "_score_histogram.png"
+
+
+@dataclass
+class ScoreOptions:
+    """Everything the score job takes."""
+
+    inputs: list[str]
+    out: OutputSpec
+    model: str
+    text_col: str = "prompt"
+    response_col: str | None = None
+    template: str = "raw"
+    backend: str = "auto"
+    max_model_len: int = 4096
+    dtype: str = "auto"
+    quantization: str | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.90
+    max_num_batched_tokens: int = 65536
+    max_num_seqs: int = 512
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    max_bad_fraction: float = 0.001
+    cache_dir: str = "/tmp/promptscore-models"
+    partitions: int | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``jobs/score.py``."""
+    p = cli.JobParser(prog="score.py", description="Score every row of a Parquet dataset with a reward model "
+                      "(one-label sequence classifier; the raw logit is the score).")
+    p.add_argument("--input", action="append", required=True, metavar="URI",
+                   help="Parquet input (e.g. the convert job's output); repeatable")
+    output.add_args(p)
+    p.add_argument("--model", required=True, metavar="PATH|URI",
+                   help="model directory: a local path on every node, or a URI (oss://, hdfs://, file://) "
+                   "copied once per node into --cache-dir")
+    p.add_argument("--text-col", default="prompt", help="the column to score (default prompt)")
+    p.add_argument("--response-col", help="score (prompt, response) pairs; needs --template chat")
+    p.add_argument("--template", choices=("raw", "chat"), default="raw",
+                   help="raw: the text as tokenizer(text) encodes it; chat: the tokenizer's chat template "
+                   "over [user: prompt(, assistant: response)]")
+    p.add_argument("--max-model-len", type=int, default=4096,
+                   help="longer inputs are cut from the left, keeping a BOS token (default 4096)")
+    p.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto",
+                   help="auto: vllm when Spark schedules GPUs (spark.task.resource.gpu.amount), else "
+                   "transformers")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    p.add_argument("--quantization", choices=("fp8",), help="vLLM weight quantization")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    p.add_argument("--max-num-batched-tokens", type=int, default=65536,
+                   help="vLLM tokens per engine step (default 65536: prefill-only scoring)")
+    p.add_argument("--max-num-seqs", type=int, default=512, help="vLLM rows per engine step (default 512)")
+    p.add_argument("--engine-args", default="{}", metavar="JSON", help="more vLLM LLM(...) arguments")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="transformers backend")
+    p.add_argument("--max-bad-fraction", type=cli.fraction, default=0.001, metavar="F",
+                   help="exit 3 if more than this fraction of rows gets no score (default 0.001)")
+    p.add_argument("--cache-dir", default="/tmp/promptscore-models",
+                   help="local directory on each node for models given as URIs")
+    p.add_argument("--partitions", type=int, metavar="N",
+                   help="repartition the input into N tasks first (spread a small input over GPUs)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ScoreOptions:
+    """Check the flags together and turn them into ScoreOptions."""
+    try:
+        engine_args = json.loads(args.engine_args)
+    except ValueError as e:
+        raise cli.UsageError(f"--engine-args is not JSON: {e}") from None
+    if not isinstance(engine_args, dict):
+        raise cli.UsageError("--engine-args must be a JSON object")
+    if args.response_col and args.template != "chat":
+        raise cli.UsageError("--response-col needs --template chat")
+    for name in ("max_model_len", "tensor_parallel_size", "max_num_batched_tokens", "max_num_seqs"):
+        if getattr(args, name) < 1:
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise cli.UsageError("--gpu-memory-utilization must be in (0, 1]")
+    if args.partitions is not None and args.partitions < 1:
+        raise cli.UsageError("--partitions must be at least 1")
+    return ScoreOptions(
+        inputs=list(args.input), out=output.from_args(args), model=args.model, text_col=args.text_col,
+        response_col=args.response_col, template=args.template, backend=args.backend,
+        max_model_len=args.max_model_len, dtype=args.dtype, quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+        engine_args=engine_args, device=args.device, max_bad_fraction=args.max_bad_fraction,
+        cache_dir=args.cache_dir, partitions=args.partitions,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The model, as the driver sees it
+
+
+def model_manifest(spark: SparkSession, model: str) -> tuple[dict, list[tuple[str, int]] | None]:
+    """The model's config.json and, for a URI, the files (relative path, size) to copy."""
+    from udfs.model_cache import is_uri
+
+    if not is_uri(model):
+        config = os.path.join(model, "config.json")
+        if not os.path.isfile(config):
+            raise cli.UsageError(f"--model {model}: no config.json there (a local path must exist on the "
+                                 "driver and every node; use a URI to have it copied)")
+        with open(config, encoding="utf-8") as f:
+            return json.load(f), None
+    if not hadoop.exists(spark, model.rstrip("/") + "/config.json"):
+        raise cli.UsageError(f"--model {redact_uri(model)}: no config.json there")
+    config = json.loads(hadoop.read_text(spark, model.rstrip("/") + "/config.json"))
+    return config, hadoop.list_tree(spark, model)
+
+
+def check_model(config: dict, model: str) -> None:
+    """A reward model here is a sequence classifier with exactly one label."""
+    archs = config.get("architectures") or []
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
+    if not any(a.endswith("ForSequenceClassification") or a.endswith("RewardModel") for a in archs):
+        raise cli.UsageError(f"--model {redact_uri(model)} is a {archs or 'model of unknown architecture'}, "
+                             "not a *ForSequenceClassification reward model")
+    if labels not in (1, None):
+        raise cli.UsageError(f"--model {redact_uri(model)} has {labels} labels; a reward model has one")
+
+
+def resolve_backend(spark: SparkSession, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    gpus = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
+    return "vllm" if float(gpus or 0) > 0 else "transformers"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure transformations
+
+
+def score_rows(df: DataFrame, udf, text_col: str, response_col: str | None = None) -> DataFrame:
+    """``df`` plus ``_score``: the UDF's struct of score, score_error, n_tokens and truncated."""
+    args = [F.col(text_col)] + ([F.col(response_col)] if response_col else [])
+    return df.withColumn("_score", udf(*args))
+
+
+def final_rows(scored: DataFrame) -> DataFrame:
+    """Every input column plus ``score`` and ``score_error``."""
+    cols = [c for c in scored.columns if c != "_score"]
+    return scored.select(*cols, F.col("_score.score").alias("score"),
+                         F.col("_score.score_error").alias("score_error"))
+
+
+def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
+    """Counts, tokens, quantiles and a histogram of the scores, collected by the write itself."""
+    s = F.col("_score")
+    err = s["score_error"]
+    reason = F.split(err, ":")[0]
+    metrics: list[Column] = [
+        F.count(F.lit(1)).alias("rows"),
+        _count(err.isNull()).alias("scored"),
+        _count(s["truncated"]).alias("truncated"),
+        F.sum(s["n_tokens"]).alias("tokens"),
+        F.max(s["n_tokens"]).alias("max_tokens"),
+        F.avg(s["score"]).alias("mean"),
+        F.to_json(F.percentile_approx(s["score"], list(QUANTILES))).alias("quantiles"),
+        F.to_json(F.histogram_numeric(s["score"], F.lit(30))).alias("histogram"),
+    ]
+    metrics += [_count(reason == r).alias(f"err_{r}") for r in REASONS]
+    return scored.observe(obs, *metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+class _ListParam(AccumulatorParam):
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, a, b):
+        a.extend(b)
+        return a
+
+
+def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
+    """Run the whole job; return the report. Raises UsageError / DataQualityError."""
+    from pyspark.errors import AnalysisException
+
+    from udfs.engines import EngineSpec
+    from udfs.reward import ScoreSpec, make_udf
+
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    clock = output.Phases()
+    target, mode = output.prepare(spark, opts.out)
+    config, manifest = model_manifest(spark, opts.model)
+    check_model(config, opts.model)
+    backend = resolve_backend(spark, opts.backend)
+    try:
+        df = spark.read.parquet(*opts.inputs)
+    except AnalysisException as e:
+        raise cli.UsageError(f"cannot read --input as Parquet: {str(e).strip().splitlines()[0]}") from None
+    for col, flag in ((opts.text_col, "--text-col"), (opts.response_col, "--response-col")):
+        if col is None:
+            continue
+        if col not in df.columns:
+            raise cli.UsageError(f"{flag} {col!r} is not a column of the input (columns: {', '.join(df.columns)})")
+        if not isinstance(df.schema[col].dataType, StringType):
+            raise cli.UsageError(f"{flag} {col!r} is {df.schema[col].dataType.simpleString()}, not string")
+    clash = [c for c in ("score", "score_error") if c in df.columns]
+    if clash:
+        raise cli.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
+    if opts.partitions:
+        df = df.repartition(opts.partitions)
+
+    engine = EngineSpec(
+        model_dir=opts.model, backend=backend, max_model_len=opts.max_model_len, dtype=opts.dtype,
+        quantization=opts.quantization, tensor_parallel_size=opts.tensor_parallel_size,
+        gpu_memory_utilization=opts.gpu_memory_utilization, max_num_batched_tokens=opts.max_num_batched_tokens,
+        max_num_seqs=opts.max_num_seqs, engine_args=opts.engine_args, device=opts.device,
+    )
+    spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
+    tasks_acc = spark.sparkContext.accumulator([], _ListParam())
+    udf = make_udf(spec, tasks_acc, with_response=opts.response_col is not None)
+    scored = score_rows(df, udf, opts.text_col, opts.response_col)
+    obs = Observation("score")
+    clock.lap("plan")
+    group = output.new_group("score")
+    output.write_parquet(spark, final_rows(observed_metrics(scored, obs)), target, mode,
+                         opts.out.compression, group)
+    write_s = clock.lap("write")
+    m = obs.get
+    tasks = sorted(tasks_acc.value, key=lambda t: (t["partition"] is None, t["partition"], t["attempt"]))
+
+    rows, scored_n = int(m["rows"]), int(m["scored"] or 0)
+    errors = {r: int(m[f"err_{r}"] or 0) for r in REASONS if m[f"err_{r}"]}
+    error_rows = rows - scored_n
+    bad_fraction = error_rows / rows if rows else 0.0
+    too_many = bad_fraction > opts.max_bad_fraction
+    tokens = int(m["tokens"] or 0)
+    outputs = hadoop.list_data_files(spark, target)
+    engines: dict[tuple, dict] = {}
+    for t in tasks:
+        if t.get("engine_pid") is not None:
+            e = engines.setdefault((t["engine_key"], t["engine_pid"]), {
+                "key": t["engine_key"], "pid": t["engine_pid"], "device": t["engine_device"],
+                "start_s": t["engine_start_s"], "busy_s": 0.0, "tasks": 0})
+            e["busy_s"] = max(e["busy_s"], t["engine_busy_s"] or 0.0)
+            e["tasks"] += 1
+    quantiles = json.loads(m["quantiles"]) if m["quantiles"] else None
+    histogram = [[b["x"], b["y"]] for b in json.loads(m["histogram"])] if m["histogram"] else []
+    report = {
+        "job": "score",
+        "status": "too_many_errors" if too_many else "ok",
+        "started_at": started_at,
+        "inputs": [redact_uri(i) for i in opts.inputs],
+        "output": redact_uri(target),
+        "partition": opts.out.partition(),
+        "mode": mode,
+        "model": redact_uri(opts.model),
+        "architecture": (config.get("architectures") or [None])[0],
+        "backend": backend,
+        "template": opts.template,
+        "text_col": opts.text_col,
+        "response_col": opts.response_col,
+        "engine": {k: v for k, v in engine.__dict__.items() if k != "model_dir"},
+        "rows": rows,
+        "scored": scored_n,
+        "error_rows": error_rows,
+        "errors": errors,
+        "bad_fraction": round(bad_fraction, 8),
+        "max_bad_fraction": opts.max_bad_fraction,
+        "truncated": int(m["truncated"] or 0),
+        "tokens": tokens,
+        "max_tokens": m["max_tokens"],
+        "prompts_per_s": round(rows / write_s, 2) if write_s else None,
+        "tokens_per_s": round(tokens / write_s, 1) if write_s else None,
+        "engines": list(engines.values()),
+        "engine_start_s": max((e["start_s"] or 0 for e in engines.values()), default=None),
+        # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
+        "engine_busy_s": round(sum(e["busy_s"] for e in engines.values()), 3),
+        "score_mean": m["mean"],
+        "score_quantiles": dict(zip((f"p{int(q * 100)}" for q in QUANTILES), quantiles)) if quantiles else None,
+        "score_histogram": histogram,
+        "histogram_png": None,
+        "tasks": tasks,
+        "output_files": len(outputs),
+        "output_bytes": sum(f.size for f in outputs),
+        "phase_s": clock.phases,
+        "spark_version": spark.version,
+        "spark_master": spark.sparkContext.master,
+        "elapsed_s": None,
+    }
+    png = histogram_png(histogram, f"{rows:,} rows, {scored_n:,} scored; model {os.path.basename(opts.model.rstrip('/'))}")
+    if png is not None:
+        hadoop.write_bytes(spark, f"{target}/{HISTOGRAM_PNG}", png)
+        report["histogram_png"] = redact_uri(f"{target}/{HISTOGRAM_PNG}")
+    report["elapsed_s"] = round(time.monotonic() - started, 3)
+    report["summary"] = summary_line(report, f"{target}/_report.json")
+    output.finish(spark, target, report, opts.out.report, ok=not too_many)
+    if too_many:
+        raise cli.DataQualityError(
+            f"{error_rows:,} of {rows:,} rows got no score ({bad_fraction:.4%} > --max-bad-fraction "
+            f"{opts.max_bad_fraction:g}): {errors}; see score_error in the output", report)
+    return report
+
+
+def histogram_png(histogram: list[list[float]], title: str) -> bytes | None:
+    """A bar chart of the observed score histogram, as PNG bytes (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import io
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    if histogram:
+        xs = [h[0] for h in histogram]
+        width = (max(xs) - min(xs)) / max(1, len(xs) - 1) * 0.9 if len(xs) > 1 else 0.1
+        ax.bar(xs, [h[1] for h in histogram], width=width or 0.1, color="#3b7dd8")
+    ax.set_xlabel("score (raw logit)")
+    ax.set_ylabel("rows")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def summary_line(r: dict, report_path: str) -> str:
+    """The one line the job prints on stdout."""
+    rate = f"{r['prompts_per_s']:,.1f} prompts/s" if r["prompts_per_s"] else "-"
+    return (f"score: {r['rows']:,} rows -> {r['scored']:,} scored, {r['error_rows']:,} not "
+            f"({', '.join(f'{k} {v:,}' for k, v in r['errors'].items()) or 'no errors'}), "
+            f"{r['truncated']:,} truncated; {r['backend']} on {len(r['engines'])} engine(s), {rate}, "
+            f"{r['output_files']} files ({human_bytes(r['output_bytes'])}); {r['elapsed_s']:.1f} s; "
+            f"report {redact_uri(report_path)}")
+
+
+def job(spark: SparkSession, args: argparse.Namespace) -> dict:
+    """Entry for ``cli.run``: flags -> options -> run."""
+    return run_score(spark, options_from_args(args))
+
+
+def _count(cond: Column) -> Column:
+    return F.sum(F.when(cond, 1).otherwise(0))

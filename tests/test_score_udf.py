@@ -1,0 +1,48 @@
+"""The UDF's body on its own: batches in, scores and reasons out, in order, bad rows isolated."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from conftest import direct_scores
+from udfs.engines import EngineSpec
+from udfs.reward import ScoreSpec, TaskStats, score_batches
+
+
+def run(model, batches, **kw):
+    spec = ScoreSpec(engine=EngineSpec(model_dir=str(model), device="cpu"), **kw)
+    return pd.concat(list(score_batches(spec, iter(batches), TaskStats())), ignore_index=True)
+
+
+def test_batches_keep_their_order_and_bad_rows_their_reason(tiny_model):
+    batches = [
+        pd.Series(["first prompt", None, "second prompt"]),
+        pd.Series(["", "   ", "third prompt about rust"]),
+        pd.Series(["fourth"]),
+    ]
+    out = run(tiny_model, batches)
+    assert list(out.columns) == ["score", "score_error", "n_tokens", "truncated"]
+    assert out["score_error"].tolist() == [None, "null_text", None, "empty_text", "empty_text", None, None]
+    good = ["first prompt", "second prompt", "third prompt about rust", "fourth"]
+    got = out["score"].dropna().astype(float).tolist()
+    want = direct_scores(tiny_model, good)
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-4
+    assert out["score"].isna().tolist() == [False, True, False, True, True, False, False]
+
+
+def test_a_row_the_engine_refuses_is_isolated(oov_model):
+    texts = [f"prompt {i}" for i in range(9)]
+    texts[4] = "this one holds <|oov|> a token the model has no embedding for"
+    out = run(oov_model, [pd.Series(texts)])
+    errors = out["score_error"].tolist()
+    assert errors[4].startswith("engine_rejected: ValueError: token id") and "out of vocabulary" in errors[4]
+    assert [e is None for i, e in enumerate(errors) if i != 4] == [True] * 8
+    assert out["score"].notna().sum() == 8
+
+
+def test_pairs_with_the_chat_template(tiny_model):
+    batches = [(pd.Series(["What is 2+2?", "Name a colour"]), pd.Series(["4", None]))]
+    out = run(tiny_model, batches, template="chat")
+    assert out["score_error"].tolist() == [None, "null_response"]
+    rendered = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    assert abs(out["score"][0] - direct_scores(tiny_model, [rendered])[0]) < 1e-4
