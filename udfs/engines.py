@@ -10,6 +10,7 @@ An engine runs inside the engine host (``udfs.engine_host``), one per GPU, and i
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -190,10 +191,28 @@ class VllmEngine(_BatchLoop):
             from vllm.entrypoints.pooling.typing import OfflineInputsContext
 
             processor = llm.pooling_io_processors["classify"]
-            add = llm._render_and_add_requests
             engine = llm.llm_engine
         except (ImportError, AttributeError, KeyError):
             return super().run(next_request, deliver, stopping)
+
+        counter = itertools.count()
+
+        def add(req) -> list[str]:
+            """Add a request's rows to the running engine; returns their (external) ids."""
+            ctx = OfflineInputsContext(prompts=self._prompts(req.ids),
+                                       pooling_params=self.PoolingParams(use_activation=False))
+            internal, external = [], []
+            try:
+                for prompt in processor.pre_process_offline(ctx):
+                    rid = f"ps{next(counter)}"
+                    params = self.PoolingParams(use_activation=False, task="classify")
+                    internal.append(engine.add_request(rid, prompt, params))
+                    external.append(rid)
+            except Exception:
+                if internal:
+                    engine.abort_request(internal, internal=True)
+                raise
+            return external
 
         owner: dict[str, tuple[Any, int]] = {}  # vLLM request id -> (our request, row)
         open_: dict[int, list] = {}  # id(our request) -> [request, scores, rows left]
@@ -201,22 +220,16 @@ class VllmEngine(_BatchLoop):
             req = next_request(not engine.has_unfinished_requests())
             while req is not None:
                 try:
-                    params = self.PoolingParams(use_activation=False, task="classify")
-                    ctx = OfflineInputsContext(prompts=self._prompts(req.ids), pooling_params=params,
-                                               tokenization_kwargs=None)
-                    inputs = processor.pre_process_offline(ctx)
-                    rids = add(prompts=inputs,
-                               params=[self.PoolingParams(use_activation=False, task="classify")
-                                       for _ in inputs])
+                    rids = add(req)
                 except Exception as e:  # noqa: BLE001 - a bad row: the caller isolates it
                     deliver(req, e)
-                    rids = None
-                if rids == []:
-                    deliver(req, [])
-                elif rids:
-                    open_[id(req)] = [req, [0.0] * len(rids), len(rids)]
-                    for k, rid in enumerate(rids):
-                        owner[rid] = (req, k)
+                else:
+                    if not rids:
+                        deliver(req, [])
+                    else:
+                        open_[id(req)] = [req, [0.0] * len(rids), len(rids)]
+                        for k, rid in enumerate(rids):
+                            owner[rid] = (req, k)
                 req = next_request(False)
             if not engine.has_unfinished_requests():
                 continue

@@ -164,21 +164,21 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
         })
 
     for batch in batches:
+        if client is None:
+            # Connect (and start the engine host, if this is the executor's first task) before
+            # the tokenizer's threads run: a process that forks after them loses them.
+            t0 = time.monotonic()
+            client = engine_host.connect(engine, gpus, spec.start_timeout_s)
+            stats.engine_wait_s = time.monotonic() - t0
+            stats.host = client.stats()
+            stats.busy_start = stats.host.get("busy_s")
         if isinstance(batch, tuple):
             prompts, responses = batch[0].tolist(), batch[1].tolist()
         else:
             prompts, responses = batch.tolist(), None
         enc = prompter.encode(prompts, responses)
         todo = [i for i, ids in enumerate(enc.ids) if ids is not None]
-        rid = None
-        if todo:
-            if client is None:
-                t0 = time.monotonic()
-                client = engine_host.connect(engine, gpus, spec.start_timeout_s)
-                stats.engine_wait_s = time.monotonic() - t0
-                stats.host = client.stats()
-                stats.busy_start = stats.host.get("busy_s")
-            rid = client.submit([enc.ids[i] for i in todo])
+        rid = client.submit([enc.ids[i] for i in todo]) if todo else None
         pending.append((enc, todo, rid))
         if len(pending) >= spec.inflight:
             yield finish(pending.popleft())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On a GPU machine where vLLM and PySpark are installed but not this package (e.g. wheels staged
+# offline): run the gpu-marked tests or the score benchmark from this checkout.
+#   bench/gpu_run.sh tests OUT             pytest -m gpu, log in OUT/
+#   bench/gpu_run.sh bench OUT [STEPS]     bench/score_bench.py all (STEPS: comma list, see --help)
+#   bench/gpu_run.sh lanes OUT STEPS0 STEPS1   two step lists at once, one per GPU (after prepare)
+#   bench/gpu_run.sh report OUT            the Markdown tables from OUT/*.json
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?tests, bench, lanes or report}; out=${2:?output directory}; steps=${3:-}; steps1=${4:-}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PYSPARK_PYTHON=$(command -v python3); export PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON=$PYSPARK_PYTHON
+SPARK_HOME=$(python3 -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'); export SPARK_HOME
+export PROMPTSCORE_RUNTIME_DIR=${PROMPTSCORE_RUNTIME_DIR:-/tmp/promptscore-runtime}
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+case "$what" in
+  tests)
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_score_job.py 2>&1 | tee "$out/gpu-tests.log"
+    rc=${PIPESTATUS[0]}
+    cp "$PROMPTSCORE_RUNTIME_DIR"/*.log "$out/" 2>/dev/null
+    exit "$rc" ;;
+  bench)
+    python3 bench/score_bench.py all --work /tmp/score-bench --out "$out" ${steps:+--steps "$steps"} ;;
+  lanes)
+    CUDA_VISIBLE_DEVICES=0 python3 bench/score_bench.py all --work /tmp/score-bench --out "$out" --steps "$steps" &
+    CUDA_VISIBLE_DEVICES=1 python3 bench/score_bench.py all --work /tmp/score-bench --out "$out" --steps "$steps1" &
+    wait %1; rc0=$?; wait %2; rc1=$?
+    exit $((rc0 + rc1)) ;;
+  report)
+    python3 bench/score_bench.py report --out "$out" ;;
+  *) echo "unknown: $what" >&2; exit 2 ;;
+esac

@@ -1,0 +1,443 @@
+"""Benchmark and accuracy check of the score job against bare vLLM and transformers, in one run.
+
+    python bench/score_bench.py all --work /tmp/sb --out OUT          (what `make bench-score` runs)
+
+On one GPU, each step a fresh process so that every engine gets the whole GPU:
+
+1. ``prepare``: a random-weight model of Qwen2.5-Coder-1.5B's shape (bf16) and the tiny model,
+   and N prompts of 256-1,792 tokens (uniform) as Parquet.
+2. ``vllm``: bare vLLM, ``LLM(runner="pooling").classify(texts)`` (bf16, then fp8), timed after a
+   warm-up; scores saved.
+3. ``spark``: this job (``run_score`` in a local-mode SparkSession) on the same Parquet, timed on a
+   second run so the engine start is not counted, as it is not for bare vLLM.
+4. ``transformers``: the transformers engine (length-sorted padded batches) on a subset.
+5. ``accuracy``: vLLM bf16 against transformers fp32 on the tiny and the 1.5B model.
+
+``report`` turns the JSON files into the Markdown tables of bench/RESULTS.md. ``spark --master
+"local-cluster[2,1,16384]" --gpus 1`` runs the job on two executors with one GPU each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, from the data sheet
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def load_prompts(path: Path, limit: int | None = None) -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()
+    return texts[:limit] if limit else texts
+
+
+def flops_per_prompt(config: dict, n_tokens: int) -> float:
+    """Forward FLOPs of one prompt: 2 x (weights used per token) x tokens + causal attention."""
+    d, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    head_dim = d // heads
+    per_layer = d * d * 2 + d * kv * head_dim * 2 + 3 * d * config["intermediate_size"]
+    return 2 * layers * per_layer * n_tokens + 2 * layers * d * n_tokens * n_tokens
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, default=str))
+    print(json.dumps({k: v for k, v in data.items() if not isinstance(v, list)}, default=str), flush=True)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(x):
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (va * vb)
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def prepare(a) -> None:
+    from transformers import AutoTokenizer
+
+    from udfs import tiny_model
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "tiny" / "config.json").exists():
+        tiny_model.build(work / "tiny")
+    if not a.skip_big and not (work / "qwen1.5b" / "config.json").exists():
+        t0 = time.monotonic()
+        tiny_model.build(work / "qwen1.5b", shape="qwen2.5-1.5b", dtype="bfloat16", device=a.device)
+        print(f"built the 1.5B model in {time.monotonic() - t0:.0f} s", flush=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from promptscore.sample_data import _prompt
+
+    tok = AutoTokenizer.from_pretrained(work / "tiny")
+    rng = random.Random(0)
+    pool = tok(" ".join(_prompt(rng) for _ in range(4000)))["input_ids"]
+    texts, lengths = [], []
+    for i in range(a.prompts):
+        n = rng.randint(a.min_tokens, a.max_tokens)
+        start = rng.randrange(0, len(pool) - n)
+        text = tok.decode(pool[start:start + n])
+        texts.append(text)
+        lengths.append(len(tok(text)["input_ids"]))
+    pq.write_table(pa.table({"id": list(range(a.prompts)), "prompt": texts}), work / "prompts.parquet")
+    print(f"{a.prompts} prompts, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
+          f"min {min(lengths)}, max {max(lengths)})", flush=True)
+
+
+def bare_vllm(a) -> None:
+    from vllm import LLM, PoolingParams
+
+    texts = load_prompts(Path(a.prompts), a.limit)
+    kwargs = dict(model=a.model, runner="pooling", max_model_len=a.max_model_len, dtype=a.dtype,
+                  max_num_batched_tokens=a.max_num_batched_tokens, max_num_seqs=a.max_num_seqs,
+                  enable_prefix_caching=False, gpu_memory_utilization=0.9)
+    if a.quantization:
+        kwargs["quantization"] = a.quantization
+    t0 = time.monotonic()
+    llm = LLM(**kwargs)
+    start_s = time.monotonic() - t0
+    params = PoolingParams(use_activation=False)
+    prompts: list = texts
+    tokenize_s = None
+    if a.token_ids:  # tokenized up front, as the job does, so only the engine is timed
+        from vllm.inputs import TokensPrompt
+
+        from udfs.prompts import Prompter
+
+        t0 = time.monotonic()
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in Prompter(a.model, "raw", a.max_model_len).encode(texts).ids]
+        tokenize_s = time.monotonic() - t0
+    llm.classify(prompts[:256], pooling_params=params, use_tqdm=False)  # warm-up
+    t0 = time.monotonic()
+    outs = llm.classify(prompts, pooling_params=params, use_tqdm=False)
+    secs = time.monotonic() - t0
+    tokens = [len(o.prompt_token_ids) for o in outs]
+    config = json.loads((Path(a.model) / "config.json").read_text())
+    flops = sum(flops_per_prompt(config, n) for n in tokens)
+    write_json(a.json, {
+        "what": f"bare vLLM {a.quantization or a.dtype}, " + ("token ids" if a.token_ids else "texts"),
+        "model": a.model, "prompts": len(texts), "tokenize_s": tokenize_s,
+        "tokens": sum(tokens), "engine_start_s": start_s, "seconds": secs,
+        "prompts_per_s": len(texts) / secs, "tokens_per_s": sum(tokens) / secs,
+        "mfu": flops / secs / PEAK_BF16, "scores": [float(o.outputs.probs[0]) for o in outs],
+    })
+    llm.llm_engine.engine_core.shutdown()
+
+
+def transformers_run(a) -> None:
+    from udfs.engines import EngineSpec, TransformersEngine
+    from udfs.prompts import Prompter
+
+    texts = load_prompts(Path(a.prompts), a.limit)
+    t0 = time.monotonic()
+    engine = TransformersEngine(EngineSpec(model_dir=a.model, device=a.device, dtype=a.dtype,
+                                           batch_tokens=a.batch_tokens))
+    start_s = time.monotonic() - t0
+    ids = Prompter(a.model, "raw", a.max_model_len).encode(texts).ids
+    engine.score(ids[:64])  # warm-up
+    import torch
+
+    sync = torch.cuda.synchronize if engine.device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.monotonic()
+    scores = engine.score(ids)
+    sync()
+    secs = time.monotonic() - t0
+    tokens = sum(len(r) for r in ids)
+    config = json.loads((Path(a.model) / "config.json").read_text())
+    flops = sum(flops_per_prompt(config, len(r)) for r in ids)
+    write_json(a.json, {
+        "what": f"transformers {a.dtype}, length-sorted batches of <= {a.batch_tokens} padded tokens",
+        "model": a.model, "prompts": len(texts), "tokens": tokens, "engine_start_s": start_s, "seconds": secs,
+        "prompts_per_s": len(texts) / secs, "tokens_per_s": tokens / secs, "mfu": flops / secs / PEAK_BF16,
+        "scores": scores,
+    })
+
+
+def spark_run(a) -> None:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    from promptscore import score
+    from promptscore.output import OutputSpec
+
+    builder = (SparkSession.builder.master(a.master).appName("score-bench")
+               .config("spark.log.level", "WARN").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.memory", "8g")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(a.batch_rows)))
+    if a.gpus:
+        claim = ROOT / "bench" / "gpu_claim.sh"
+        shutil.rmtree("/tmp/promptscore-gpu-claims", ignore_errors=True)
+        builder = (builder.config("spark.worker.resource.gpu.amount", str(a.gpus))
+                   .config("spark.worker.resource.gpu.discoveryScript", str(claim))
+                   .config("spark.executor.resource.gpu.amount", str(a.gpus))
+                   .config("spark.task.resource.gpu.amount", str(a.gpus))
+                   .config("spark.scheduler.minRegisteredResourcesRatio", "1.0")
+                   .config("spark.locality.wait", "0"))
+    spark = builder.getOrCreate()
+    work = Path(a.work)
+    executors = int(a.master.split("[", 1)[1].split(",")[0]) if a.master.startswith("local-cluster") else 1
+    runs = [("warm-up", a.warmup, executors), ("timed", None, a.partitions)]
+    if a.one_task_too:
+        runs.append(("timed-one-task", None, 1))
+    results = {}
+    for name, limit, partitions in runs:
+        src = work / f"spark-in-{name}"
+        if limit:
+            import pyarrow.parquet as pq
+
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            pq.write_table(pq.read_table(a.prompts).slice(0, limit), src / "part-0.parquet")
+        else:
+            src = Path(a.prompts)
+        out = work / f"spark-out-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        opts = score.ScoreOptions(
+            inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), model=a.model, backend=a.backend,
+            dtype=a.dtype, quantization=a.quantization, max_model_len=a.max_model_len,
+            max_num_batched_tokens=a.max_num_batched_tokens, max_num_seqs=a.max_num_seqs,
+            partitions=partitions, max_bad_fraction=1.0)
+        t0 = time.monotonic()
+        report = score.run_score(spark, opts)
+        report["wall_s"] = time.monotonic() - t0
+        results[name] = report
+        print(f"{name}: {report['summary']}", flush=True)
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(work / "spark-out-timed"), ignore_prefixes=["_", "."]).to_table(columns=["id", "score"])
+    order = sorted(zip(table.column("id").to_pylist(), table.column("score").to_pylist()))
+    config = json.loads((Path(a.model) / "config.json").read_text())
+
+    def entry(r: dict, what: str) -> dict:
+        write_s = r["phase_s"]["write"]
+        return {
+            "what": what, "model": a.model, "prompts": r["rows"], "tokens": r["tokens"], "seconds": write_s,
+            "prompts_per_s": r["rows"] / write_s, "tokens_per_s": r["tokens"] / write_s,
+            "mfu_estimate": r["tokens"] / write_s * flops_per_prompt(config, 1024) / 1024 / PEAK_BF16,
+            "engines": r["engines"], "tasks": r["tasks"],
+            "report": {k: v for k, v in r.items() if k not in ("tasks", "score_histogram")},
+        }
+
+    what = f"this job, {a.master}" + (f", {a.gpus} GPU per executor" if a.gpus else "")
+    data = entry(results["timed"], f"{what}, {a.partitions} tasks")
+    data["engine_start_s"] = results["warm-up"]["engine_start_s"]
+    data["scores"] = [s for _, s in order]
+    if "timed-one-task" in results:
+        data["one_task"] = entry(results["timed-one-task"], f"{what}, 1 task (one GPU busy)")
+    write_json(a.json, data)
+    spark.stop()
+
+
+def accuracy(a) -> None:
+    """transformers fp32 on the same rows as a saved vLLM run: diffs and rank correlation."""
+    from udfs.engines import EngineSpec, TransformersEngine
+    from udfs.prompts import Prompter
+
+    vllm_run = json.loads(Path(a.vllm_json).read_text())
+    texts = load_prompts(Path(a.prompts), a.limit)
+    engine = TransformersEngine(EngineSpec(model_dir=a.model, device="cuda", dtype="float32", batch_tokens=16384))
+    ref = engine.score(Prompter(a.model, "raw", a.max_model_len).encode(texts).ids)
+    got = vllm_run["scores"][: len(ref)]
+    diffs = sorted(abs(x - y) for x, y in zip(got, ref))
+    write_json(a.json, {
+        "what": f"{vllm_run['what']} vs transformers fp32", "model": a.model, "rows": len(ref),
+        "max_abs_diff": diffs[-1], "median_abs_diff": diffs[len(diffs) // 2],
+        "score_std": (sum((x - sum(ref) / len(ref)) ** 2 for x in ref) / len(ref)) ** 0.5,
+        "spearman": spearman(got, ref),
+    })
+
+
+def run_step(argv: list[str], log: Path) -> None:
+    print(f"$ {' '.join(argv)}", flush=True)
+    with open(log, "a") as f:
+        proc = subprocess.run([sys.executable, __file__, *argv], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        print(Path(log).read_text()[-4000:])
+        raise SystemExit(f"step failed: {argv[0]}")
+
+
+def engine_logs(runtime: Path, out: Path, name: str) -> None:
+    """Keep the engine hosts' logs and say whether each shut its engine down cleanly."""
+    time.sleep(3)  # the hosts notice their JVM is gone within a second
+    logs = {p.name: p.read_text(errors="replace") for p in runtime.glob("*.log")}
+    for log_name, text in logs.items():
+        clean = "shutting down" in text and "terminate called" not in text
+        print(f"  {log_name}: clean shutdown {clean}", flush=True)
+        (out / f"{name}-{log_name}").write_text(text[-20000:])
+
+
+def run_all(a) -> None:
+    work, out = Path(a.work), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = work / "runtime"
+    os.environ["PROMPTSCORE_RUNTIME_DIR"] = str(runtime)
+    log = out / "bench-score.log"
+    big, tiny, prompts = str(work / "qwen1.5b"), str(work / "tiny"), str(work / "prompts.parquet")
+    common = ["--prompts", prompts, "--max-model-len", "2048"]
+    spark = ["spark", "--model", big, *common, "--work", str(work), "--partitions", str(a.partitions)]
+    steps = {
+        "prepare": ["prepare", "--work", str(work), "--prompts", str(a.prompts), "--device", "cuda"],
+        "vllm-bf16": ["vllm", "--model", big, *common, "--dtype", "bfloat16", "--json", str(out / "vllm-bf16.json")],
+        "spark": [*spark, "--master", a.master, "--json", str(out / "spark.json")],
+        "spark-1gpu": [*spark, "--master", "local-cluster[1,1,16384]", "--gpus", "1",
+                       "--json", str(out / "spark-1gpu.json")],
+        "spark-2gpu": [*spark, "--master", "local-cluster[2,1,16384]", "--gpus", "1", "--partitions", "8",
+                       "--one-task-too", "--json", str(out / "spark-2gpu.json")],
+        "vllm-ids": ["vllm", "--model", big, *common, "--dtype", "bfloat16", "--token-ids",
+                     "--json", str(out / "vllm-bf16-ids.json")],
+        "vllm-fp8": ["vllm", "--model", big, *common, "--quantization", "fp8", "--token-ids",
+                     "--json", str(out / "vllm-fp8.json")],
+        "transformers": ["transformers", "--model", big, *common, "--limit", str(a.transformers_prompts),
+                         "--dtype", "bfloat16", "--json", str(out / "transformers.json")],
+        "accuracy-big": ["accuracy", "--model", big, *common, "--limit", "512", "--vllm-json",
+                         str(out / "vllm-bf16-ids.json"), "--json", str(out / "accuracy-1.5b.json")],
+        "vllm-tiny": ["vllm", "--model", tiny, *common, "--limit", "512", "--dtype", "bfloat16",
+                      "--json", str(out / "vllm-tiny.json")],
+        "accuracy-tiny": ["accuracy", "--model", tiny, *common, "--limit", "512", "--vllm-json",
+                          str(out / "vllm-tiny.json"), "--json", str(out / "accuracy-tiny.json")],
+    }
+    for name in a.steps.split(","):
+        t0 = time.monotonic()
+        shutil.rmtree(runtime, ignore_errors=True)
+        run_step(steps[name], log)
+        if name.startswith("spark"):
+            engine_logs(runtime, out, name)
+        print(f"  {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    report(a)
+
+
+def report(a) -> None:
+    out = Path(a.out)
+    runs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if "engine-logs" not in p.name}
+    base = runs.get("vllm-bf16-ids") or runs.get("vllm-bf16")
+    print("| run | prompts | tokens | seconds | prompts/s | tokens/s | MFU (of 989 TFLOP/s) | vs bare vLLM bf16 (ids) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
+    for name in ("vllm-bf16-ids", "vllm-bf16", "spark", "spark-1gpu", "spark-2gpu", "vllm-fp8", "transformers"):
+        if runs.get(name):
+            rows.append(runs[name])
+            if runs[name].get("one_task"):
+                rows.append(runs[name]["one_task"])
+    for r in rows:
+        mfu = r.get("mfu", r.get("mfu_estimate"))
+        ratio = f"{r['prompts_per_s'] / base['prompts_per_s']:.3f}x" if base else "-"
+        print(f"| {r['what']} | {r['prompts']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['prompts_per_s']:.1f} | "
+              f"{r['tokens_per_s']:,.0f} | {mfu:.0%} | {ratio} |")
+    if base and "vllm-fp8" in runs:
+        print(f"\nfp8 vs bf16 scores (bare vLLM, {len(base['scores'])} prompts): Spearman "
+              f"{spearman(base['scores'], runs['vllm-fp8']['scores']):.4f}")
+    if base and "spark" in runs:
+        d = sorted(abs(x - y) for x, y in zip(base["scores"], runs["spark"]["scores"]))
+        print(f"this job vs bare vLLM bf16 scores: max abs diff {d[-1]:.3g}, median {d[len(d) // 2]:.3g}, "
+              f"Spearman {spearman(base['scores'], runs['spark']['scores']):.5f}")
+    for name in ("accuracy-tiny", "accuracy-1.5b"):
+        r = runs.get(name)
+        if r:
+            print(f"{r['what']} ({Path(r['model']).name}, {r['rows']} rows): max abs diff {r['max_abs_diff']:.4g}, "
+                  f"median {r['median_abs_diff']:.4g} (score std {r['score_std']:.3g}), Spearman {r['spearman']:.5f}")
+    for name in ("spark", "spark-1gpu", "spark-2gpu"):
+        r = runs.get(name)
+        if r:
+            print(f"{name} engines: " + "; ".join(f"{e['key']} pid {e['pid']} on {e['device']} ({e['tasks']} tasks, "
+                                                  f"busy {e['busy_s']:.1f} s)" for e in r["engines"]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+
+    def engine_flags(s):
+        s.add_argument("--model", required=True)
+        s.add_argument("--prompts", required=True, help="the prompts Parquet file")
+        s.add_argument("--limit", type=int)
+        s.add_argument("--dtype", default="bfloat16")
+        s.add_argument("--quantization")
+        s.add_argument("--max-model-len", type=int, default=2048)
+        s.add_argument("--max-num-batched-tokens", type=int, default=65536)
+        s.add_argument("--max-num-seqs", type=int, default=512)
+        s.add_argument("--json", required=True)
+
+    s = sub.add_parser("prepare")
+    s.add_argument("--work", required=True)
+    s.add_argument("--prompts", type=int, default=8192)
+    s.add_argument("--min-tokens", type=int, default=256)
+    s.add_argument("--max-tokens", type=int, default=1792)
+    s.add_argument("--device", default="cuda")
+    s.add_argument("--skip-big", action="store_true")
+    s.set_defaults(fn=prepare)
+    s = sub.add_parser("vllm")
+    engine_flags(s)
+    s.add_argument("--token-ids", action="store_true", help="give vLLM token ids, not texts")
+    s.set_defaults(fn=bare_vllm)
+    s = sub.add_parser("transformers")
+    engine_flags(s)
+    s.add_argument("--batch-tokens", type=int, default=32768)
+    s.add_argument("--device", default="cuda")
+    s.set_defaults(fn=transformers_run)
+    s = sub.add_parser("spark")
+    engine_flags(s)
+    s.add_argument("--work", required=True)
+    s.add_argument("--master", default="local[4]")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per executor (local-cluster masters)")
+    s.add_argument("--partitions", type=int, default=4)
+    s.add_argument("--warmup", type=int, default=512)
+    s.add_argument("--batch-rows", type=int, default=512)
+    s.add_argument("--backend", default="vllm", help="transformers: a dry run without a GPU")
+    s.add_argument("--one-task-too", action="store_true", help="also time one task alone (one GPU busy)")
+    s.set_defaults(fn=spark_run)
+    s = sub.add_parser("accuracy")
+    engine_flags(s)
+    s.add_argument("--vllm-json", required=True)
+    s.set_defaults(fn=accuracy)
+    s = sub.add_parser("all")
+    s.add_argument("--work", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--prompts", type=int, default=8192)
+    s.add_argument("--master", default="local[4]")
+    s.add_argument("--partitions", type=int, default=4)
+    s.add_argument("--transformers-prompts", type=int, default=2048)
+    s.add_argument("--steps", default="prepare,vllm-ids,vllm-bf16,spark,vllm-fp8,transformers,accuracy-big,"
+                   "vllm-tiny,accuracy-tiny")
+    s.set_defaults(fn=run_all)
+    s = sub.add_parser("report")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=report)
+    a = p.parse_args()
+    a.fn(a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
