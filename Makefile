@@ -9,12 +9,13 @@ RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
 BENCH_FILES ?= 4000
 
-.PHONY: help venv demo test bench-convert package clean
+.PHONY: help venv demo test bench-convert bench-score package clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
+	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
 
 venv: $(STAMP)
@@ -50,6 +51,11 @@ test: venv
 
 bench-convert: venv
 	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
+
+# Runs with the machine's python3, which must have vLLM 0.25 and PySpark (pip install '.[gpu,spark]').
+bench-score:
+	@python3 -c "import vllm, pyspark" 2>/dev/null || { echo "bench-score needs a GPU machine whose python3 has vLLM and PySpark: pip install '.[gpu,spark,score]'"; exit 2; }
+	@bench/gpu_run.sh bench bench-data/score-results
 
 package: venv
 	@rm -rf dist build && mkdir -p dist

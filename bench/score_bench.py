@@ -153,6 +153,10 @@ def bare_vllm(a) -> None:
         "mfu": flops / secs / PEAK_BF16, "scores": [float(o.outputs.probs[0]) for o in outs],
     })
     llm.llm_engine.engine_core.shutdown()
+    # A bare LLM's threads can still abort the interpreter's exit ("terminate called without an
+    # active exception"); the results are written, so leave now.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def transformers_run(a) -> None:
