@@ -2,14 +2,14 @@
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-EXTRAS := locked,spark,score,cpu,dev
+EXTRAS := locked,spark,score,cpu,oss,dev
 STAMP := $(VENV)/.installed
 # Every recipe runs with the venv's tools first on PATH and a JAVA_HOME when one was installed.
 RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
 BENCH_FILES ?= 4000
 
-.PHONY: help venv demo test bench-convert bench-score package clean
+.PHONY: help venv demo test bench-convert bench-score package submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
+	@echo "make submit JOB=convert|score ARGS='...' [EXECUTE=1] [PY_FILES=uri] [JOBS_URI=uri] [ENV_ARCHIVE=uri] [TARGET=serverless]"
+	@echo "                    print the full submission for EMR (and run it with EXECUTE=1)"
 
 venv: $(STAMP)
 
@@ -59,10 +61,22 @@ bench-score:
 
 package: venv
 	@rm -rf dist build && mkdir -p dist
-	@$(RUN) python -m pip wheel -q --no-deps -w dist .
-	@find promptscore udfs -name __pycache__ -prune -exec rm -rf {} +
-	@$(RUN) python -m zipfile -c dist/promptscore.zip promptscore udfs
+	@$(RUN) python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	@$(MAKE) -s dist/promptscore.zip
 	@ls -l dist
+
+# The zip for --py-files needs nothing but Python, so that `make submit` works on a cluster node.
+dist/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py)
+	@mkdir -p dist && rm -f $@
+	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("promptscore", "udfs") for p in sorted(pathlib.Path(d).rglob("*.py"))]' $@
+
+JOB ?= convert
+TARGET ?= emr
+submit: $(if $(PY_FILES),,dist/promptscore.zip)
+	@PYTHONPATH=$(CURDIR) python3 -m promptscore.submit $(JOB) --target $(TARGET) \
+	  $(if $(PY_FILES),--py-files $(PY_FILES)) $(if $(JOBS_URI),--jobs-uri $(JOBS_URI)) \
+	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(CONF_FILE),--conf-file $(CONF_FILE)) \
+	  $(if $(EXECUTE),--run) -- $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info build dist

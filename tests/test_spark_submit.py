@@ -13,11 +13,11 @@ import pyarrow.dataset as ds
 from conftest import ROOT, records, write_lines
 
 
-def spark_submit(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def spark_submit(args: list[str], timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run the venv's spark-submit with SPARK_HOME at the pip-installed pyspark."""
     import pyspark
 
-    env = dict(os.environ)
+    env = dict(os.environ, **(env_extra or {}))
     env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
     env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
+from promptscore.stage_model import size_problems
+
 MARKER = ".promptscore-complete"
 Manifest = Sequence[tuple[str, int]]
 
@@ -40,22 +42,10 @@ def cache_path(uri: str, cache_dir: str) -> Path:
     return Path(cache_dir) / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:12]}"
 
 
-def check_sizes(directory: Path, manifest: Manifest) -> list[str]:
-    """What in ``directory`` differs from ``manifest`` (missing files, wrong sizes)."""
-    problems = []
-    for rel, size in manifest:
-        f = directory / rel
-        if not f.is_file():
-            problems.append(f"{rel} is missing")
-        elif f.stat().st_size != size:
-            problems.append(f"{rel} has {f.stat().st_size} bytes, expected {size}")
-    return problems
-
-
 def _complete(dest: Path, manifest: Manifest | None) -> bool:
     if not (dest / MARKER).is_file():
         return False
-    return not manifest or not check_sizes(dest, manifest)
+    return not manifest or not size_problems(dest, manifest)
 
 
 def _fetch(uri: str, target: Path) -> None:
@@ -87,7 +77,7 @@ def local_model(model: str, cache_dir: str, manifest: Manifest | None = None) ->
         partial = dest.parent / f".{dest.name}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         _fetch(model, partial)
-        problems = check_sizes(partial, manifest or [])
+        problems = size_problems(partial, manifest or [])
         if problems:
             shutil.rmtree(partial, ignore_errors=True)
             raise StagingError(f"copy of {model} is incomplete: {'; '.join(problems[:3])}")

@@ -1,0 +1,143 @@
+"""The EMR bootstrap actions and DataWorks node scripts: lint, discovery, install, staging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+SCRIPTS = sorted((ROOT / "bootstrap").glob("*.sh")) + sorted((ROOT / "docs" / "dataworks").glob("*.sh"))
+
+
+def run(cmd, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def fake_nvidia_smi(tmp_path: Path, gpus: int) -> dict:
+    """A PATH whose nvidia-smi answers like a machine with ``gpus`` GPUs."""
+    bin_dir = tmp_path / f"bin-{gpus}"
+    bin_dir.mkdir()
+    lines = "\n".join(str(i) for i in range(gpus))
+    listing = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})" for i in range(gpus))
+    script = bin_dir / "nvidia-smi"
+    script.write_text(f"""#!/bin/sh
+if [ {gpus} -eq 0 ]; then echo "No devices were found"; exit 6; fi
+case "$*" in
+  *--query-gpu=index*) printf '%s\\n' "{lines}" ;;
+  -L) printf '%s\\n' "{listing}" ;;
+esac
+""")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+    proc = run([BIN / "shellcheck", "--severity=style", script])
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "bootstrap").glob("*.sh")), ids=lambda p: p.name)
+def test_help(script):
+    proc = run([script, "--help"])
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) >= 3
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 8])
+def test_gpu_discovery(tmp_path, gpus):
+    proc = run([ROOT / "bootstrap" / "gpu-discovery.sh"], env=fake_nvidia_smi(tmp_path, gpus))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"name": "gpu", "addresses": [str(i) for i in range(gpus)]}
+
+
+def test_gpu_discovery_without_nvidia_smi(tmp_path):
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    if shutil.which("nvidia-smi", path=env["PATH"]):
+        pytest.skip("this machine has nvidia-smi")
+    proc = run([ROOT / "bootstrap" / "gpu-discovery.sh"], env=env)
+    assert proc.returncode == 1 and "nvidia-smi not found" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("gpus, extras", [(0, "locked,score,oss"), (1, "locked,score,oss,gpu")])
+def test_install_plan_follows_the_node_type(tmp_path, gpus, extras):
+    env = fake_nvidia_smi(tmp_path, gpus)
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--dry-run", "--prefix", tmp_path / "p",
+                "--python", sys.executable], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"mode={'gpu' if gpus else 'cpu'}" in proc.stdout
+    assert f"spec=promptscore[{extras}]" in proc.stdout
+    assert not (tmp_path / "p").exists()
+
+
+def test_install_refuses_an_old_python_and_unknown_options(tmp_path):
+    old = tmp_path / "python3.6"
+    old.write_text('#!/bin/sh\ncase "$2" in *"<"*) exit 1 ;; *) echo 3.6 ;; esac\n')
+    old.chmod(0o755)
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--python", old, "--prefix", tmp_path / "p"])
+    assert proc.returncode == 1 and "Python 3.6; the jobs need 3.10 or newer" in proc.stderr
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--frobnicate"])
+    assert proc.returncode == 1 and "unknown option --frobnicate" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory) -> Path:
+    """This package's wheel and the wheels of its locked dependencies, as an offline directory."""
+    cache = ROOT / ".venv" / "test-wheelhouse"
+    out = tmp_path_factory.mktemp("wheelhouse")
+    build = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, "."],
+                cwd=ROOT)
+    assert build.returncode == 0, build.stderr
+    wheel = next(out.glob("promptscore-*.whl"))
+    if not any(cache.glob("pyarrow-*.whl")):
+        fetch = run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", cache,
+                     f"{wheel}[locked]"])
+        if fetch.returncode != 0:
+            pytest.skip(f"cannot download the dependency wheels: {fetch.stderr.strip().splitlines()[-1:]}")
+    for w in cache.glob("*.whl"):
+        if not w.name.startswith("promptscore-"):
+            shutil.copy(w, out)
+    return out
+
+
+def test_install_into_a_prefix_from_a_wheel_directory(tmp_path, wheelhouse):
+    prefix = tmp_path / "opt"
+    spark_env = tmp_path / "spark-env.sh"
+    cmd = [ROOT / "bootstrap" / "install-python-env.sh", "--prefix", prefix, "--wheels", wheelhouse, "--cpu",
+           "--extras", "locked", "--python", sys.executable, "--spark-env", spark_env]
+    first = run(cmd)
+    assert first.returncode == 0, first.stderr
+    py = prefix / "venv" / "bin" / "python"
+    check = run([py, "-c", "import promptscore, udfs, pyarrow, pandas; print(pyarrow.__version__, pandas.__version__)"])
+    assert check.stdout.split() == ["21.0.0", "2.3.3"]  # the pinned versions of the locked extra
+    assert (prefix / "app" / "jobs" / "convert.py").is_file() and (prefix / "app" / "conf" / "emr-score-gpu.conf").is_file()
+    assert json.loads(run([prefix / "bin" / "gpu-discovery.sh"], env=fake_nvidia_smi(tmp_path, 2)).stdout)["addresses"] == ["0", "1"]
+    assert (prefix / "spark-python.conf").read_text() == f"spark.pyspark.python {py}\n"
+    line = f"export PYSPARK_PYTHON={py}"
+    assert spark_env.read_text().splitlines() == [line]
+    assert "installing promptscore[locked]" in first.stderr
+
+    again = run(cmd)  # idempotent: nothing to do, nothing added twice
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert spark_env.read_text().splitlines() == [line]
+
+    staged = run([ROOT / "bootstrap" / "stage-model.sh", ROOT / "conf", tmp_path / "model", "--python", py])
+    assert staged.returncode == 0, staged.stderr
+    assert sorted(p.name for p in (tmp_path / "model").iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in (ROOT / "conf").iterdir())
+
+
+def test_install_fails_loudly_without_the_wheels(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--prefix", tmp_path / "p", "--wheels", empty,
+                "--cpu", "--extras", "locked", "--python", sys.executable])
+    assert proc.returncode == 1
+    assert "ERROR: pip could not install promptscore[locked] from" in proc.stderr

@@ -1,0 +1,104 @@
+"""What `make package` and `make submit` give a cluster: importable artifacts, exact command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, records, write_lines
+
+
+def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def dist():
+    proc = make("package")
+    assert proc.returncode == 0, proc.stderr
+    return ROOT / "dist"
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A new virtualenv with nothing of this project (and no Spark) in it."""
+    path = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", path], check=True)
+    return path / "bin" / "python"
+
+
+MODULES = "import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.model_cache"
+
+
+def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):
+    wheel = next(dist.glob("promptscore-*-py3-none-any.whl"))
+    proc = subprocess.run([fresh_venv, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([fresh_venv, "-c", f"{MODULES}; import sys; print(promptscore.__file__); print(sys.prefix)"],
+                         capture_output=True, text=True, cwd=fresh_venv.parent)  # not the checkout
+    assert out.returncode == 0, out.stderr
+    module_file, prefix = out.stdout.split()
+    assert "site-packages" in module_file
+    share = Path(prefix) / "share" / "promptscore"
+    assert (share / "jobs" / "convert.py").is_file() and (share / "jobs" / "score.py").is_file()
+    assert (share / "conf" / "emr-convert.conf").is_file()
+    assert (share / "bootstrap" / "install-python-env.sh").is_file()
+
+
+def test_the_py_files_zip_imports_in_a_fresh_venv(dist, fresh_venv):
+    zf = zipfile.ZipFile(dist / "promptscore.zip")
+    names = set(zf.namelist())
+    assert {"promptscore/__init__.py", "promptscore/convert.py", "udfs/reward.py", "udfs/engine_host.py"} <= names
+    assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")]
+    out = subprocess.run([fresh_venv, "-c", f"{MODULES}; print(promptscore.__file__)"], capture_output=True,
+                         text=True, env={"PYTHONPATH": str(dist / "promptscore.zip"), "PATH": "/usr/bin:/bin"},
+                         cwd=fresh_venv.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(dist / "promptscore.zip"))
+
+
+@pytest.mark.parametrize("job, profile", [("convert", "conf/emr-convert.conf"), ("score", "conf/emr-score-gpu.conf")])
+def test_make_submit_prints_the_full_line(job, profile):
+    args = "--input oss://b/in/ --output oss://b/out/" + (" --model /mnt/models/rm" if job == "score" else "")
+    proc = make("submit", f"JOB={job}", f"ARGS={args}")
+    assert proc.returncode == 0, proc.stderr
+    assert shlex.split(proc.stdout) == ["spark-submit", "--properties-file", profile, "--py-files",
+                                        "dist/promptscore.zip", f"jobs/{job}.py", *shlex.split(args)]
+
+    proc = make("submit", f"JOB={job}", f"ARGS={args}", "PY_FILES=oss://b/jobs/promptscore.zip",
+                "JOBS_URI=oss://b/jobs", "ENV_ARCHIVE=oss://b/envs/promptscore-env.tar.gz")
+    assert shlex.split(proc.stdout) == [
+        "spark-submit", "--properties-file", profile, "--py-files", "oss://b/jobs/promptscore.zip",
+        "--archives", "oss://b/envs/promptscore-env.tar.gz#environment",
+        "--conf", "spark.pyspark.python=./environment/bin/python", f"oss://b/jobs/{job}.py", *shlex.split(args)]
+
+
+def test_make_submit_for_serverless_spark():
+    proc = make("submit", "JOB=convert", "TARGET=serverless", "JOBS_URI=oss://b/jobs",
+                "PY_FILES=oss://b/jobs/promptscore.zip", "ARGS=--input oss://b/in/ --output oss://b/out/")
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["jobDriver"]["sparkSubmit"]["entryPoint"] == "oss://b/jobs/convert.py"
+    assert body["jobDriver"]["sparkSubmit"]["entryPointArguments"] == ["--input", "oss://b/in/", "--output", "oss://b/out/"]
+    assert "--py-files oss://b/jobs/promptscore.zip" in body["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
+
+
+def test_make_submit_runs_it_when_asked(tmp_path):
+    write_lines(tmp_path / "in" / "a.jsonl", records("hello", "world"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the venv's spark-submit
+    proc = subprocess.run(["make", "-s", "submit", "JOB=convert", "CONF_FILE=conf/local.conf", "EXECUTE=1",
+                           f"ARGS=--input {tmp_path / 'in'} --output {out}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, *rest = proc.stdout.splitlines()
+    assert first.startswith("spark-submit --properties-file conf/local.conf --py-files dist/promptscore.zip jobs/convert.py")
+    assert json.loads((out / "_report.json").read_text())["rows_written"] == 2
