@@ -9,7 +9,7 @@ RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
 BENCH_FILES ?= 4000
 
-.PHONY: help venv demo test bench-convert bench-score package submit clean
+.PHONY: help venv demo test bench-convert bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
+	@echo "make wheelhouse     dist/wheelhouse-{cpu,gpu}/: every wheel a node needs, for offline bootstrap"
 	@echo "make submit JOB=convert|score ARGS='...' [EXECUTE=1] [PY_FILES=uri] [JOBS_URI=uri] [ENV_ARCHIVE=uri] [TARGET=serverless]"
 	@echo "                    print the full submission for EMR (and run it with EXECUTE=1)"
 
@@ -69,6 +70,18 @@ package: venv
 dist/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py)
 	@mkdir -p dist && rm -f $@
 	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("promptscore", "udfs") for p in sorted(pathlib.Path(d).rglob("*.py"))]' $@
+
+# Wheels for nodes without a package index (install-python-env.sh --wheels DIR): the package with its
+# pinned extras and every dependency, built or fetched for this machine's Python and platform (make it
+# on a machine like the nodes: same Python minor version, x86_64 Linux). KINDS=cpu for CPU nodes only.
+KINDS ?= cpu gpu
+wheelhouse: package
+	@for kind in $(KINDS); do \
+	  extras=locked,score,oss; [ $$kind = gpu ] && extras=$$extras,gpu; \
+	  rm -rf dist/wheelhouse-$$kind && mkdir -p dist/wheelhouse-$$kind && \
+	  $(RUN) python -m pip wheel -q -w dist/wheelhouse-$$kind "$$(ls dist/promptscore-*.whl)[$$extras]" || exit 1; \
+	  echo "dist/wheelhouse-$$kind: $$(ls dist/wheelhouse-$$kind | wc -l) wheels, $$(du -sh dist/wheelhouse-$$kind | cut -f1)"; \
+	done
 
 JOB ?= convert
 TARGET ?= emr
