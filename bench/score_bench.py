@@ -195,6 +195,7 @@ def spark_run(a) -> None:
 
     from promptscore import score
     from promptscore.output import OutputSpec
+    from udfs.engines import EngineSpec
 
     builder = (SparkSession.builder.master(a.master).appName("score-bench")
                .config("spark.log.level", "WARN").config("spark.ui.showConsoleProgress", "false")
@@ -228,11 +229,11 @@ def spark_run(a) -> None:
             src = Path(a.prompts)
         out = work / f"spark-out-{name}"
         shutil.rmtree(out, ignore_errors=True)
-        opts = score.ScoreOptions(
-            inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), model=a.model, backend=a.backend,
-            dtype=a.dtype, quantization=a.quantization, max_model_len=a.max_model_len,
-            max_num_batched_tokens=a.max_num_batched_tokens, max_num_seqs=a.max_num_seqs,
-            partitions=partitions, max_bad_fraction=1.0)
+        engine = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
+                            max_model_len=a.max_model_len, max_num_batched_tokens=a.max_num_batched_tokens,
+                            max_num_seqs=a.max_num_seqs)
+        opts = score.ScoreOptions(inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), engine=engine,
+                                  partitions=partitions, max_bad_fraction=1.0)
         t0 = time.monotonic()
         report = score.run_score(spark, opts)
         report["wall_s"] = time.monotonic() - t0

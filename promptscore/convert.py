@@ -330,13 +330,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     bad_fraction = rejected / nonblank if nonblank else 0.0
     too_many = bad_fraction > opts.max_bad_fraction
     report = {
-        "job": "convert",
-        "status": "too_many_rejects" if too_many else "ok",
-        "started_at": started_at,
-        "inputs": [redact_uri(i) for i in opts.inputs],
-        "output": redact_uri(target),
-        "partition": opts.out.partition(),
-        "mode": mode,
+        **output.report_header("convert", "too_many_rejects" if too_many else "ok", started_at, opts.inputs, target, opts.out, mode),
         "input_files": index.files,
         "input_bytes": index.bytes,
         "lines_read": lines_read,

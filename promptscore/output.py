@@ -117,6 +117,13 @@ def new_group(job: str) -> str:
     return f"promptscore-{job}-{time.time_ns()}"
 
 
+def report_header(job: str, status: str, started_at: str, inputs: list[str], target: str, out: OutputSpec,
+                  mode: str) -> dict:
+    """The fields every job's report starts with (URIs with any user:secret part hidden)."""
+    return {"job": job, "status": status, "started_at": started_at, "inputs": [redact_uri(i) for i in inputs],
+            "output": redact_uri(target), "partition": out.partition(), "mode": mode}
+
+
 def finish(spark: SparkSession, target: str, report: dict, copy_to: str | None, ok: bool) -> None:
     """Write the report (and its copy), then set ``_SUCCESS`` only if ``ok`` (removing a stale one)."""
     write_report(spark, report, f"{target}/_report.json", copy_to)

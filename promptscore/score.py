@@ -9,6 +9,7 @@ the same write; each task's timings come back through an accumulator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from pyspark.sql.types import StringType
 
 from promptscore import cli, hadoop, output
 from promptscore.output import OutputSpec
+from udfs.engines import EngineSpec
 from promptscore.report import human_bytes, redact_uri
 
 REASONS = ("null_text", "empty_text", "null_response", "no_tokens", "engine_rejected", "non_finite_score")
@@ -32,27 +34,21 @@ HISTOGRAM_PNG = "_score_histogram.png"
 
 @dataclass
 class ScoreOptions:
-    """Everything the score job takes."""
+    """Everything the score job takes. ``engine.backend`` may be ``auto`` (see resolve_backend)."""
 
     inputs: list[str]
     out: OutputSpec
-    model: str
+    engine: EngineSpec
     text_col: str = "prompt"
     response_col: str | None = None
     template: str = "raw"
-    backend: str = "auto"
-    max_model_len: int = 4096
-    dtype: str = "auto"
-    quantization: str | None = None
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.90
-    max_num_batched_tokens: int = 65536
-    max_num_seqs: int = 512
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
     max_bad_fraction: float = 0.001
     cache_dir: str = "/tmp/promptscore-models"
     partitions: int | None = None
+
+    @property
+    def model(self) -> str:
+        return self.engine.model_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,13 +106,15 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         raise cli.UsageError("--gpu-memory-utilization must be in (0, 1]")
     if args.partitions is not None and args.partitions < 1:
         raise cli.UsageError("--partitions must be at least 1")
+    engine = EngineSpec(
+        model_dir=args.model, backend=args.backend, max_model_len=args.max_model_len, dtype=args.dtype,
+        quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs, engine_args=engine_args, device=args.device,
+    )
     return ScoreOptions(
-        inputs=list(args.input), out=output.from_args(args), model=args.model, text_col=args.text_col,
-        response_col=args.response_col, template=args.template, backend=args.backend,
-        max_model_len=args.max_model_len, dtype=args.dtype, quantization=args.quantization,
-        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-        engine_args=engine_args, device=args.device, max_bad_fraction=args.max_bad_fraction,
+        inputs=list(args.input), out=output.from_args(args), engine=engine, text_col=args.text_col,
+        response_col=args.response_col, template=args.template, max_bad_fraction=args.max_bad_fraction,
         cache_dir=args.cache_dir, partitions=args.partitions,
     )
 
@@ -213,7 +211,6 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     """Run the whole job; return the report. Raises UsageError / DataQualityError."""
     from pyspark.errors import AnalysisException
 
-    from udfs.engines import EngineSpec
     from udfs.reward import ScoreSpec, make_udf
 
     started = time.monotonic()
@@ -222,7 +219,8 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     target, mode = output.prepare(spark, opts.out)
     config, manifest = model_manifest(spark, opts.model)
     check_model(config, opts.model)
-    backend = resolve_backend(spark, opts.backend)
+    engine = dataclasses.replace(opts.engine, backend=resolve_backend(spark, opts.engine.backend))
+    backend = engine.backend
     try:
         df = spark.read.parquet(*opts.inputs)
     except AnalysisException as e:
@@ -240,12 +238,6 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     if opts.partitions:
         df = df.repartition(opts.partitions)
 
-    engine = EngineSpec(
-        model_dir=opts.model, backend=backend, max_model_len=opts.max_model_len, dtype=opts.dtype,
-        quantization=opts.quantization, tensor_parallel_size=opts.tensor_parallel_size,
-        gpu_memory_utilization=opts.gpu_memory_utilization, max_num_batched_tokens=opts.max_num_batched_tokens,
-        max_num_seqs=opts.max_num_seqs, engine_args=opts.engine_args, device=opts.device,
-    )
     spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
     tasks_acc = spark.sparkContext.accumulator([], _ListParam())
     udf = make_udf(spec, tasks_acc, with_response=opts.response_col is not None)
@@ -277,13 +269,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     quantiles = json.loads(m["quantiles"]) if m["quantiles"] else None
     histogram = [[b["x"], b["y"]] for b in json.loads(m["histogram"])] if m["histogram"] else []
     report = {
-        "job": "score",
-        "status": "too_many_errors" if too_many else "ok",
-        "started_at": started_at,
-        "inputs": [redact_uri(i) for i in opts.inputs],
-        "output": redact_uri(target),
-        "partition": opts.out.partition(),
-        "mode": mode,
+        **output.report_header("score", "too_many_errors" if too_many else "ok", started_at, opts.inputs, target, opts.out, mode),
         "model": redact_uri(opts.model),
         "architecture": (config.get("architectures") or [None])[0],
         "backend": backend,
