@@ -13,9 +13,8 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import Column, DataFrame, Observation, SparkSession

@@ -12,11 +12,12 @@ splitting its batch until only that row fails.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pandas as pd
@@ -40,7 +41,6 @@ class ScoreSpec:
     inflight: int = 2
     start_timeout_s: float = 1800.0
     use_task_gpus: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _PROMPTERS: dict[tuple, Prompter] = {}
@@ -130,7 +130,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
 
     stats = stats or TaskStats()
     model_dir = model_cache.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
-    engine = EngineSpec(**{**spec.engine.__dict__, "model_dir": model_dir})
+    engine = dataclasses.replace(spec.engine, model_dir=model_dir)
     prompter = _prompter(model_dir, spec.template, engine.max_model_len)
     client = None
     pending: deque = deque()
