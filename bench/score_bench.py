@@ -5,13 +5,14 @@
 On one GPU, each step a fresh process so that every engine gets the whole GPU:
 
 1. ``prepare``: a random-weight model of Qwen2.5-Coder-1.5B's shape (bf16) and the tiny model,
-   and N prompts of 256-1,792 tokens (uniform) as Parquet.
-2. ``vllm``: bare vLLM, ``LLM(runner="pooling").classify(texts)`` (bf16, then fp8), timed after a
-   warm-up; scores saved.
-3. ``spark``: this job (``run_score`` in a local-mode SparkSession) on the same Parquet, timed on a
-   second run so the engine start is not counted, as it is not for bare vLLM.
+   and N prompts (default 16,384) of 256-1,792 tokens (uniform) in 4 Parquet files.
+2. ``vllm``: bare vLLM, ``LLM(runner="pooling").classify(...)`` on token ids or texts (bf16, fp8),
+   timed after a warm-up; scores saved.
+3. ``spark``: this job (``run_score`` in a local-mode SparkSession, one task per file) on the same
+   Parquet, timed on a second run so the engine start is not counted, as it is not for bare vLLM.
 4. ``transformers``: the transformers engine (length-sorted padded batches) on a subset.
-5. ``accuracy``: vLLM bf16 against transformers fp32 on the tiny and the 1.5B model.
+5. ``accuracy``: vLLM bf16 against transformers fp32 on the tiny and the 1.5B model; ``probe``:
+   transformers fp32 on the GPU against the CPU, with and without its attention-kernel guard.
 
 ``report`` turns the JSON files into the Markdown tables of bench/RESULTS.md. ``spark --master
 "local-cluster[2,1,16384]" --gpus 1`` runs the job on two executors with one GPU each.
@@ -43,7 +44,8 @@ PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, from the data sheet
 def load_prompts(path: Path, limit: int | None = None) -> list[str]:
     import pyarrow.parquet as pq
 
-    texts = pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()
+    table = pq.read_table(path, columns=["id", "prompt"]).sort_by("id")
+    texts = table.column("prompt").to_pylist()
     return texts[:limit] if limit else texts
 
 
@@ -110,7 +112,14 @@ def prepare(a) -> None:
         text = tok.decode(pool[start:start + n])
         texts.append(text)
         lengths.append(len(tok(text)["input_ids"]))
-    pq.write_table(pa.table({"id": list(range(a.prompts)), "prompt": texts}), work / "prompts.parquet")
+    # Several files, as the convert job writes them: Spark reads one per task, with no shuffle.
+    out = work / "prompts"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    table = pa.table({"id": list(range(a.prompts)), "prompt": texts})
+    per_file = -(-a.prompts // a.files)
+    for k in range(a.files):
+        pq.write_table(table.slice(k * per_file, per_file), out / f"part-{k:05d}.parquet")
     print(f"{a.prompts} prompts, {sum(lengths):,} tokens (mean {sum(lengths) / len(lengths):.0f}, "
           f"min {min(lengths)}, max {max(lengths)})", flush=True)
 
@@ -212,8 +221,10 @@ def spark_run(a) -> None:
                    .config("spark.locality.wait", "0"))
     spark = builder.getOrCreate()
     work = Path(a.work)
-    executors = int(a.master.split("[", 1)[1].split(",")[0]) if a.master.startswith("local-cluster") else 1
-    runs = [("warm-up", a.warmup, executors), ("timed", None, a.partitions)]
+    # The warm-up runs as many tasks as the timed run, so that every Python worker has started
+    # (and imported pandas and the tokenizer) before the clock starts, as bare vLLM's has.
+    tasks = a.partitions or len(list(Path(a.prompts).glob("*.parquet"))) or 1
+    runs = [("warm-up", a.warmup, tasks), ("timed", None, a.partitions)]
     if a.one_task_too:
         runs.append(("timed-one-task", None, 1))
     results = {}
@@ -224,7 +235,7 @@ def spark_run(a) -> None:
 
             shutil.rmtree(src, ignore_errors=True)
             src.mkdir(parents=True)
-            pq.write_table(pq.read_table(a.prompts).slice(0, limit), src / "part-0.parquet")
+            pq.write_table(pq.read_table(a.prompts).sort_by("id").slice(0, limit), src / "part-0.parquet")
         else:
             src = Path(a.prompts)
         out = work / f"spark-out-{name}"
@@ -256,7 +267,7 @@ def spark_run(a) -> None:
         }
 
     what = f"this job, {a.master}" + (f", {a.gpus} GPU per executor" if a.gpus else "")
-    data = entry(results["timed"], f"{what}, {a.partitions} tasks")
+    data = entry(results["timed"], f"{what}, {len(results['timed']['tasks'])} tasks")
     data["engine_start_s"] = results["warm-up"]["engine_start_s"]
     data["scores"] = [s for _, s in order]
     if "timed-one-task" in results:
@@ -281,6 +292,39 @@ def accuracy(a) -> None:
         "max_abs_diff": diffs[-1], "median_abs_diff": diffs[len(diffs) // 2],
         "score_std": (sum((x - sum(ref) / len(ref)) ** 2 for x in ref) / len(ref)) ** 0.5,
         "spearman": spearman(got, ref),
+    })
+
+
+def probe(a) -> None:
+    """Where transformers fp32 on the GPU parts from the CPU: padded batches with and without
+    the attention-kernel guard of ``TransformersEngine``, against CPU fp32 and vLLM."""
+    from udfs.engines import EngineSpec, TransformersEngine
+    from udfs.prompts import Prompter
+
+    texts = load_prompts(Path(a.prompts), a.limit)
+    ids = Prompter(a.model, "raw", a.max_model_len).encode(texts).ids
+    spec = dict(model_dir=a.model, dtype="float32", batch_tokens=16384)
+    cpu = TransformersEngine(EngineSpec(device="cpu", **spec)).score(ids)
+    gpu = TransformersEngine(EngineSpec(device="cuda", **spec))
+    guarded = gpu.score(ids)
+    guard, gpu.sdpa_backends = gpu.sdpa_backends, None
+    plain = gpu.score(ids)
+    width = {i: w for rows, w in gpu.padded_batches([len(x) for x in ids]) for i in rows}
+    vllm_scores = json.loads(Path(a.vllm_json).read_text())["scores"][: len(ids)]
+
+    def compare(x: list[float], y: list[float]) -> dict:
+        d = [abs(p - q) for p, q in zip(x, y)]
+        worst = max(range(len(d)), key=d.__getitem__)
+        return {"max_abs_diff": d[worst], "median_abs_diff": sorted(d)[len(d) // 2],
+                "rows_over_0.1": sum(v > 0.1 for v in d), "spearman": spearman(x, y),
+                "worst_row": worst, "worst_row_tokens": len(ids[worst]), "worst_row_padded_width": width[worst]}
+
+    write_json(a.json, {
+        "what": "transformers fp32 on the GPU, padded batches, against transformers fp32 on the CPU",
+        "model": a.model, "rows": len(ids), "guard": [str(b) for b in guard or []],
+        "gpu_unguarded_vs_cpu": compare(plain, cpu), "gpu_guarded_vs_cpu": compare(guarded, cpu),
+        "vllm_bf16_vs_cpu": compare(vllm_scores, cpu), "vllm_bf16_vs_gpu_guarded": compare(vllm_scores, guarded),
+        "padded_widths_mod_32_eq_1": sorted({w for w in width.values() if w % 32 == 1}),
     })
 
 
@@ -309,9 +353,9 @@ def run_all(a) -> None:
     runtime = work / "runtime"
     os.environ["PROMPTSCORE_RUNTIME_DIR"] = str(runtime)
     log = out / "bench-score.log"
-    big, tiny, prompts = str(work / "qwen1.5b"), str(work / "tiny"), str(work / "prompts.parquet")
+    big, tiny, prompts = str(work / "qwen1.5b"), str(work / "tiny"), str(work / "prompts")
     common = ["--prompts", prompts, "--max-model-len", "2048"]
-    spark = ["spark", "--model", big, *common, "--work", str(work), "--partitions", str(a.partitions)]
+    spark = ["spark", "--model", big, *common, "--work", str(work)]
     steps = {
         "prepare": ["prepare", "--work", str(work), "--prompts", str(a.prompts), "--device", "cuda"],
         "vllm-bf16": ["vllm", "--model", big, *common, "--dtype", "bfloat16", "--json", str(out / "vllm-bf16.json")],
@@ -332,6 +376,8 @@ def run_all(a) -> None:
                       "--json", str(out / "vllm-tiny.json")],
         "accuracy-tiny": ["accuracy", "--model", tiny, *common, "--limit", "512", "--vllm-json",
                           str(out / "vllm-tiny.json"), "--json", str(out / "accuracy-tiny.json")],
+        "probe-tiny": ["probe", "--model", tiny, *common, "--limit", "512", "--vllm-json",
+                       str(out / "vllm-tiny.json"), "--json", str(out / "probe-tiny.json")],
     }
     for name in a.steps.split(","):
         t0 = time.monotonic()
@@ -376,7 +422,8 @@ def report(a) -> None:
         r = runs.get(name)
         if r:
             print(f"{name} engines: " + "; ".join(f"{e['key']} pid {e['pid']} on {e['device']} ({e['tasks']} tasks, "
-                                                  f"busy {e['busy_s']:.1f} s)" for e in r["engines"]))
+                                                  f"busy {e['busy_s']:.1f} s, idle {e.get('idle_s') or 0:.1f} s)"
+                                                  for e in r["engines"]))
 
 
 def main() -> int:
@@ -396,7 +443,8 @@ def main() -> int:
 
     s = sub.add_parser("prepare")
     s.add_argument("--work", required=True)
-    s.add_argument("--prompts", type=int, default=8192)
+    s.add_argument("--prompts", type=int, default=16384)
+    s.add_argument("--files", type=int, default=4, help="Parquet files to write the prompts to")
     s.add_argument("--min-tokens", type=int, default=256)
     s.add_argument("--max-tokens", type=int, default=1792)
     s.add_argument("--device", default="cuda")
@@ -416,7 +464,7 @@ def main() -> int:
     s.add_argument("--work", required=True)
     s.add_argument("--master", default="local[4]")
     s.add_argument("--gpus", type=int, default=0, help="GPUs per executor (local-cluster masters)")
-    s.add_argument("--partitions", type=int, default=4)
+    s.add_argument("--partitions", type=int, help="repartition the input into N tasks (default: one per file)")
     s.add_argument("--warmup", type=int, default=512)
     s.add_argument("--batch-rows", type=int, default=512)
     s.add_argument("--backend", default="vllm", help="transformers: a dry run without a GPU")
@@ -426,15 +474,18 @@ def main() -> int:
     engine_flags(s)
     s.add_argument("--vllm-json", required=True)
     s.set_defaults(fn=accuracy)
+    s = sub.add_parser("probe")
+    engine_flags(s)
+    s.add_argument("--vllm-json", required=True)
+    s.set_defaults(fn=probe)
     s = sub.add_parser("all")
     s.add_argument("--work", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--prompts", type=int, default=8192)
+    s.add_argument("--prompts", type=int, default=16384)
     s.add_argument("--master", default="local[4]")
-    s.add_argument("--partitions", type=int, default=4)
     s.add_argument("--transformers-prompts", type=int, default=2048)
-    s.add_argument("--steps", default="prepare,vllm-ids,vllm-bf16,spark,vllm-fp8,transformers,accuracy-big,"
-                   "vllm-tiny,accuracy-tiny")
+    s.add_argument("--steps", default="prepare,vllm-ids,spark,vllm-bf16,vllm-fp8,transformers,accuracy-big,"
+                   "vllm-tiny,accuracy-tiny,probe-tiny")
     s.set_defaults(fn=run_all)
     s = sub.add_parser("report")
     s.add_argument("--out", required=True)

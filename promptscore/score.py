@@ -257,14 +257,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     too_many = bad_fraction > opts.max_bad_fraction
     tokens = int(m["tokens"] or 0)
     outputs = hadoop.list_data_files(spark, target)
-    engines: dict[tuple, dict] = {}
-    for t in tasks:
-        if t.get("engine_pid") is not None:
-            e = engines.setdefault((t["engine_key"], t["engine_pid"]), {
-                "key": t["engine_key"], "pid": t["engine_pid"], "device": t["engine_device"],
-                "start_s": t["engine_start_s"], "busy_s": 0.0, "tasks": 0})
-            e["busy_s"] = max(e["busy_s"], t["engine_busy_s"] or 0.0)
-            e["tasks"] += 1
+    engines = engine_summaries(tasks)
     quantiles = json.loads(m["quantiles"]) if m["quantiles"] else None
     histogram = [[b["x"], b["y"]] for b in json.loads(m["histogram"])] if m["histogram"] else []
     report = {
@@ -287,10 +280,11 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
         "max_tokens": m["max_tokens"],
         "prompts_per_s": round(rows / write_s, 2) if write_s else None,
         "tokens_per_s": round(tokens / write_s, 1) if write_s else None,
-        "engines": list(engines.values()),
-        "engine_start_s": max((e["start_s"] or 0 for e in engines.values()), default=None),
+        "engines": engines,
+        "engine_start_s": max((e["start_s"] or 0 for e in engines), default=None),
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
-        "engine_busy_s": round(sum(e["busy_s"] for e in engines.values()), 3),
+        "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
+        "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
         "score_mean": m["mean"],
         "score_quantiles": dict(zip((f"p{int(q * 100)}" for q in QUANTILES), quantiles)) if quantiles else None,
         "score_histogram": histogram,
@@ -315,6 +309,31 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
             f"{error_rows:,} of {rows:,} rows got no score ({bad_fraction:.4%} > --max-bad-fraction "
             f"{opts.max_bad_fraction:g}): {errors}; see score_error in the output", report)
     return report
+
+
+def engine_summaries(tasks: list[dict]) -> list[dict]:
+    """One entry per engine the tasks used: its device, start seconds, tasks, and the seconds it
+    spent computing (``busy_s``) and waiting for rows (``idle_s``) between the first of these
+    tasks' connections and the last one's end. A high ``idle_s`` means the engine waited on Spark
+    (reads, tokenizing): give the executor more task slots per GPU."""
+    engines: dict[tuple, dict] = {}
+    for t in tasks:
+        if t.get("engine_pid") is None:
+            continue
+        e = engines.setdefault((t["engine_key"], t["engine_pid"]), {
+            "key": t["engine_key"], "pid": t["engine_pid"], "device": t["engine_device"],
+            "start_s": t["engine_start_s"], "tasks": 0, "_spans": []})
+        e["tasks"] += 1
+        e["_spans"].append(t)
+    out = []
+    for e in engines.values():
+        spans = e.pop("_spans")
+        for name in ("busy", "idle"):
+            starts = [t[f"engine_{name}_start_s"] for t in spans if t.get(f"engine_{name}_start_s") is not None]
+            ends = [t[f"engine_{name}_s"] for t in spans if t.get(f"engine_{name}_s") is not None]
+            e[f"{name}_s"] = round(max(ends) - min(starts), 3) if starts and ends else None
+        out.append(e)
+    return out
 
 
 def histogram_png(histogram: list[list[float]], title: str) -> bytes | None:

@@ -68,6 +68,10 @@ def test_every_row_and_column_kept_and_scores_match_transformers(spark, prompts,
     assert sum(t["rows"] for t in report["tasks"]) == 8
     for key in ("prompts_per_s", "tokens_per_s", "engine_start_s", "engine_busy_s", "elapsed_s"):
         assert report[key] is not None
+    engine = report["engines"][0]
+    # This job's share of the engine's time: computing, and waiting for rows while its tasks ran.
+    assert 0 < engine["busy_s"] and 0 <= engine["idle_s"]
+    assert engine["busy_s"] + engine["idle_s"] <= report["phase_s"]["write"]
     assert (out / "_SUCCESS").exists()
     assert stdout.strip() == report["summary"] and stdout.startswith("score: 8 rows -> 5 scored")
 

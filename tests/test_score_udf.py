@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from conftest import direct_scores
 from udfs.engines import EngineSpec
@@ -14,13 +15,15 @@ def run(model, batches, **kw):
     return pd.concat(list(score_batches(spec, iter(batches), TaskStats())), ignore_index=True)
 
 
-def test_batches_keep_their_order_and_bad_rows_their_reason(tiny_model):
+@pytest.mark.parametrize("slice_rows", [128, 2, 1])
+def test_batches_keep_their_order_and_bad_rows_their_reason(tiny_model, slice_rows):
     batches = [
         pd.Series(["first prompt", None, "second prompt"]),
+        pd.Series([], dtype=object),
         pd.Series(["", "   ", "third prompt about rust"]),
         pd.Series(["fourth"]),
     ]
-    out = run(tiny_model, batches)
+    out = run(tiny_model, batches, slice_rows=slice_rows)
     assert list(out.columns) == ["score", "score_error", "n_tokens", "truncated"]
     assert out["score_error"].tolist() == [None, "null_text", None, "empty_text", "empty_text", None, None]
     good = ["first prompt", "second prompt", "third prompt about rust", "fourth"]
@@ -30,10 +33,11 @@ def test_batches_keep_their_order_and_bad_rows_their_reason(tiny_model):
     assert out["score"].isna().tolist() == [False, True, False, True, True, False, False]
 
 
-def test_a_row_the_engine_refuses_is_isolated(oov_model):
+@pytest.mark.parametrize("slice_rows", [128, 3])
+def test_a_row_the_engine_refuses_is_isolated(oov_model, slice_rows):
     texts = [f"prompt {i}" for i in range(9)]
     texts[4] = "this one holds <|oov|> a token the model has no embedding for"
-    out = run(oov_model, [pd.Series(texts)])
+    out = run(oov_model, [pd.Series(texts)], slice_rows=slice_rows)
     errors = out["score_error"].tolist()
     assert errors[4].startswith("engine_rejected: ValueError: token id") and "out of vocabulary" in errors[4]
     assert [e is None for i, e in enumerate(errors) if i != 4] == [True] * 8

@@ -172,6 +172,7 @@ class Host:
         self.stats = {"requests": 0, "rows": 0, "tokens": 0, "failed_requests": 0}
         self.started_at = time.time()
         self.start_s = start_s
+        self.idle_s = 0.0  # the engine waiting for rows (with none of its own left to compute)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -179,7 +180,7 @@ class Host:
             "backend": self.spec.backend, "device": getattr(self.engine, "device_name", "?"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine_start_s": round(self.start_s, 3), "started_at": self.started_at,
-            "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3), **self.stats,
+            "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3), "idle_s": round(self.idle_s, 3), **self.stats,
         }
 
     def stop(self, reason: str) -> None:
@@ -191,10 +192,18 @@ class Host:
         return self._stop.is_set()
 
     def next_request(self, block: bool) -> _Request | None:
+        if not block:
+            try:
+                return self.requests.get_nowait()
+            except queue.Empty:
+                return None
+        start = time.monotonic()
         try:
-            return self.requests.get(timeout=0.2) if block else self.requests.get_nowait()
+            return self.requests.get(timeout=0.2)
         except queue.Empty:
             return None
+        finally:
+            self.idle_s += time.monotonic() - start
 
     def deliver(self, req: _Request, result) -> None:
         if isinstance(result, BaseException):

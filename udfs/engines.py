@@ -10,6 +10,7 @@ An engine runs inside the engine host (``udfs.engine_host``), one per GPU, and i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,39 @@ class TransformersEngine(_BatchLoop):
         self.pad_id = model.config.pad_token_id or 0
         self.batch_tokens = spec.batch_tokens
         self.device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+        self.sdpa_backends = None
+        config = model.config
+        if device.startswith("cuda") and getattr(config, "num_key_value_heads", None) == 1 < config.num_attention_heads:
+            # With one KV head, transformers hands SDPA key/value heads broadcast with stride 0;
+            # CUDA's memory-efficient kernel then returns wrong rows for some padded batches
+            # (pytorch/pytorch#191937), so padded batches of such a model avoid that kernel.
+            from torch.nn.attention import SDPBackend
+
+            self.sdpa_backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+
+    def _attention_kernels(self):
+        if self.sdpa_backends is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel(self.sdpa_backends)
+
+    def padded_batches(self, lengths: list[int]) -> list[tuple[list[int], int]]:
+        """Rows grouped for the forward passes: (row indices, padded width), shortest first, each
+        group at most ``batch_tokens`` padded tokens (or a single longer row)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        groups: list[tuple[list[int], int]] = []
+        start = 0
+        while start < len(order):
+            end, longest = start, 0
+            while end < len(order):
+                width = max(longest, lengths[order[end]])
+                if end > start and width * (end - start + 1) > self.batch_tokens:
+                    break
+                longest, end = width, end + 1
+            groups.append((order[start:end], longest))
+            start = end
+        return groups
 
     def score(self, batch: list[list[int]]) -> list[float]:
         torch = self.torch
@@ -114,30 +148,20 @@ class TransformersEngine(_BatchLoop):
             if bad is not None:
                 # Checked here: on a GPU an out-of-range id would kill the CUDA context.
                 raise ValueError(f"token id {bad} is out of vocabulary (size {self.vocab_size})")
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         out = [0.0] * len(batch)
-        start = 0
-        while start < len(order):
-            end, longest = start, 0
-            while end < len(order):
-                width = max(longest, len(batch[order[end]]))
-                if end > start and width * (end - start + 1) > self.batch_tokens:
-                    break
-                longest, end = width, end + 1
-            rows = order[start:end]
+        for rows, longest in self.padded_batches([len(ids) for ids in batch]):
             input_ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(rows), longest), dtype=torch.long)
             for r, i in enumerate(rows):
                 input_ids[r, : len(batch[i])] = torch.tensor(batch[i])
                 mask[r, : len(batch[i])] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._attention_kernels():
                 hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 last = hidden[torch.arange(len(rows), device=self.device), mask.sum(dim=1) - 1]
                 logits = self.head(last).float()[:, 0].cpu().tolist()
             for i, value in zip(rows, logits):
                 out[i] = value
-            start = end
         return out
 
     def close(self) -> None:

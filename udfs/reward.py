@@ -3,7 +3,9 @@
 The UDF is of the iterator form: each task's Arrow batches stream through one generator, which
 tokenizes a batch, hands its token ids to the engine host of its GPU (``udfs.engine_host``,
 started lazily by the first batch that needs it and kept for the life of the executor), and
-keeps the next batch in flight while it waits, so the GPU does not idle between batches.
+keeps the next batch in flight while it waits, so the GPU does not idle between batches. A batch
+goes to the engine in slices (128 rows by default), each sent as soon as it is tokenized, so the
+engine starts on a task's first rows while the rest of its first batch is still being tokenized.
 
 Rows that cannot be scored never sink a batch: null, empty or whitespace-only text gets a null
 score and a reason before any engine sees it, and a row the engine refuses is isolated by
@@ -39,6 +41,7 @@ class ScoreSpec:
     model_manifest: list[tuple[str, int]] | None = None
     cache_dir: str = "/tmp/promptscore-models"
     inflight: int = 2
+    slice_rows: int = 128
     start_timeout_s: float = 1800.0
     use_task_gpus: bool = True
 
@@ -91,6 +94,7 @@ class TaskStats:
         self.rows = self.scored = self.tokens = 0
         self.engine_wait_s = 0.0
         self.busy_start: float | None = None
+        self.idle_start: float | None = None
         self.host: dict[str, Any] = {}
 
     def as_dict(self, busy_end: float | None) -> dict[str, Any]:
@@ -116,7 +120,12 @@ class TaskStats:
             "engine_wait_s": round(self.engine_wait_s, 3),
             # The engine's busy seconds while this task ran (exact when one task uses the engine).
             "gpu_s": round(busy_end - self.busy_start, 3) if busy_end is not None and self.busy_start is not None else None,
+            # The engine's lifetime counters at this task's start and end: seconds computing, and
+            # seconds without rows to compute.
+            "engine_busy_start_s": self.busy_start,
             "engine_busy_s": busy_end,
+            "engine_idle_start_s": self.idle_start,
+            "engine_idle_s": self.host.get("idle_s"),
             "prompts_per_s": round(self.rows / seconds, 2) if seconds else None,
             "tokens_per_s": round(self.tokens / seconds, 1) if seconds else None,
         }
@@ -135,8 +144,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
     client = None
     pending: deque = deque()
 
-    def finish(item) -> pd.DataFrame:
-        enc, todo, rid = item
+    def finish_slice(enc, todo: list[int], rid: int | None) -> pd.DataFrame:
         n = len(enc.ids)
         scores: list[float | None] = [None] * n
         errors = list(enc.errors)
@@ -163,6 +171,11 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             "truncated": pd.array(enc.truncated, dtype="boolean"),
         })
 
+    def finish(slices: list) -> pd.DataFrame:
+        frames = [finish_slice(*item) for item in slices]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    step = max(1, spec.slice_rows)
     for batch in batches:
         if client is None:
             # Connect (and start the engine host, if this is the executor's first task) before
@@ -172,14 +185,18 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             stats.engine_wait_s = time.monotonic() - t0
             stats.host = client.stats()
             stats.busy_start = stats.host.get("busy_s")
+            stats.idle_start = stats.host.get("idle_s")
         if isinstance(batch, tuple):
             prompts, responses = batch[0].tolist(), batch[1].tolist()
         else:
             prompts, responses = batch.tolist(), None
-        enc = prompter.encode(prompts, responses)
-        todo = [i for i, ids in enumerate(enc.ids) if ids is not None]
-        rid = client.submit([enc.ids[i] for i in todo]) if todo else None
-        pending.append((enc, todo, rid))
+        slices = []
+        for lo in range(0, max(len(prompts), 1), step):
+            enc = prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
+            todo = [i for i, ids in enumerate(enc.ids) if ids is not None]
+            rid = client.submit([enc.ids[i] for i in todo]) if todo else None
+            slices.append((enc, todo, rid))
+        pending.append(slices)
         if len(pending) >= spec.inflight:
             yield finish(pending.popleft())
     while pending:
