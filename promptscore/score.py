@@ -316,18 +316,14 @@ def engine_summaries(tasks: list[dict]) -> list[dict]:
     spent computing (``busy_s``) and waiting for rows (``idle_s``) between the first of these
     tasks' connections and the last one's end. A high ``idle_s`` means the engine waited on Spark
     (reads, tokenizing): give the executor more task slots per GPU."""
-    engines: dict[tuple, dict] = {}
+    by_engine: dict[tuple, list[dict]] = {}
     for t in tasks:
-        if t.get("engine_pid") is None:
-            continue
-        e = engines.setdefault((t["engine_key"], t["engine_pid"]), {
-            "key": t["engine_key"], "pid": t["engine_pid"], "device": t["engine_device"],
-            "start_s": t["engine_start_s"], "tasks": 0, "_spans": []})
-        e["tasks"] += 1
-        e["_spans"].append(t)
+        if t.get("engine_pid") is not None:
+            by_engine.setdefault((t["engine_key"], t["engine_pid"]), []).append(t)
     out = []
-    for e in engines.values():
-        spans = e.pop("_spans")
+    for (key, pid), spans in by_engine.items():
+        e = {"key": key, "pid": pid, "device": spans[0]["engine_device"], "start_s": spans[0]["engine_start_s"],
+             "tasks": len(spans)}
         for name in ("busy", "idle"):
             starts = [t[f"engine_{name}_start_s"] for t in spans if t.get(f"engine_{name}_start_s") is not None]
             ends = [t[f"engine_{name}_s"] for t in spans if t.get(f"engine_{name}_s") is not None]

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 MARKER = ".promptscore-complete"
 METADATA = "http://100.100.100.200/latest/meta-data"
@@ -134,13 +135,22 @@ def _log(msg: str) -> None:
     print(f"[stage-model] {msg}", file=sys.stderr, flush=True)
 
 
-def stage(source: Source, dest: str | Path, label: str = "") -> dict:
-    """Copy ``source`` into ``dest`` unless it is there already; returns what was done."""
-    dest = Path(dest)
+@contextlib.contextmanager
+def locked(dest: Path) -> Iterator[None]:
+    """Hold the node-wide lock of ``dest`` (``<dest>.lock``): one copier per node, the others wait."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(str(dest) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock_fd)
+
+
+def stage(source: Source, dest: str | Path, label: str = "") -> dict:
+    """Copy ``source`` into ``dest`` unless it is there already; returns what was done."""
+    dest = Path(dest)
+    with locked(dest):
         entries = source.entries()
         if not entries:
             raise StageError(f"source {label} holds no files")
@@ -173,8 +183,6 @@ def stage(source: Source, dest: str | Path, label: str = "") -> dict:
         shutil.rmtree(dest / ".oss2-checkpoints", ignore_errors=True)
         _log(f"{dest} complete: {copied} copied ({nbytes:,} bytes), {kept} kept, {time.monotonic() - start:.1f} s")
         return {"copied": copied, "kept": kept, "bytes": nbytes}
-    finally:
-        os.close(lock_fd)
 
 
 def size_problems(directory: Path, entries) -> list[str]:

@@ -11,7 +11,6 @@ credentials as the job: JindoSDK and the ECS RAM role on EMR); ``file://`` is co
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,9 +21,8 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-from promptscore.stage_model import size_problems
+from promptscore.stage_model import MARKER, locked, size_problems
 
-MARKER = ".promptscore-complete"
 Manifest = Sequence[tuple[str, int]]
 
 
@@ -68,10 +66,7 @@ def local_model(model: str, cache_dir: str, manifest: Manifest | None = None) ->
     if not is_uri(model):
         return model
     dest = cache_path(model, cache_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(str(dest) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one copier per node; the others wait here
+    with locked(dest):
         if _complete(dest, manifest):
             return str(dest)
         partial = dest.parent / f".{dest.name}.partial-{os.getpid()}"
@@ -85,5 +80,3 @@ def local_model(model: str, cache_dir: str, manifest: Manifest | None = None) ->
         shutil.rmtree(dest, ignore_errors=True)
         os.rename(partial, dest)
         return str(dest)
-    finally:
-        os.close(lock_fd)
