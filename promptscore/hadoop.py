@@ -13,11 +13,6 @@ from dataclasses import dataclass
 _GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
 
 
-def has_scheme(uri: str) -> bool:
-    """True for ``oss://b/p``, ``file:/x``; false for ``/x`` or ``rel/x``."""
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", uri) is not None and not re.match(r"^[a-zA-Z]:\\", uri)
-
-
 def _jvm(spark):
     return spark.sparkContext._jvm
 

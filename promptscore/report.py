@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from promptscore import hadoop
+from udfs.uris import has_scheme, redact as redact_uri
 
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
-
-
-def redact_uri(uri: str) -> str:
-    """Hide any user:secret part of a URI (``oss://id:key@bucket/x`` -> ``oss://***@bucket/x``)."""
-    return _USERINFO.sub(r"\1***@", uri)
+__all__ = ["human_bytes", "redact_uri", "write_report"]
 
 
 def human_bytes(n: float) -> str:
@@ -31,7 +26,7 @@ def write_report(spark, report: dict, path: str, copy_to: str | None = None) -> 
     text = json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     hadoop.write_text(spark, path, text)
     if copy_to:
-        if hadoop.has_scheme(copy_to):
+        if has_scheme(copy_to):
             hadoop.write_text(spark, copy_to, text)
         else:
             Path(copy_to).parent.mkdir(parents=True, exist_ok=True)

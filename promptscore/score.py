@@ -24,6 +24,7 @@ from pyspark.sql.types import StringType
 from promptscore import cli, hadoop, output
 from promptscore.output import OutputSpec
 from udfs.engines import EngineSpec
+from udfs.uris import has_scheme
 from promptscore.report import human_bytes, redact_uri
 
 REASONS = ("null_text", "empty_text", "null_response", "no_tokens", "engine_rejected", "non_finite_score")
@@ -124,9 +125,7 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
 
 def model_manifest(spark: SparkSession, model: str) -> tuple[dict, list[tuple[str, int]] | None]:
     """The model's config.json and, for a URI, the files (relative path, size) to copy."""
-    from udfs.model_cache import is_uri
-
-    if not is_uri(model):
+    if not has_scheme(model):
         config = os.path.join(model, "config.json")
         if not os.path.isfile(config):
             raise cli.UsageError(f"--model {model}: no config.json there (a local path must exist on the "

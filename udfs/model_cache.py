@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,16 +21,13 @@ from typing import Sequence
 from urllib.parse import urlparse
 
 from promptscore.stage_model import MARKER, locked, size_problems
+from udfs.uris import has_scheme as is_uri
 
 Manifest = Sequence[tuple[str, int]]
 
 
 class StagingError(Exception):
     """The model could not be copied to local disk (one line says why)."""
-
-
-def is_uri(model: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", model) is not None
 
 
 def cache_path(uri: str, cache_dir: str) -> Path:
