@@ -1,35 +1,35 @@
 """The convert job: many small JSONL files under a prefix -> a few large Parquet files.
 
-One pass over the input: every line is parsed in the JVM (``from_json``), sorted into written,
-rejected or blank, and the counts and the names of the files holding rejected lines are collected
-as observed metrics of the same write. Only those files are read a second time, to set their
-rejected lines aside under ``<output>/_rejects/``.
+One pass over the input: every line is parsed in the JVM (``promptscore.jsonl``), sorted into
+written, rejected or blank, and the counts and the names of the files holding rejected lines are
+collected as observed metrics of the same write. Only those files are read a second time, to set
+their rejected lines aside under ``_rejects/``. A file that cannot be read to its end (a broken
+``.gz``, a file that cannot be opened) is set aside whole, and the write runs again without it.
+Everything is staged and published at the end (``promptscore.output``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, hadoop, infer, output
-from promptscore.output import OutputSpec
+from promptscore import cli, hadoop, inputs, jsonl, output, schema_sample
+from promptscore.inputs import BadFile, InputIndex
+from promptscore.output import Output, OutputSpec
 from promptscore.report import human_bytes, redact_uri
 
-INPUT_GLOB = "*.{jsonl,jsonl.gz}"
-CORRUPT = "_corrupt_record"
 DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
-KIND_OK, KIND_BLANK, KIND_REJECT = "ok", "blank", "reject"
-REASONS = ("missing_required_field", "schema_mismatch", "not_json_object")
-_BOM = "\ufeff"
+MAX_BAD_FILES = 100  # files set aside whole before the job gives up (exit 2)
 _SEP = "\u0000"
 
 
@@ -45,6 +45,8 @@ class ConvertOptions:
     max_bad_fraction: float = 0.001
     with_source_file: bool = False
     required_fields: list[str] = field(default_factory=lambda: ["prompt"])
+    max_line_bytes: int = 64 << 20
+    strict_schema: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.JobParser(
         prog="convert.py",
         description="Convert a prefix of small JSONL files (*.jsonl, *.jsonl.gz, any depth) into a "
-        "few large Parquet files. Malformed lines go to <output>/_rejects/.",
+        "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.",
     )
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")
@@ -66,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aim for output files of this size (default 256m)")
     p.add_argument("--max-bad-fraction", type=cli.fraction, default=0.001, metavar="F",
                    help="exit 3 if more than this fraction of non-blank lines is rejected "
-                   "(default 0.001)")
+                   "(default 0.001); a file that cannot be read counts as its size over the mean "
+                   "line size")
     p.add_argument("--with-source-file", action="store_true",
                    help="add a source_file column (the input file's URI)")
     p.add_argument("--required-fields", default="prompt", metavar="A,B",
                    help="lines whose JSON lacks any of these (or has null) are rejected "
                    "(default prompt; '' for none)")
+    p.add_argument("--max-line-bytes", type=cli.parse_size, default=64 << 20, metavar="SIZE",
+                   help="longer lines are rejected as line_too_long (default 64m)")
+    p.add_argument("--strict-schema", action="store_true",
+                   help="reject lines that carry fields the schema lacks (unknown_field), instead "
+                   "of writing them without those fields")
     output.add_args(p)
     return p
 
@@ -82,6 +90,8 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         raise cli.UsageError("--sample-files must be 0 or more")
     if args.sample_files == 0 and not args.schema:
         raise cli.UsageError("--sample-files 0 needs --schema")
+    if args.max_line_bytes > (1 << 31) - 1:
+        raise cli.UsageError("--max-line-bytes must be below 2g (a line is one JVM string)")
     return ConvertOptions(
         inputs=list(args.input),
         out=output.from_args(args),
@@ -91,88 +101,16 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         max_bad_fraction=args.max_bad_fraction,
         with_source_file=args.with_source_file,
         required_fields=[f.strip() for f in args.required_fields.split(",") if f.strip()],
+        max_line_bytes=args.max_line_bytes,
+        strict_schema=args.strict_schema,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure transformations
-
-
-def read_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
-    """Every line of every ``*.jsonl`` / ``*.jsonl.gz`` file under ``inputs``, at any depth.
-
-    One column, ``value``. Listing happens here (Spark's parallel file index); the file names are
-    available through ``_metadata.file_path``.
-    """
-    from pyspark.errors import AnalysisException
-
-    try:
-        return (spark.read.option("recursiveFileLookup", "true")
-                .option("pathGlobFilter", INPUT_GLOB)
-                .text(list(inputs)))
-    except AnalysisException as e:
-        text = str(e)
-        if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
-            raise cli.UsageError(f"input not found: {_first_line(text)}") from None
-        raise
-
-
-def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",)) -> DataFrame:
-    """Parse each line against ``schema`` and sort it: ``ok``, ``blank`` or ``reject``.
-
-    Input: ``read_lines`` output (``value`` plus the hidden ``_metadata``), or any DataFrame with
-    ``value`` and ``source_file`` columns. Output columns: ``source_file``, ``value``, ``parsed``
-    (the record as a struct) and ``kind``. A line is a reject when it is not a JSON object, when its
-    values do not fit the schema's types, or when a required field is missing or null. Lines of
-    only whitespace are blank. A leading byte-order mark is ignored.
-    """
-    with_corrupt = StructType(list(schema.fields) + [StructField(CORRUPT, StringType())])
-    opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
-    value = F.col("value")
-    source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
-    # Two projections, so that Spark parses each line once: the optimizer does not merge a
-    # projection whose expensive result (the parse) is used more than once above it.
-    first = lines.select(source.alias("source_file"), value,
-                         F.from_json(value, with_corrupt, opts).alias("parsed"))
-    p = F.col("parsed")
-    # Only lines that failed and start with a byte-order mark pay for a second parse.
-    bom_retry = F.from_json(F.expr("substring(value, 2)"), with_corrupt, opts)
-    staged = first.select("source_file", value,
-                          F.when(p[CORRUPT].isNotNull() & value.startswith(_BOM), bom_retry)
-                          .otherwise(p).alias("parsed"))
-    p = F.col("parsed")
-    missing = F.lit(False)
-    for name in required:
-        missing = missing | p[name].isNull()
-    kind = (F.when(p.isNull(), F.lit(KIND_BLANK))
-            .when(p[CORRUPT].isNotNull() | missing, F.lit(KIND_REJECT))
-            .otherwise(F.lit(KIND_OK)))
-    return staged.withColumn("kind", kind)
-
-
-def good_rows(parsed: DataFrame, schema: StructType, with_source_file: bool = False) -> DataFrame:
-    """The written rows: one column per schema field (plus ``source_file`` when asked)."""
-    cols = [F.col("parsed")[f.name].alias(f.name) for f in schema.fields]
-    if with_source_file:
-        cols.append(F.col("source_file"))
-    return parsed.filter(F.col("kind") == KIND_OK).select(*cols)
-
-
-def reject_rows(parsed: DataFrame) -> DataFrame:
-    """The set-aside lines: ``source_file``, ``raw`` (the line as read) and ``reason``."""
-    value = F.col("value")
-    reason = (F.when(F.col("parsed")[CORRUPT].isNull(), F.lit(REASONS[0]))
-              .when(F.from_json(value, "map<string,string>").isNotNull(), F.lit(REASONS[1]))
-              .otherwise(F.lit(REASONS[2])))
-    return (parsed.filter(F.col("kind") == KIND_REJECT)
-            .select("source_file", value.alias("raw"), reason.alias("reason")))
 
 
 # ---------------------------------------------------------------------------------------------
 # Schema
 
 
-def parse_schema(spark: SparkSession, ddl: str) -> StructType:
+def parse_schema(ddl: str) -> StructType:
     """A Spark DDL string (``a string, b bigint`` or ``struct<...>``) as a StructType."""
     from pyspark.sql.types import _parse_datatype_string
 
@@ -192,58 +130,27 @@ def schema_ddl(schema: StructType) -> str:
     return ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
 
 
-def infer_schema(spark: SparkSession, sample_paths: Sequence[str], required: Sequence[str]) -> StructType:
-    """The schema of the sampled files (never a pass over the whole input); see ``infer``.
-
-    A required field that no sampled line holds is added as a string; any other field absent from
-    the sample is not a column of the output (pass ``--schema`` when the sample cannot be trusted
-    to show every field).
-    """
-    inferred, _, _ = infer.sample_schema(spark, sample_paths)
-    fields = list(inferred.fields)
-    names = {f.name for f in fields}
-    fields += [StructField(name, StringType()) for name in required if name not in names]
-    return StructType(fields)
-
-
-# ---------------------------------------------------------------------------------------------
-# The job
-
-
-@dataclass
-class InputIndex:
-    """What Spark's file index found under the inputs."""
-
-    files: int
-    bytes: int
-    sample: list[str]
-
-
-def index_inputs(spark: SparkSession, lines: DataFrame, sample_files: int) -> InputIndex:
-    """File count, total bytes and a sample of file paths, from Spark's own index (no second
-    listing; only the sampled names cross from the JVM). Spark returns the files in hash order,
-    so taking every k-th one is a deterministic, well spread sample."""
-    jfiles = lines._jdf.inputFiles()
-    total = len(jfiles)
-    size = int(str(lines._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
-    n = min(sample_files, total)
-    picked = sorted({str(jfiles[i * total // n]) for i in range(n)}) if n else []
-    return InputIndex(total, size, [hadoop.uri_to_path(spark, u) for u in picked])
+def with_required(schema: StructType, required: Sequence[str]) -> StructType:
+    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them)."""
+    names = set(schema.fieldNames())
+    return StructType(list(schema.fields) + [StructField(n, StringType()) for n in required if n not in names])
 
 
 def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructType, codec: str) -> float:
     """Parquet bytes per input byte, measured by writing the sampled records in memory."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not sample:
         return DEFAULT_RATIO
     in_bytes = sum(hadoop.file_size(spark, p) for p in sample)
-    df = good_rows(parse_lines(spark.read.text([hadoop.escape_glob(p) for p in sample]), schema, ()), schema)
-    table = df.toArrow() if hasattr(df, "toArrow") else _collect_arrow(df)
-    if in_bytes <= 0 or table.num_rows == 0:
+    lines = spark.read.text([hadoop.escape_glob(p) for p in sample])
+    df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False), schema)
+    batches = df._collect_as_arrow()
+    if in_bytes <= 0 or not batches:
         return DEFAULT_RATIO
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=None if codec == "none" else codec)
+    pq.write_table(pa.Table.from_batches(batches), buf, compression=None if codec == "none" else codec)
     return min(1.0, max(0.02, buf.tell() / in_bytes))
 
 
@@ -253,127 +160,247 @@ def split_bytes(total_bytes: int, files: int, open_cost: int, slots: int, target
 
     One task writes one output file, so the input is cut into ``n`` equal splits: enough for
     output files of about ``target_file_size`` (``ratio`` is Parquet bytes per input byte), and a
-    multiple of the task slots so that no core idles in a last, short wave. Spark packs files into
-    splits greedily, so each split gets 1% of slack.
+    multiple of the task slots so that no core idles in a last, short wave. Spark packs whole
+    files into splits greedily, closing a split when the next file would overflow it, so each
+    split gets the room of a few files (at most 1%) on top of its share.
     """
     weighted = total_bytes + files * open_cost
     wanted = max(1, math.ceil(total_bytes * ratio / target_file_size))
     n = slots * math.ceil(wanted / slots)
-    return max(open_cost, math.ceil(weighted / n * 1.01))
+    share = weighted / n
+    slack = min(4 * weighted / max(1, files), 0.01 * share)
+    return max(open_cost, math.ceil(share + slack))
+
+
+def parquet_options(schema: StructType, distinct_share: dict[str, float]) -> dict[str, str]:
+    """Writer options: no dictionary encoding for string columns whose sampled values are mostly
+    distinct (prompts, ids), where building a dictionary only costs time before Parquet gives up
+    on it."""
+    return {f"parquet.enable.dictionary#{f.name}": "false" for f in schema.fields
+            if isinstance(f.dataType, StringType) and distinct_share.get(f.name, 0.0) > 0.5}
+
+
+# ---------------------------------------------------------------------------------------------
+# The job: plan, execute, report
+
+
+@dataclass
+class ConvertPlan:
+    """What the job decided before writing: the listing, the schema and the packing."""
+
+    listed: DataFrame
+    index: InputIndex
+    schema: StructType
+    schema_source: str
+    sample: schema_sample.SchemaSample | None
+    slots: int
+    open_cost: int
+    split: int
+    ratio: float | None
+    writer_options: dict[str, str]
+    phases: output.Phases
+
+
+@dataclass
+class ConvertResult:
+    """What the write found."""
+
+    lines: int = 0
+    blank: int = 0
+    rejected: int = 0
+    reject_files: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    bad_files: list[BadFile] = field(default_factory=list)
+    unknown: dict = field(default_factory=dict)
+    tasks: int = 0
+    attempts: int = 1
+    output_files: list[hadoop.FileInfo] = field(default_factory=list)
+
+
+def check_options(opts: ConvertOptions) -> StructType | None:
+    """The explicit schema, after checking it against the other options (UsageError if wrong)."""
+    if not opts.schema:
+        return None
+    explicit = parse_schema(opts.schema)
+    absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
+    if absent:
+        raise cli.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
+                             "(add them or change --required-fields)")
+    if opts.with_source_file and "source_file" in explicit.fieldNames():
+        raise cli.UsageError("--with-source-file clashes with a schema field named source_file")
+    return explicit
+
+
+def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None) -> ConvertPlan:
+    """List the input, settle the schema (``explicit``, or from a sample) and size the tasks.
+    Writes nothing."""
+    clock = output.Phases()
+    listed = inputs.list_lines(spark, opts.inputs)
+    index = inputs.index_inputs(spark, listed, inputs.input_lines(listed), opts.sample_files)
+    clock.lap("list")
+    if index.files == 0:
+        raise cli.UsageError(f"no {inputs.INPUT_NAMES} files under {', '.join(map(redact_uri, opts.inputs))}")
+    sample = None
+    if explicit is not None:
+        schema, source = explicit, "explicit"
+    else:
+        sample = schema_sample.sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes)
+        schema, source = with_required(sample.schema, opts.required_fields), f"sample of {sample.files} files"
+    if opts.with_source_file and "source_file" in schema.fieldNames():
+        raise cli.UsageError("--with-source-file clashes with a field named source_file in the data")
+    clock.lap("schema")
+    open_cost, slots = _open_cost(spark), _task_slots(spark)
+    ratio = None
+    if index.bytes / opts.target_file_size > slots:  # only then does the ratio change the plan
+        ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
+    split = split_bytes(index.bytes, index.files, open_cost, slots, opts.target_file_size, ratio or DEFAULT_RATIO)
+    writer = parquet_options(schema, sample.distinct_share if sample else {})
+    return ConvertPlan(listed, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock)
+
+
+def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, out: Output) -> ConvertResult:
+    """Write the rows and the rejects into the staging directory. A file that cannot be read is
+    set aside and the write runs again without it (at most ``MAX_BAD_FILES`` files)."""
+    result = ConvertResult()
+    bad: dict[str, BadFile] = {}
+    data_dir = out.staging
+    while True:
+        lines = inputs.input_lines(plan.listed, bad)
+        parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
+                                   opts.strict_schema)
+        obs = Observation(f"convert-{result.attempts}")
+        observed = parsed.observe(obs, *_metrics())
+        group = output.new_group("convert")
+        try:
+            output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
+                                 data_dir, opts.out.compression, group, plan.writer_options)
+            break
+        except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
+            if not inputs.is_read_failure(e):
+                raise
+            found = [b for b in inputs.find_bad_files(spark, opts.inputs, e) if b.uri not in bad]
+            if not found:
+                raise
+            bad.update((b.uri, b) for b in found)
+            if len(bad) > MAX_BAD_FILES:
+                raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
+                                     f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
+            hadoop.delete(spark, data_dir)
+            result.attempts += 1
+    result.tasks = output.tasks_of_group(spark, group)
+    m = obs.get
+    result.lines, result.blank, result.rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
+    result.reject_files = [f for f in (m["reject_files"] or "").split(_SEP) if f]
+    result.unknown = {"lines": int(m["unknown_lines"] or 0),
+                      "names": sorted(n for n in (m["unknown_names"] or "").split(_SEP) if n)}
+    result.bad_files = sorted(bad.values(), key=lambda b: b.uri)
+    if result.rejected or result.bad_files:
+        result.reasons = _write_rejects(spark, opts, plan, result, f"{out.staging}/_rejects")
+    result.output_files = hadoop.list_data_files(spark, out.staging)
+    return result
+
+
+def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult, header: dict,
+                 spark_info: dict, elapsed_s: float) -> dict:
+    """The job's report (pure: everything comes from the plan and the result)."""
+    nonblank = result.lines - result.blank
+    readable = plan.index.bytes - sum(b.size for b in result.bad_files)
+    per_line = readable / result.lines if result.lines else 0.0
+    file_weight = sum(inputs.file_reject_weight(b.size, per_line) for b in result.bad_files)
+    rejected_total = result.rejected + file_weight
+    denominator = nonblank + file_weight
+    bad_fraction = rejected_total / denominator if denominator else 0.0
+    too_many = bad_fraction > opts.max_bad_fraction
+    reasons = dict(result.reasons)
+    report = {
+        **header,
+        "status": "too_many_rejects" if too_many else "ok",
+        "input_files": plan.index.files,
+        "input_bytes": plan.index.bytes,
+        "empty_files": plan.index.empty_files,
+        "skipped_files": plan.index.skipped,
+        "lines_read": result.lines,
+        "blank_lines": result.blank,
+        "rows_written": nonblank - result.rejected,
+        "rows_rejected": result.rejected,
+        "reject_reasons": reasons,
+        "files_with_rejects": len(result.reject_files),
+        "files_rejected": [{"file": redact_uri(b.uri), "reason": b.reason, "detail": b.detail}
+                           for b in result.bad_files],
+        "files_rejected_counted_as_lines": file_weight,
+        "rejects_path": redact_uri(f"{header['output']}/_rejects") if (result.rejected or result.bad_files) else None,
+        "bad_fraction": round(bad_fraction, 8),
+        "max_bad_fraction": opts.max_bad_fraction,
+        "unknown_fields": result.unknown,
+        "strict_schema": opts.strict_schema,
+        "max_line_bytes": opts.max_line_bytes,
+        "output_files": len(result.output_files),
+        "output_bytes": sum(f.size for f in result.output_files),
+        "tasks": result.tasks,
+        "write_attempts": result.attempts,
+        "target_file_size": opts.target_file_size,
+        "task_slots": plan.slots,
+        "max_split_bytes": plan.split,
+        "estimated_compression_ratio": round(plan.ratio, 4) if plan.ratio else None,
+        "compression": opts.out.compression,
+        "schema": schema_ddl(plan.schema),
+        "schema_source": plan.schema_source,
+        "schema_sample": ({"files": plan.sample.files, "records": plan.sample.records,
+                           "unusable_lines": plan.sample.unusable_lines,
+                           "unreadable_files": [redact_uri(f) for f in plan.sample.unreadable_files]}
+                          if plan.sample else None),
+        "with_source_file": opts.with_source_file,
+        **spark_info,
+        "phase_s": plan.phases.phases,
+        "elapsed_s": round(elapsed_s, 3),
+    }
+    report["summary"] = summary_line(report)
+    return report
 
 
 def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     """Run the whole job; return the report. Raises UsageError / DataQualityError."""
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    target, mode = output.prepare(spark, opts.out)
-
-    explicit = parse_schema(spark, opts.schema) if opts.schema else None
-    if explicit is not None:
-        absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
-        if absent:
-            raise cli.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
-                                 "(add them or change --required-fields)")
-    if opts.with_source_file and explicit is not None and "source_file" in explicit.fieldNames():
-        raise cli.UsageError("--with-source-file clashes with a schema field named source_file")
-
-    clock = output.Phases()
-    lines = read_lines(spark, opts.inputs)
-    index = index_inputs(spark, lines, opts.sample_files)
-    clock.lap("list")
-    if index.files == 0:
-        raise cli.UsageError(f"no {INPUT_GLOB} files under {', '.join(map(redact_uri, opts.inputs))}")
-
-    schema = explicit if explicit is not None else infer_schema(spark, index.sample, opts.required_fields)
-    if opts.with_source_file and "source_file" in schema.fieldNames():
-        raise cli.UsageError("--with-source-file clashes with a field named source_file in the data")
-    clock.lap("schema")
-    open_cost = _open_cost(spark)
-    slots = _task_slots(spark)
-    ratio = None
-    if index.bytes / opts.target_file_size > slots:  # only then does the ratio change the plan
-        ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
-    split = split_bytes(index.bytes, index.files, open_cost, slots, opts.target_file_size,
-                        ratio or DEFAULT_RATIO)
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
-    spark.conf.set("spark.sql.files.openCostInBytes", str(open_cost))
-    spark.conf.set("spark.sql.files.minPartitionNum", "1")  # the split size above already spreads
-
-    parsed = parse_lines(lines, schema, opts.required_fields)
-    obs = Observation("convert")
-    kind = F.col("kind")
-    observed = parsed.observe(
-        obs,
-        F.count(F.lit(1)).alias("lines"),
-        _count(kind == KIND_BLANK).alias("blank"),
-        _count(kind == KIND_REJECT).alias("rejected"),
-        F.array_join(F.collect_set(F.when(kind == KIND_REJECT, F.col("source_file"))), _SEP)
-        .alias("reject_files"),
-    )
-    group = output.new_group("convert")
-    output.write_parquet(spark, good_rows(observed, schema, opts.with_source_file), target, mode,
-                         opts.out.compression, group)
-    clock.lap("write")
-    tasks = output.tasks_of_group(spark, group)
-    m = obs.get
-    lines_read, blank, rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
-    reject_files = [f for f in (m["reject_files"] or "").split(_SEP) if f]
-
-    rejects_path, reasons = None, {}
-    if rejected:
-        rejects_path = f"{target}/_rejects"
-        reasons = _write_rejects(spark, reject_files, schema, opts, rejects_path)
-        clock.lap("rejects")
-
-    outputs = hadoop.list_data_files(spark, target)
-    nonblank = lines_read - blank
-    bad_fraction = rejected / nonblank if nonblank else 0.0
-    too_many = bad_fraction > opts.max_bad_fraction
-    report = {
-        **output.report_header("convert", "too_many_rejects" if too_many else "ok", started_at, opts.inputs, target, opts.out, mode),
-        "input_files": index.files,
-        "input_bytes": index.bytes,
-        "lines_read": lines_read,
-        "blank_lines": blank,
-        "rows_written": nonblank - rejected,
-        "rows_rejected": rejected,
-        "reject_reasons": reasons,
-        "files_with_rejects": len(reject_files),
-        "rejects_path": redact_uri(rejects_path) if rejects_path else None,
-        "bad_fraction": round(bad_fraction, 8),
-        "max_bad_fraction": opts.max_bad_fraction,
-        "output_files": len(outputs),
-        "output_bytes": sum(f.size for f in outputs),
-        "tasks": tasks,
-        "target_file_size": opts.target_file_size,
-        "task_slots": slots,
-        "max_split_bytes": split,
-        "estimated_compression_ratio": round(ratio, 4) if ratio else None,
-        "compression": opts.out.compression,
-        "schema": schema_ddl(schema),
-        "schema_source": "explicit" if explicit is not None else f"sample of {len(index.sample)} files",
-        "with_source_file": opts.with_source_file,
-        "spark_version": spark.version,
-        "spark_master": spark.sparkContext.master,
-        "phase_s": clock.phases,
-        "elapsed_s": round(time.monotonic() - started, 3),
-    }
-    report["summary"] = summary_line(report, f"{target}/_report.json")
-    output.finish(spark, target, report, opts.out.report, ok=not too_many)
+    explicit = check_options(opts)
+    out = output.open_output(spark, opts.out, opts.inputs)
+    try:
+        plan = plan_convert(spark, opts, explicit)
+        with session_conf(spark, {"spark.sql.files.maxPartitionBytes": str(plan.split),
+                                  "spark.sql.files.openCostInBytes": str(plan.open_cost),
+                                  # the split size above already spreads the input over the slots
+                                  "spark.sql.files.minPartitionNum": "1"}):
+            result = execute_convert(spark, opts, plan, out)
+        plan.phases.lap("write")
+        header = output.report_header("convert", "ok", started_at, opts.inputs, out, opts.out)
+        spark_info = {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
+        report = build_report(opts, plan, result, header, spark_info, time.monotonic() - started)
+        too_many = report["status"] != "ok"
+        output.finish(spark, out, report, opts.out.report, ok=not too_many)
+    except BaseException:
+        out.publisher.discard()
+        raise
+    if report["unknown_fields"]["lines"] and not opts.strict_schema:
+        cli.print_err(f"convert: note: {report['unknown_fields']['lines']:,} lines carry fields the schema lacks "
+                      f"({', '.join(report['unknown_fields']['names'][:10])}); they were written without them "
+                      "(pass --schema with those fields, or --strict-schema to reject such lines)")
     if too_many:
         raise cli.DataQualityError(
-            f"{rejected:,} of {nonblank:,} lines rejected ({bad_fraction:.4%} > --max-bad-fraction "
-            f"{opts.max_bad_fraction:g}); they are in {redact_uri(rejects_path or '')}; fix the input "
-            "or raise --max-bad-fraction", report)
+            f"{report['rows_rejected'] + report['files_rejected_counted_as_lines']:,} rejected of "
+            f"{report['lines_read'] - report['blank_lines'] + report['files_rejected_counted_as_lines']:,} "
+            f"lines ({report['bad_fraction']:.4%} > --max-bad-fraction {opts.max_bad_fraction:g}); they are in "
+            f"{report['rejects_path']}; fix the input or raise --max-bad-fraction", report)
     return report
 
 
-def summary_line(r: dict, report_path: str) -> str:
+def summary_line(r: dict) -> str:
     """The one line the job prints on stdout."""
+    files_rejected = f", {len(r['files_rejected'])} unreadable files" if r["files_rejected"] else ""
+    skipped = f"; {r['skipped_files']['files']:,} other files skipped" if r["skipped_files"].get("files") else ""
     return (f"convert: {r['input_files']:,} files ({human_bytes(r['input_bytes'])}) -> "
             f"{r['rows_written']:,} rows in {r['output_files']:,} files ({human_bytes(r['output_bytes'])}) "
-            f"with {r['tasks']:,} tasks; {r['rows_rejected']:,} rejected, {r['blank_lines']:,} blank; "
-            f"{r['elapsed_s']:.1f} s; report {redact_uri(report_path)}")
+            f"with {r['tasks']:,} tasks; {r['rows_rejected']:,} rejected{files_rejected}, "
+            f"{r['blank_lines']:,} blank{skipped}; {r['elapsed_s']:.1f} s; report {r['output']}/_report.json")
 
 
 def job(spark: SparkSession, args: argparse.Namespace) -> dict:
@@ -385,22 +412,63 @@ def job(spark: SparkSession, args: argparse.Namespace) -> dict:
 # Helpers
 
 
-def _write_rejects(spark: SparkSession, files: Sequence[str], schema: StructType,
-                   opts: ConvertOptions, path: str) -> dict[str, int]:
-    """Read only the files that held rejected lines again and write those lines to ``path``."""
-    again = spark.read.text([hadoop.escape_glob(hadoop.uri_to_path(spark, f)) for f in files])
-    rejects = reject_rows(parse_lines(again, schema, opts.required_fields))
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set session settings for the duration of a block, then restore the previous values."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def _metrics() -> list[Column]:
+    kind, unknown = F.col("kind"), F.col("unknown")
+    has_unknown = (kind == jsonl.KIND_OK) & (F.size(unknown) > 0)
+    return [
+        F.count(F.lit(1)).alias("lines"),
+        _count(kind == jsonl.KIND_BLANK).alias("blank"),
+        _count(kind == jsonl.KIND_REJECT).alias("rejected"),
+        F.array_join(F.collect_set(F.when(kind == jsonl.KIND_REJECT, F.col("source_file"))), _SEP)
+        .alias("reject_files"),
+        _count(has_unknown).alias("unknown_lines"),
+        F.array_join(F.array_distinct(F.flatten(F.collect_set(F.when(has_unknown, unknown)))), _SEP)
+        .alias("unknown_names"),
+    ]
+
+
+def _write_rejects(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
+                   path: str) -> dict[str, int]:
+    """Read only the files that held rejected lines again and write those lines, and one row per
+    file that could not be read, to ``path``. Returns the count per reason."""
+    frames = []
+    if result.reject_files:
+        again = spark.read.text([hadoop.escape_glob(hadoop.uri_to_path(spark, f)) for f in result.reject_files])
+        frames.append(jsonl.reject_rows(
+            jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema),
+            plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema))
+    if result.bad_files:
+        frames.append(spark.createDataFrame([(b.uri, None, None, b.reason, b.detail) for b in result.bad_files],
+                                            jsonl.REJECTS_SCHEMA))
+    rejects = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     obs = Observation("rejects")
     reason = F.col("reason")
-    counted = rejects.observe(obs, *[_count(reason == r).alias(r) for r in REASONS])
-    output.write_parquet(spark, counted.coalesce(max(1, min(len(files), 16))), path, "overwrite",
-                         opts.out.compression)
-    return {r: int(obs.get[r] or 0) for r in REASONS if obs.get[r]}
+    all_reasons = jsonl.REASONS + jsonl.FILE_REASONS
+    counted = rejects.observe(obs, *[_count(reason == r).alias(r) for r in all_reasons])
+    output.write_parquet(spark, counted.coalesce(max(1, min(len(result.reject_files) + len(result.bad_files), 16))),
+                         path, opts.out.compression)
+    return {r: int(obs.get[r] or 0) for r in all_reasons if obs.get[r]}
 
 
 def _open_cost(spark: SparkSession) -> int:
     # Many small files: opening one must not count as megabytes, or tasks stay small. A value
-    # set at launch (a properties file, --conf) wins.
+    # set at launch (--conf) wins.
     if spark.sparkContext.getConf().contains("spark.sql.files.openCostInBytes"):
         return cli.parse_size(spark.conf.get("spark.sql.files.openCostInBytes"))
     return 8 << 10
@@ -417,15 +485,6 @@ def _task_slots(spark: SparkSession) -> int:
 
 def _count(cond: Column) -> Column:
     return F.sum(F.when(cond, 1).otherwise(0))
-
-
-def _collect_arrow(df: DataFrame):
-    import pyarrow as pa
-
-    batches = df._collect_as_arrow()
-    if batches:
-        return pa.Table.from_batches(batches)
-    return pa.table({f.name: [] for f in df.schema.fields})
 
 
 def _first_line(text: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from udfs.uris import has_scheme
+
 _GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
 
 
@@ -32,10 +34,35 @@ def qualify(spark, uri: str) -> str:
     return fs.makeQualified(p).toString()
 
 
+def scheme(spark, uri: str) -> str:
+    """The scheme of the file system that serves ``uri`` (``file``, ``hdfs``, ``oss``, ...); a
+    plain path takes the scheme of ``fs.defaultFS``."""
+    if not has_scheme(uri):
+        uri = qualify(spark, uri)
+    return uri.split(":", 1)[0].lower()
+
+
+def local_path(spark, uri: str) -> str:
+    """The local path of a ``file:`` URI."""
+    return str(_path(spark, qualify(spark, uri)).toUri().getPath())
+
+
+def is_root(spark, uri: str) -> bool:
+    """Whether ``uri`` is the root of its file system (``oss://bucket/``, ``/``)."""
+    return _path(spark, qualify(spark, uri)).getParent() is None
+
+
 def exists(spark, uri: str) -> bool:
     """Whether a file or directory exists at ``uri``."""
     p = _path(spark, uri)
     return bool(_fs(spark, p).exists(p))
+
+
+def is_dir(spark, uri: str) -> bool:
+    """Whether ``uri`` is a directory (on object stores: a prefix that holds objects)."""
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
 
 
 def delete(spark, uri: str, recursive: bool = True) -> None:
@@ -44,6 +71,29 @@ def delete(spark, uri: str, recursive: bool = True) -> None:
     fs = _fs(spark, p)
     if fs.exists(p):
         fs.delete(p, recursive)
+
+
+def mkdirs(spark, uri: str) -> None:
+    """Create the directory ``uri`` and its parents."""
+    p = _path(spark, uri)
+    _fs(spark, p).mkdirs(p)
+
+
+def rename(spark, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``, which must not exist; raise ``OSError`` if the file system refuses.
+
+    On HDFS and local disk this is one atomic step; on object stores it is a copy and a delete per
+    object.
+    """
+    s, d = _path(spark, src), _path(spark, dst)
+    fs = _fs(spark, s)
+    if fs.exists(d):
+        raise OSError(f"cannot rename onto an existing path: {dst}")
+    parent = d.getParent()
+    if parent is not None and not fs.exists(parent):
+        fs.mkdirs(parent)
+    if not fs.rename(s, d):
+        raise OSError(f"rename failed: {src} -> {dst}")
 
 
 def write_bytes(spark, uri: str, data: bytes) -> None:
@@ -61,20 +111,40 @@ def write_text(spark, uri: str, text: str) -> None:
     write_bytes(spark, uri, text.encode("utf-8"))
 
 
-def read_text(spark, uri: str) -> str:
-    """Read a small UTF-8 file from ``uri``."""
+def read_bytes(spark, uri: str) -> bytes:
+    """Read a small file from ``uri``."""
     p = _path(spark, uri)
     fs = _fs(spark, p)
-    length = int(fs.getFileStatus(p).getLen())
     stream = fs.open(p)
     try:
         buf = _jvm(spark).java.io.ByteArrayOutputStream()
         _jvm(spark).org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, 65536, False)
-        data = bytes(buf.toByteArray())
+        return bytes(buf.toByteArray())
     finally:
         stream.close()
-    assert len(data) == length
-    return data.decode("utf-8")
+
+
+def read_text(spark, uri: str) -> str:
+    """Read a small UTF-8 file from ``uri``."""
+    return read_bytes(spark, uri).decode("utf-8")
+
+
+def read_through(spark, uri: str) -> None:
+    """Read the whole file at ``uri`` as Spark's text reader would, decompressing by its name
+    (``.gz``), and discard it: raises the reader's error when the file cannot be read to its end."""
+    jvm = _jvm(spark)
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
+        spark.sparkContext._jsc.hadoopConfiguration()).getCodec(p)
+    stream = fs.open(p)
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    try:
+        sink = jvm.org.apache.commons.io.output.NullOutputStream.INSTANCE
+        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, sink, 1 << 20, False)
+    finally:
+        stream.close()
 
 
 @dataclass(frozen=True)
@@ -102,11 +172,22 @@ def list_data_files(spark, uri: str) -> list[FileInfo]:
     return sorted(files, key=lambda f: f.path)
 
 
+def list_names(spark, uri: str) -> list[str]:
+    """The names directly under the directory ``uri`` (files and directories), or [] if absent."""
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    if not fs.exists(p) or not fs.getFileStatus(p).isDirectory():
+        return []
+    return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
+
+
 def list_tree(spark, uri: str) -> list[tuple[str, int]]:
     """Every file under ``uri`` (recursively) as (path relative to ``uri``, size). For small trees,
-    such as a model directory."""
+    such as a model directory or one job's output."""
     p = _path(spark, uri.rstrip("/"))
     fs = _fs(spark, p)
+    if not fs.exists(p):
+        return []
     base = fs.makeQualified(p).toString().rstrip("/") + "/"
     files = []
     it = fs.listFiles(p, True)
@@ -119,6 +200,16 @@ def list_tree(spark, uri: str) -> list[tuple[str, int]]:
 def uri_to_path(spark, uri: str) -> str:
     """Turn a percent-encoded file URI (as Spark lists files) back into a plain path string."""
     return _jvm(spark).org.apache.hadoop.fs.Path(_jvm(spark).java.net.URI(uri)).toString()
+
+
+def encoded_uri(spark, path: str, encoded: bool = False) -> str:
+    """The percent-encoded URI of a file, as Spark's ``_metadata.file_path`` gives it; ``path``
+    is a plain path or URI, or (``encoded``) an already encoded URI in another spelling."""
+    jvm = _jvm(spark)
+    p = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(path)) if encoded else _path(spark, path)
+    uri = str(_fs(spark, p).makeQualified(p).toUri().toString())
+    # Spark spells local files file:/x; java.net.URI keeps an empty authority as file:///x.
+    return "file:/" + uri[len("file:///"):] if uri.startswith("file:///") else uri
 
 
 def escape_glob(path: str) -> str:

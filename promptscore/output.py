@@ -1,22 +1,28 @@
-"""What both jobs do with their output: flags, reruns, partitions, Parquet writes, report, marker.
+"""What both jobs do with their output: flags, the input guard, staging, reports and publishing.
 
-``--mode error`` (the default) refuses an existing output; ``--mode overwrite`` replaces it.
-``--partition-col dt --partition-value V`` writes ``<output>/dt=V/`` and, unless ``--mode error``
-is given, overwrites only that partition on a rerun. ``_SUCCESS`` is written last, only on success.
+``--mode error`` (the default) refuses a complete existing output; ``--mode overwrite`` replaces
+it. ``--partition-col dt --partition-value V`` writes ``<output>/dt=V/`` and, unless ``--mode
+error`` is given, replaces only that partition on a rerun. Either way a run writes into a staging
+directory and publishes it when complete (``promptscore.publish``): the previous output stays
+readable until then, and a killed or failed run is cleaned up, or its publish completed, by the
+next run of the same command. ``_SUCCESS`` is written last, only on success.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 
-from promptscore import cli, hadoop
+from promptscore import cli, hadoop, publish
 from promptscore.report import redact_uri, write_report
 
 CODECS = ("zstd", "snappy", "gzip", "lz4", "none")
+_GLOB = re.compile(r"[*?\[\]{}\\]")
 
 
 @dataclass
@@ -51,8 +57,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     """The output flags every job takes."""
     p.add_argument("--output", required=True, metavar="URI", help="output directory")
     p.add_argument("--mode", choices=("error", "overwrite"),
-                   help="if the output exists: error (default; exit 2) or overwrite. With "
-                   "--partition-col the default is overwrite of that partition only")
+                   help="if a complete output exists: error (default; exit 2) or overwrite. With "
+                   "--partition-col the default is overwrite of that partition only. An output left "
+                   "by a failed run of this job is always replaced")
     p.add_argument("--partition-col", metavar="NAME", help="write <output>/NAME=VALUE/ (e.g. dt)")
     p.add_argument("--partition-value", metavar="VALUE", help="e.g. ${bizdate} from DataWorks")
     p.add_argument("--compression", default="zstd", choices=CODECS, help="Parquet codec (default zstd)")
@@ -74,27 +81,105 @@ def from_args(args: argparse.Namespace) -> OutputSpec:
                       args.report)
 
 
-def prepare(spark: SparkSession, out: OutputSpec) -> tuple[str, str]:
-    """The qualified target directory and the write mode; refuses an existing target in error mode."""
+# ---------------------------------------------------------------------------------------------
+# The input guard
+
+
+def glob_root(uri: str) -> str:
+    """The part of ``uri`` before its first path segment holding a glob character."""
+    head, sep, rest = uri.partition("://")
+    prefix, body = (head + sep, rest) if sep else ("", uri)
+    parts = body.split("/")
+    keep = []
+    for i, part in enumerate(parts):
+        if _GLOB.search(part) and not (sep and i == 0):
+            break
+        keep.append(part)
+    return prefix + "/".join(keep)
+
+
+def _comparable(spark, uri: str) -> str:
+    q = hadoop.qualify(spark, uri).rstrip("/")
+    if hadoop.scheme(spark, q) == "file":
+        return "file:" + os.path.realpath(hadoop.local_path(spark, q)).rstrip("/")
+    return q
+
+
+def check_overlap(spark: SparkSession, target: str, inputs: list[str]) -> None:
+    """Refuse (exit 2) a target that equals, contains or lies inside any input.
+
+    Runs before anything is read, deleted or written. Inputs given as globs are compared by the
+    directory above their first glob character.
+    """
+    t = _comparable(spark, target)
+    for given in inputs:
+        i = _comparable(spark, glob_root(given) or "/")
+        if t == i or t.startswith(i + "/") or i.startswith(t + "/"):
+            how = "is" if t == i else "lies inside" if t.startswith(i + "/") else "contains"
+            raise cli.UsageError(f"the output {redact_uri(target)} {how} the input {redact_uri(given)}; "
+                                 "writing it would destroy what the job reads: choose an output outside "
+                                 "every input")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's output
+
+
+@dataclass
+class Output:
+    """One run's output: where it is staged, where it will be published, and what happened first."""
+
+    target: str
+    mode: str
+    publisher: publish.Publisher
+    replaces: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def staging(self) -> str:
+        return self.publisher.staging
+
+    @property
+    def run_id(self) -> str:
+        return self.publisher.run_id
+
+
+def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> Output:
+    """Check the target against the inputs and the mode, finish or clear what earlier runs left,
+    and make this run's staging directory. Raises UsageError before anything is touched."""
     target = hadoop.qualify(spark, out.target())
+    if hadoop.is_root(spark, target):
+        raise cli.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
+    check_overlap(spark, target, inputs)
     mode = out.resolved_mode()
-    if mode == "error" and hadoop.exists(spark, target):
-        raise cli.UsageError(f"output exists: {redact_uri(target)} (pass --mode overwrite to replace it)")
-    return target, mode
+    pub = publish.Publisher(spark, target)
+    notes = pub.recover()
+    state = pub.state()
+    if state.kind == "foreign":
+        raise cli.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "
+                             "(no _report.json of a promptscore job); move them away or choose another --output")
+    if state.kind == "complete" and mode == "error":
+        when = (state.report or {}).get("finished_at") or (state.report or {}).get("started_at") or "earlier"
+        raise cli.UsageError(f"output exists: {redact_uri(target)} (complete, written {when}); pass "
+                             "--mode overwrite to replace it")
+    pub.prepare_staging()
+    return Output(target, mode, pub, state.kind, notes)
 
 
-def write_parquet(spark: SparkSession, df: DataFrame, path: str, mode: str, codec: str,
-                  group: str | None = None) -> None:
-    """Write ``df`` as Parquet; with ``group``, its Spark jobs carry that job group (to count tasks)."""
+def write_parquet(spark: SparkSession, df: DataFrame, path: str, codec: str, group: str | None = None,
+                  options: dict[str, str] | None = None) -> None:
+    """Write ``df`` as Parquet to the new directory ``path``; with ``group``, its Spark jobs carry
+    that job group (to count tasks)."""
     sc = spark.sparkContext
     if group:
         sc.setJobGroup(group, f"promptscore: write {redact_uri(path)}")
     try:
-        (df.write.mode("overwrite" if mode == "overwrite" else "errorifexists")
-         .option("compression", codec)
-         # _SUCCESS is written by the job itself, once everything else is in place.
-         .option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
-         .parquet(path))
+        writer = (df.write.mode("errorifexists").option("compression", codec)
+                  # _SUCCESS is written by the job itself, once everything else is in place.
+                  .option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false"))
+        for key, value in (options or {}).items():
+            writer = writer.option(key, value)
+        writer.parquet(path)
     finally:
         if group:
             sc.setLocalProperty("spark.jobGroup.id", None)
@@ -117,17 +202,27 @@ def new_group(job: str) -> str:
     return f"promptscore-{job}-{time.time_ns()}"
 
 
-def report_header(job: str, status: str, started_at: str, inputs: list[str], target: str, out: OutputSpec,
-                  mode: str) -> dict:
+def report_header(job: str, status: str, started_at: str, inputs: list[str], output: Output, out: OutputSpec) -> dict:
     """The fields every job's report starts with (URIs with any user:secret part hidden)."""
-    return {"job": job, "status": status, "started_at": started_at, "inputs": [redact_uri(i) for i in inputs],
-            "output": redact_uri(target), "partition": out.partition(), "mode": mode}
+    return {"job": job, "status": status, "run_id": output.run_id, "started_at": started_at,
+            "inputs": [redact_uri(i) for i in inputs], "output": redact_uri(output.target),
+            "partition": out.partition(), "mode": output.mode, "replaced": output.replaces,
+            "recovered": output.notes}
 
 
-def finish(spark: SparkSession, target: str, report: dict, copy_to: str | None, ok: bool) -> None:
-    """Write the report (and its copy), then set ``_SUCCESS`` only if ``ok`` (removing a stale one)."""
-    write_report(spark, report, f"{target}/_report.json", copy_to)
-    hadoop.set_marker(spark, target, present=ok)
+def finish(spark: SparkSession, output: Output, report: dict, copy_to: str | None, ok: bool) -> None:
+    """Complete the staged output (report, then ``_SUCCESS`` if ``ok``), publish it, and write
+    the report's copy."""
+    from datetime import datetime, timezone
+
+    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_report(spark, report, f"{output.staging}/{publish.REPORT}")
+    if ok:
+        hadoop.set_marker(spark, output.staging, present=True)
+    publish.pause_point("staged")
+    output.publisher.publish()
+    if copy_to:
+        write_report(spark, report, None, copy_to)
 
 
 class Phases:

@@ -20,11 +20,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def write_report(spark, report: dict, path: str, copy_to: str | None = None) -> None:
+def write_report(spark, report: dict, path: str | None, copy_to: str | None = None) -> None:
     """Write ``report`` as JSON to ``path`` (any Hadoop URI) and, if given, to ``copy_to``:
     a local file on the driver, or a Hadoop URI when it has a scheme."""
     text = json.dumps(report, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
-    hadoop.write_text(spark, path, text)
+    if path:
+        hadoop.write_text(spark, path, text)
     if copy_to:
         if has_scheme(copy_to):
             hadoop.write_text(spark, copy_to, text)

@@ -205,24 +205,37 @@ class _ListParam(AccumulatorParam):
         return a
 
 
-def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
-    """Run the whole job; return the report. Raises UsageError / DataQualityError."""
+@dataclass
+class ScorePlan:
+    """What the job settled before scoring: the model, the engine, the input."""
+
+    config: dict
+    manifest: list[tuple[str, int]] | None
+    engine: EngineSpec
+    df: DataFrame
+
+
+@dataclass
+class ScoreResult:
+    """What the scoring write observed."""
+
+    metrics: dict
+    tasks: list[dict]
+    write_s: float
+    output_files: list[hadoop.FileInfo]
+
+
+def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
+    """Check the model and the input columns; choose the backend. Writes nothing."""
     from pyspark.errors import AnalysisException
 
-    from udfs.reward import ScoreSpec, make_udf
-
-    started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    clock = output.Phases()
-    target, mode = output.prepare(spark, opts.out)
     config, manifest = model_manifest(spark, opts.model)
     check_model(config, opts.model)
     engine = dataclasses.replace(opts.engine, backend=resolve_backend(spark, opts.engine.backend))
-    backend = engine.backend
     try:
         df = spark.read.parquet(*opts.inputs)
     except AnalysisException as e:
-        raise cli.UsageError(f"cannot read --input as Parquet: {str(e).strip().splitlines()[0]}") from None
+        raise cli.UsageError(f"cannot read --input as Parquet: {redact_uri(str(e).strip().splitlines()[0])}") from None
     for col, flag in ((opts.text_col, "--text-col"), (opts.response_col, "--response-col")):
         if col is None:
             continue
@@ -235,39 +248,50 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
         raise cli.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
     if opts.partitions:
         df = df.repartition(opts.partitions)
+    return ScorePlan(config, manifest, engine, df)
 
-    spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
+
+def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out: output.Output) -> ScoreResult:
+    """Score every row into the staging directory; collect the observed metrics and task stats."""
+    from udfs.reward import ScoreSpec, make_udf
+
+    spec = ScoreSpec(engine=plan.engine, template=opts.template, model_manifest=plan.manifest,
+                     cache_dir=opts.cache_dir)
     tasks_acc = spark.sparkContext.accumulator([], _ListParam())
     udf = make_udf(spec, tasks_acc, with_response=opts.response_col is not None)
-    scored = score_rows(df, udf, opts.text_col, opts.response_col)
+    scored = score_rows(plan.df, udf, opts.text_col, opts.response_col)
     obs = Observation("score")
-    clock.lap("plan")
     group = output.new_group("score")
-    output.write_parquet(spark, final_rows(observed_metrics(scored, obs)), target, mode,
-                         opts.out.compression, group)
-    write_s = clock.lap("write")
-    m = obs.get
+    start = time.monotonic()
+    output.write_parquet(spark, final_rows(observed_metrics(scored, obs)), out.staging, opts.out.compression, group)
+    write_s = time.monotonic() - start
     tasks = sorted(tasks_acc.value, key=lambda t: (t["partition"] is None, t["partition"], t["attempt"]))
+    return ScoreResult(dict(obs.get), tasks, write_s, hadoop.list_data_files(spark, out.staging))
 
+
+def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, header: dict, spark_info: dict,
+                 phases: dict[str, float]) -> dict:
+    """The job's report (pure: everything comes from the plan and the result)."""
+    m = result.metrics
     rows, scored_n = int(m["rows"]), int(m["scored"] or 0)
     errors = {r: int(m[f"err_{r}"] or 0) for r in REASONS if m[f"err_{r}"]}
     error_rows = rows - scored_n
     bad_fraction = error_rows / rows if rows else 0.0
-    too_many = bad_fraction > opts.max_bad_fraction
     tokens = int(m["tokens"] or 0)
-    outputs = hadoop.list_data_files(spark, target)
-    engines = engine_summaries(tasks)
+    engines = engine_summaries(result.tasks)
     quantiles = json.loads(m["quantiles"]) if m["quantiles"] else None
     histogram = [[b["x"], b["y"]] for b in json.loads(m["histogram"])] if m["histogram"] else []
+    write_s = result.write_s
     report = {
-        **output.report_header("score", "too_many_errors" if too_many else "ok", started_at, opts.inputs, target, opts.out, mode),
+        **header,
+        "status": "too_many_errors" if bad_fraction > opts.max_bad_fraction else "ok",
         "model": redact_uri(opts.model),
-        "architecture": (config.get("architectures") or [None])[0],
-        "backend": backend,
+        "architecture": (plan.config.get("architectures") or [None])[0],
+        "backend": plan.engine.backend,
         "template": opts.template,
         "text_col": opts.text_col,
         "response_col": opts.response_col,
-        "engine": {k: v for k, v in engine.__dict__.items() if k != "model_dir"},
+        "engine": {k: v for k, v in plan.engine.__dict__.items() if k != "model_dir"},
         "rows": rows,
         "scored": scored_n,
         "error_rows": error_rows,
@@ -288,25 +312,46 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
         "score_quantiles": dict(zip((f"p{int(q * 100)}" for q in QUANTILES), quantiles)) if quantiles else None,
         "score_histogram": histogram,
         "histogram_png": None,
-        "tasks": tasks,
-        "output_files": len(outputs),
-        "output_bytes": sum(f.size for f in outputs),
-        "phase_s": clock.phases,
-        "spark_version": spark.version,
-        "spark_master": spark.sparkContext.master,
+        "tasks": result.tasks,
+        "output_files": len(result.output_files),
+        "output_bytes": sum(f.size for f in result.output_files),
+        "phase_s": phases,
+        **spark_info,
         "elapsed_s": None,
     }
-    png = histogram_png(histogram, f"{rows:,} rows, {scored_n:,} scored; model {os.path.basename(opts.model.rstrip('/'))}")
-    if png is not None:
-        hadoop.write_bytes(spark, f"{target}/{HISTOGRAM_PNG}", png)
-        report["histogram_png"] = redact_uri(f"{target}/{HISTOGRAM_PNG}")
-    report["elapsed_s"] = round(time.monotonic() - started, 3)
-    report["summary"] = summary_line(report, f"{target}/_report.json")
-    output.finish(spark, target, report, opts.out.report, ok=not too_many)
-    if too_many:
+    return report
+
+
+def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
+    """Run the whole job; return the report. Raises UsageError / DataQualityError."""
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    clock = output.Phases()
+    out = output.open_output(spark, opts.out, opts.inputs)
+    try:
+        plan = plan_score(spark, opts)
+        clock.lap("plan")
+        result = execute_score(spark, opts, plan, out)
+        clock.lap("write")
+        header = output.report_header("score", "ok", started_at, opts.inputs, out, opts.out)
+        spark_info = {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
+        report = build_report(opts, plan, result, header, spark_info, clock.phases)
+        png = histogram_png(report["score_histogram"], f"{report['rows']:,} rows, {report['scored']:,} scored; "
+                            f"model {os.path.basename(opts.model.rstrip('/'))}")
+        if png is not None:
+            hadoop.write_bytes(spark, f"{out.staging}/{HISTOGRAM_PNG}", png)
+            report["histogram_png"] = redact_uri(f"{out.target}/{HISTOGRAM_PNG}")
+        report["elapsed_s"] = round(time.monotonic() - started, 3)
+        report["summary"] = summary_line(report)
+        output.finish(spark, out, report, opts.out.report, ok=report["status"] == "ok")
+    except BaseException:
+        out.publisher.discard()
+        raise
+    if report["status"] != "ok":
         raise cli.DataQualityError(
-            f"{error_rows:,} of {rows:,} rows got no score ({bad_fraction:.4%} > --max-bad-fraction "
-            f"{opts.max_bad_fraction:g}): {errors}; see score_error in the output", report)
+            f"{report['error_rows']:,} of {report['rows']:,} rows got no score ({report['bad_fraction']:.4%} > "
+            f"--max-bad-fraction {opts.max_bad_fraction:g}): {report['errors']}; see score_error in the output",
+            report)
     return report
 
 
@@ -357,14 +402,14 @@ def histogram_png(histogram: list[list[float]], title: str) -> bytes | None:
     return buf.getvalue()
 
 
-def summary_line(r: dict, report_path: str) -> str:
+def summary_line(r: dict) -> str:
     """The one line the job prints on stdout."""
     rate = f"{r['prompts_per_s']:,.1f} prompts/s" if r["prompts_per_s"] else "-"
     return (f"score: {r['rows']:,} rows -> {r['scored']:,} scored, {r['error_rows']:,} not "
             f"({', '.join(f'{k} {v:,}' for k, v in r['errors'].items()) or 'no errors'}), "
             f"{r['truncated']:,} truncated; {r['backend']} on {len(r['engines'])} engine(s), {rate}, "
             f"{r['output_files']} files ({human_bytes(r['output_bytes'])}); {r['elapsed_s']:.1f} s; "
-            f"report {redact_uri(report_path)}")
+            f"report {r['output']}/_report.json")
 
 
 def job(spark: SparkSession, args: argparse.Namespace) -> dict:

@@ -59,7 +59,7 @@ def test_every_good_line_lands_once_and_bad_ones_are_set_aside(spark, mixed, tmp
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
     rejects = spark.read.parquet(str(out / "_rejects"))
-    assert rejects.columns == ["source_file", "raw", "reason"]
+    assert rejects.columns == ["source_file", "raw", "raw_bytes", "reason", "detail"]
     assert sorted((Path(r.source_file).name, r.raw, r.reason) for r in rejects.collect()) == sorted([
         ("bad.jsonl", '"bare string"', "not_json_object"),
         ("bad.jsonl", '[{"prompt": "array"}]', "not_json_object"),
@@ -70,7 +70,10 @@ def test_every_good_line_lands_once_and_bad_ones_are_set_aside(spark, mixed, tmp
 
     report = json.loads((out / "_report.json").read_text())
     assert report["status"] == "ok"
-    assert report["input_files"] == 8  # the .txt, .json and hidden files are not input
+    assert report["input_files"] == 7  # not the .txt, .json and hidden files; not the empty one
+    assert report["empty_files"] == 1
+    assert report["skipped_files"]["files"] == 2 and report["skipped_files"]["by_rule"] == {"other_name": 2}
+    assert [Path(p).name for p in report["skipped_files"]["examples"]] == ["notes.txt", "x.json"]
     assert report["input_bytes"] == sum(p.stat().st_size for p in mixed.rglob("*")
                                         if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))
                                         and not p.name.startswith(("_", ".")))
@@ -86,7 +89,7 @@ def test_every_good_line_lands_once_and_bad_ones_are_set_aside(spark, mixed, tmp
         assert key in report
     assert (out / "_SUCCESS").exists()
     assert stdout.strip() == report["summary"]
-    assert stdout.startswith("convert: 8 files")
+    assert stdout.startswith("convert: 7 files")
 
 
 def test_report_copy_and_source_file_column(spark, mixed, tmp_path, capsys):
@@ -167,7 +170,7 @@ def test_too_many_bad_lines_exit_3_after_writing_everything(spark, tmp_path, cap
                                 capsys)
     assert code == 3
     assert err.strip().count("\n") == 0 and "Traceback" not in err
-    assert "2 of 100 lines rejected" in err and "--max-bad-fraction" in err
+    assert "2 rejected of 100 lines" in err and "--max-bad-fraction" in err
     assert spark.read.parquet(str(out)).count() == 98
     assert sorted(r.raw for r in spark.read.parquet(str(out / "_rejects")).collect()) == ["oops", "{bad"]
     report = json.loads((out / "_report.json").read_text())
@@ -236,7 +239,7 @@ def test_partition_rerun_overwrites_only_its_partition(spark, tmp_path, capsys):
          "must not be empty or contain"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--sample-files", "0"], "needs --schema"),
         (["--input", "{tmp}/missing", "--output", "{tmp}/o"], "input not found"),
-        (["--input", "{tmp}/empty", "--output", "{tmp}/o"], "no *.{jsonl,jsonl.gz} files under"),
+        (["--input", "{tmp}/empty", "--output", "{tmp}/o"], "no *.jsonl, *.jsonl.gz files under"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--schema", "prompt strng"], "--schema is not valid"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--schema", "id string"], "lacks required field(s) prompt"),
     ],

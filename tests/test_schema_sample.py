@@ -16,11 +16,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from promptscore import infer
+from promptscore import schema_sample as infer
 
 
 def schema_of(*objs):
-    return infer.infer_struct(objs)
+    return infer.schema_of(objs)
 
 
 def test_scalars():
@@ -28,7 +28,7 @@ def test_scalars():
     assert s == StructType([
         StructField("a", LongType()), StructField("b", DoubleType()), StructField("c", StringType()),
         StructField("d", BooleanType()), StructField("e", StringType()),
-        StructField("f", DecimalType(38, 0)),
+        StructField("f", DecimalType(31, 0)),
     ])
 
 

@@ -1,0 +1,249 @@
+"""The schema of JSONL input, from the heads of a few sampled files, typed as Spark types JSON.
+
+Reading a sample through a Spark job costs a job (seconds on a cold JVM); the sample is a few MB,
+so the driver reads it through the Hadoop FileSystem and types the values with the rules of
+Spark's own JSON schema inference (``spark.read.json``):
+
+- integers -> ``bigint``; wider ones -> ``decimal(digits, 0)`` (``double`` past 38 digits);
+  other numbers -> ``double``; booleans -> ``boolean``; strings -> ``string``; objects ->
+  ``struct``; lists -> ``array``;
+- when values disagree: ``bigint`` + ``double`` -> ``double``; ``decimal`` + ``bigint`` ->
+  ``decimal`` wide enough for both; ``decimal`` + ``double`` -> ``double``; structs merge field
+  by field; anything else -> ``string`` (Spark's parser keeps the raw JSON text of such values);
+- a field that is only ever ``null`` (or an empty list's element) becomes ``string``; an empty
+  object is no field at all.
+
+Unlike Spark, fields keep the order in which the sample first shows them. A line counts only if
+the convert job would accept it as a JSON object: valid UTF-8, one JSON value and nothing after
+it, nested at most ``MAX_DEPTH`` deep.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DecimalType,
+    DoubleType,
+    LongType,
+    NullType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+MAX_DEPTH = 1000  # Jackson's default nesting limit, which Spark's JSON parser keeps
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_DECODER = json.JSONDecoder()
+_WS = " \t\r\n"
+
+
+def type_of(value: Any) -> DataType:
+    """The Spark type Spark's JSON inference gives one JSON value."""
+    if value is None:
+        return NullType()
+    if isinstance(value, bool):
+        return BooleanType()
+    if isinstance(value, int):
+        if _LONG_MIN <= value <= _LONG_MAX:
+            return LongType()
+        digits = len(str(abs(value)))
+        return DecimalType(digits, 0) if digits <= 38 else DoubleType()
+    if isinstance(value, float):
+        return DoubleType()
+    if isinstance(value, str):
+        return StringType()
+    if isinstance(value, list):
+        element: DataType = NullType()
+        for item in value:
+            element = merge(element, type_of(item))
+        return ArrayType(element, True)
+    if isinstance(value, dict):
+        return StructType([StructField(k, type_of(v), True) for k, v in value.items()])
+    return StringType()
+
+
+def merge(a: DataType, b: DataType) -> DataType:
+    """The narrowest type that holds values of both ``a`` and ``b``, as Spark widens them."""
+    if a == b:
+        return a
+    if isinstance(a, NullType):
+        return b
+    if isinstance(b, NullType):
+        return a
+    if isinstance(a, DoubleType) and isinstance(b, (LongType, DecimalType)) or \
+            isinstance(b, DoubleType) and isinstance(a, (LongType, DecimalType)):
+        return DoubleType()
+    if isinstance(a, (LongType, DecimalType)) and isinstance(b, (LongType, DecimalType)):
+        da = a if isinstance(a, DecimalType) else DecimalType(20, 0)
+        db = b if isinstance(b, DecimalType) else DecimalType(20, 0)
+        scale = max(da.scale, db.scale)
+        digits = max(da.precision - da.scale, db.precision - db.scale)
+        return DecimalType(digits + scale, scale) if digits + scale <= 38 else DoubleType()
+    if isinstance(a, StructType) and isinstance(b, StructType):
+        fields = {f.name: f.dataType for f in a.fields}
+        for f in b.fields:
+            fields[f.name] = merge(fields[f.name], f.dataType) if f.name in fields else f.dataType
+        return StructType([StructField(k, t, True) for k, t in fields.items()])
+    if isinstance(a, ArrayType) and isinstance(b, ArrayType):
+        return ArrayType(merge(a.elementType, b.elementType), True)
+    return StringType()
+
+
+def settle(t: DataType) -> DataType | None:
+    """Spark's last step: types no value pinned down (only nulls) become ``string``; empty
+    structs, and fields with empty names, disappear."""
+    if isinstance(t, NullType):
+        return StringType()
+    if isinstance(t, ArrayType):
+        element = settle(t.elementType)
+        return ArrayType(element, True) if element is not None else None
+    if isinstance(t, StructType):
+        fields = []
+        for f in t.fields:
+            settled = settle(f.dataType) if f.name else None
+            if settled is not None:
+                fields.append(StructField(f.name, settled, True))
+        return StructType(fields) if fields else None
+    return t
+
+
+def depth_exceeds(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text nests objects and arrays deeper than ``limit`` (strings skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def parse_line(raw: bytes, max_line_bytes: int) -> dict | None:
+    """The JSON object on one line, or None when the convert job would not write it as a row."""
+    if len(raw) > max_line_bytes:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.lstrip("\ufeff").strip(_WS)
+    if not text or depth_exceeds(text):
+        return None
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except (ValueError, RecursionError):
+        return None
+    if text[end:].strip(_WS):
+        return None  # trailing data after the first value
+    return value if isinstance(value, dict) else None
+
+
+def parse_sample(data: bytes, compressed: bool, complete: bool,
+                 max_line_bytes: int = 64 << 20) -> tuple[list[dict], int]:
+    """The JSON objects among the lines of ``data`` and the number of other non-blank lines.
+
+    ``complete`` is false when ``data`` is only the head of a file: its last, possibly cut, line
+    is then left out.
+    """
+    if compressed:
+        data = gzip.decompress(data) if complete else zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+    lines = data.split(b"\n")
+    if not complete:
+        lines = lines[:-1]
+    records, bad = [], 0
+    for raw in lines:
+        if not raw.strip(b" \t\r"):
+            continue
+        record = parse_line(raw, max_line_bytes)
+        if record is None:
+            bad += 1
+        else:
+            records.append(record)
+    return records, bad
+
+
+@dataclass
+class SchemaSample:
+    """What the sample showed: the schema, how many records and unusable lines it held, and for
+    each top-level string field the share of distinct values (to choose Parquet encodings)."""
+
+    schema: StructType
+    files: int = 0
+    records: int = 0
+    unusable_lines: int = 0
+    unreadable_files: list[str] = field(default_factory=list)
+    distinct_share: dict[str, float] = field(default_factory=dict)
+
+
+def schema_of(records: Iterable[dict]) -> StructType:
+    """The schema of a stream of JSON objects (see the module notes for the rules)."""
+    acc: DataType = StructType([])
+    for record in records:
+        acc = merge(acc, type_of(record))
+    return settle(acc) or StructType([])  # type: ignore[return-value]
+
+
+def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
+                  max_line_bytes: int = 64 << 20) -> SchemaSample:
+    """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each.
+
+    A file whose head cannot be read or decompressed is listed in ``unreadable_files`` and
+    otherwise left to the job (which sets it aside as a reject).
+    """
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    acc: DataType = StructType([])
+    out = SchemaSample(StructType([]))
+    distinct: dict[str, set[int]] = {}
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="promptscore-sample-") as tmp:
+        for i, path in enumerate(paths):
+            out.files += 1
+            local = os.path.join(tmp, str(i))
+            try:
+                p = jvm.org.apache.hadoop.fs.Path(path)
+                fs = p.getFileSystem(conf)
+                size = int(fs.getFileStatus(p).getLen())
+                # The JVM copies the head of the file to a local file: much faster than bytes
+                # through py4j. copyInputStreamToFile closes the stream.
+                head = jvm.org.apache.commons.io.input.BoundedInputStream(fs.open(p), min(size, bytes_per_file))
+                jvm.org.apache.commons.io.FileUtils.copyInputStreamToFile(head, jvm.java.io.File(local))
+                with open(local, "rb") as f:
+                    data = f.read()
+                records, unusable = parse_sample(data, path.endswith(".gz"), len(data) >= size, max_line_bytes)
+            except Exception:  # noqa: BLE001 - a broken file is the job's to report, not the sample's
+                out.unreadable_files.append(path)
+                continue
+            for record in records:
+                acc = merge(acc, type_of(record))
+                for k, v in record.items():
+                    if isinstance(v, str):
+                        distinct.setdefault(k, set()).add(hash(v))
+                        counts[k] = counts.get(k, 0) + 1
+            out.records += len(records)
+            out.unusable_lines += unusable
+    out.schema = settle(acc) or StructType([])  # type: ignore[assignment]
+    out.distinct_share = {k: len(distinct[k]) / n for k, n in counts.items()}
+    return out

@@ -1,0 +1,160 @@
+"""parse_lines / good_rows / reject_rows on in-memory DataFrames: what each kind of line becomes;
+and the convert job's other pure helpers."""
+
+from __future__ import annotations
+
+import pytest
+from chispa import assert_df_equality
+
+from promptscore import convert, jsonl
+from promptscore.jsonl import KIND_BLANK, KIND_OK, KIND_REJECT
+
+SCHEMA_DDL = "id bigint, prompt string, meta struct<lang:string,score:double>"
+
+LINES = [
+    ('{"id": 1, "prompt": "hello", "meta": {"lang": "en", "score": 0.5}}', KIND_OK),
+    ('{"id": 2, "prompt": "你好, プロンプト 🙂"}', KIND_OK),
+    ("\ufeff" + '{"id": 3, "prompt": "after a byte-order mark"}', KIND_OK),
+    ('{"id": 4, "prompt": 42}', KIND_OK),  # a number where a string is expected keeps its JSON text
+    ("", KIND_BLANK),
+    ("   \t ", KIND_BLANK),
+    ('{"id": 5, "prompt": "cut off', KIND_REJECT),  # truncated object
+    ("just some text", KIND_REJECT),  # plain text
+    ('[{"id": 6, "prompt": "in an array"}]', KIND_REJECT),  # a JSON array
+    ('"a bare string"', KIND_REJECT),
+    ("123", KIND_REJECT),
+    ('{"id": 7}', KIND_REJECT),  # no prompt
+    ('{"id": 8, "prompt": null}', KIND_REJECT),
+    ('{"id": "not a number", "prompt": "x"}', KIND_REJECT),  # does not fit the schema
+    ('{"id": 9, "prompt": "a"}{"id": 10, "prompt": "b"}', KIND_REJECT),  # two objects on one line
+    ('{"id": 11, "prompt": "c"} and more', KIND_REJECT),  # trailing text
+    ('{"id": 12, "prompt": "' + "x" * 300 + '"}', KIND_REJECT),  # over the line limit of the tests
+    ('{"id": 13, "prompt": "p", "meta": ' + "[" * 1100 + "]" * 1100 + "}", KIND_REJECT),  # too deep
+    ('{"id": 14, "prompt": "\ufffd is a real character"}', KIND_OK),
+]
+LIMIT = 256
+
+
+@pytest.fixture(scope="module")
+def lines(spark):
+    rows = [(f"file:/in/{i % 3}.jsonl", v) for i, (v, _) in enumerate(LINES)]
+    return spark.createDataFrame(rows, "source_file string, value string")
+
+
+@pytest.fixture(scope="module")
+def schema(spark):
+    return convert.parse_schema(SCHEMA_DDL)
+
+
+def test_each_line_gets_its_kind(spark, lines, schema):
+    got = jsonl.parse_lines(lines, schema, max_line_bytes=LIMIT).select("value", "kind")
+    expected = spark.createDataFrame(LINES, "value string, kind string")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_good_rows_are_typed_records(spark, lines, schema):
+    got = jsonl.good_rows(jsonl.parse_lines(lines, schema, max_line_bytes=LIMIT), schema)
+    expected = spark.createDataFrame(
+        [
+            (1, "hello", ("en", 0.5)),
+            (2, "你好, プロンプト 🙂", None),
+            (3, "after a byte-order mark", None),
+            (4, "42", None),
+            (14, "\ufffd is a real character", None),
+        ],
+        SCHEMA_DDL,
+    )
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_good_rows_can_carry_the_source_file(lines, schema):
+    got = jsonl.good_rows(jsonl.parse_lines(lines, schema, max_line_bytes=LIMIT), schema, with_source_file=True)
+    assert got.columns == ["id", "prompt", "meta", "source_file"]
+    assert {r.source_file for r in got.collect()} <= {"file:/in/0.jsonl", "file:/in/1.jsonl", "file:/in/2.jsonl"}
+
+
+def test_rejects_keep_the_raw_line_and_say_why(spark, lines, schema):
+    got = jsonl.reject_rows(jsonl.parse_lines(lines, schema, max_line_bytes=LIMIT), schema, max_line_bytes=LIMIT)
+    got = got.select("raw", "reason")
+    expected = spark.createDataFrame(
+        [
+            ('{"id": 5, "prompt": "cut off', "not_json_object"),
+            ("just some text", "not_json_object"),
+            ('[{"id": 6, "prompt": "in an array"}]', "not_json_object"),
+            ('"a bare string"', "not_json_object"),
+            ("123", "not_json_object"),
+            ('{"id": 7}', "missing_required_field"),
+            ('{"id": 8, "prompt": null}', "missing_required_field"),
+            ('{"id": "not a number", "prompt": "x"}', "schema_mismatch"),
+            ('{"id": 9, "prompt": "a"}{"id": 10, "prompt": "b"}', "trailing_data"),
+            ('{"id": 11, "prompt": "c"} and more', "trailing_data"),
+            ('{"id": 12, "prompt": "' + "x" * 300 + '"}', "line_too_long"),
+            ('{"id": 13, "prompt": "p", "meta": ' + "[" * 1100 + "]" * 1100 + "}", "line_too_long"),
+        ],
+        "raw string, reason string",
+    )
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_no_required_fields_accepts_objects_without_prompt(lines, schema):
+    kinds = {r.value: r.kind for r in jsonl.parse_lines(lines, schema, required=(), max_line_bytes=LIMIT).collect()}
+    assert kinds['{"id": 7}'] == KIND_OK
+    assert kinds['{"id": 8, "prompt": null}'] == KIND_OK
+    assert kinds["just some text"] == KIND_REJECT
+
+
+def test_every_line_is_accounted_for(lines, schema):
+    parsed = jsonl.parse_lines(lines, schema, max_line_bytes=LIMIT)
+    good = jsonl.good_rows(parsed, schema).count()
+    bad = jsonl.reject_rows(parsed, schema, max_line_bytes=LIMIT).count()
+    blank = parsed.filter(parsed.kind == KIND_BLANK).count()
+    assert (good, bad, blank) == (5, 12, 2)
+    assert good + bad + blank == lines.count()
+
+
+def test_schema_ddl_round_trips(spark):
+    ddl = "id bigint, `odd name` string, tags array<string>, m struct<a:double,b:boolean>"
+    schema = convert.parse_schema(ddl)
+    assert convert.parse_schema(convert.schema_ddl(schema)) == schema
+
+
+@pytest.mark.parametrize("bad", ["prompt strin", "prompt string,, x", "int"])
+def test_bad_schema_ddl_is_a_usage_error(spark, bad):
+    from promptscore.cli import UsageError
+
+    with pytest.raises(UsageError, match="--schema"):
+        convert.parse_schema(bad)
+
+
+def test_too_deep_is_told_apart_when_the_line_fits_the_limit(spark, schema):
+    deep = '{"id": 13, "prompt": "p", "meta": ' + "[" * 1100 + "]" * 1100 + "}"
+    lines = spark.createDataFrame([("f", deep)], "source_file string, value string")
+    got = jsonl.reject_rows(jsonl.parse_lines(lines, schema), schema).select("reason").first()
+    assert got.reason == "too_deep"
+
+
+def test_bytes_that_are_not_utf8_are_rejected_with_the_bytes_kept(spark, tmp_path, schema):
+    raw = '{"id": 1, "prompt": "caf\xe9"}'.encode("latin-1")
+    (tmp_path / "f.jsonl").write_bytes(raw + b"\n" + b'{"id": 2, "prompt": "ok"}\n')
+    parsed = jsonl.parse_lines(spark.read.text(str(tmp_path / "f.jsonl")), schema)
+    assert [r.prompt for r in jsonl.good_rows(parsed, schema).collect()] == ["ok"]
+    rejected = jsonl.reject_rows(parsed, schema).first()
+    assert (rejected.reason, bytes(rejected.raw_bytes)) == ("invalid_utf8", raw)
+    assert rejected.raw == '{"id": 1, "prompt": "caf\ufffd"}'
+
+
+@pytest.mark.parametrize("total, files, slots, target, ratio, splits", [
+    (400 << 20, 4000, 2, 256 << 20, 0.3, 2),      # small input: one task per slot
+    (400 << 30, 4_000_000, 64, 256 << 20, 0.3, 512),  # the mission: whole waves of 64 slots
+    (10 << 20, 1, 8, 1 << 20, 1.0, 16),
+])
+def test_split_bytes_fills_whole_waves(total, files, slots, target, ratio, splits):
+    open_cost = 8 << 10
+    split = convert.split_bytes(total, files, open_cost, slots, target, ratio)
+    n = (total + files * open_cost) / split
+    assert splits - 1 < n <= splits
+
+
+def test_parquet_options_skip_dictionaries_for_mostly_distinct_strings(schema):
+    opts = convert.parquet_options(schema, {"prompt": 0.99, "id": 0.1})
+    assert opts == {"parquet.enable.dictionary#prompt": "false"}

@@ -1,0 +1,270 @@
+"""Publishing: a run's staged output replaces the previous one without a moment of loss.
+
+The first tests build each state a publish can be cut short in, on real directories, and check
+that the next run's recovery rolls it forward. The last ones kill real jobs (SIGKILL to the whole
+process group of spark-submit) at points of their write and publish, check that the output is
+the old or the new one, complete, and that the same command then succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import ROOT, records, write_lines
+from promptscore import publish
+from promptscore.publish import Publisher, work_dir
+
+
+def make_output(d: Path, run: str, rows: list[str], success: bool = True) -> Path:
+    """A directory that looks like a finished run's output."""
+    d.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(rows):
+        (d / f"part-{i:05d}-{run}.txt").write_text(row)
+    (d / "_rejects").mkdir(exist_ok=True)
+    (d / "_rejects" / f"part-{run}.txt").write_text(f"rejects of {run}")
+    (d / "_report.json").write_text(json.dumps({"job": "convert", "run_id": run}))
+    if success:
+        (d / "_SUCCESS").write_text("")
+    return d
+
+
+def content(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): p.read_text() for p in sorted(d.rglob("*"))
+            if p.is_file() and not p.name.endswith(".crc")}
+
+
+@pytest.fixture()
+def conf_strategy(spark):
+    def set_(value: str | None):
+        if value:
+            spark.conf.set("spark.promptscore.publish", value)
+        else:
+            spark.conf.unset("spark.promptscore.publish")
+    yield set_
+    spark.conf.unset("spark.promptscore.publish")
+
+
+@pytest.mark.parametrize("strategy", ["exchange", "rename", "copy"])
+def test_publish_replaces_the_old_output_and_leaves_nothing_behind(spark, tmp_path, conf_strategy, strategy):
+    conf_strategy(strategy)
+    target = tmp_path / "out"
+    make_output(target, "old", ["a", "b", "c"])
+    pub = Publisher(spark, f"file:{target}")
+    assert pub.strategy == strategy
+    pub.prepare_staging()
+    new = make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x"])
+    expected = content(new)
+    pub.publish()
+    assert content(target) == expected
+    assert not Path(work_dir(str(target))).exists()
+
+
+def test_default_strategy_by_file_system(spark):
+    assert Publisher(spark, "file:/tmp/x").strategy == "exchange"
+    assert Publisher(spark, "hdfs://nn:8020/x").strategy == "rename"
+    assert Publisher(spark, "oss://bucket/x").strategy == "copy"
+
+
+def _cut_short(spark, tmp_path: Path, strategy: str, point: str) -> tuple[Path, dict, dict]:
+    """A publish of a new output over an old one, stopped at ``point`` as a kill would stop it."""
+    target = tmp_path / "out"
+    old = content(make_output(target, "old", ["a", "b", "c"]))
+    pub = Publisher(spark, f"file:{target}", strategy=strategy)
+    pub.prepare_staging()
+    new = content(make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x", "y"]))
+    os.environ["PROMPTSCORE_TEST_FAIL_AT"] = point
+    try:
+        with pytest.raises(RuntimeError, match="failure injected"):
+            pub.publish()
+    finally:
+        del os.environ["PROMPTSCORE_TEST_FAIL_AT"]
+    return target, old, new
+
+
+@pytest.mark.parametrize("strategy, point", [
+    ("exchange", "publish-journaled"), ("exchange", "published"),
+    ("rename", "publish-journaled"), ("rename", "publish-swapping"), ("rename", "published"),
+    ("copy", "publish-journaled"), ("copy", "publish-swapping"), ("copy", "publish-moving"),
+    ("copy", "published"),
+])
+def test_next_run_rolls_a_cut_short_publish_forward(spark, tmp_path, strategy, point):
+    target, old, new = _cut_short(spark, tmp_path, strategy, point)
+    now = content(target) if target.exists() else {}
+    if strategy == "exchange":
+        assert now in (old, new)  # one atomic step: never anything else
+    if now not in (old, new):
+        assert "_SUCCESS" not in now  # readers waiting for _SUCCESS never see a mix
+    notes = Publisher(spark, f"file:{target}").recover()
+    assert content(target) == new
+    assert not Path(work_dir(str(target))).exists()
+    if point != "published":  # after that point only an empty work directory is left
+        assert notes and "completed the publish" in notes[0]
+
+
+def test_leftovers_of_a_run_killed_before_publishing_are_removed(spark, tmp_path):
+    target = tmp_path / "out"
+    old = content(make_output(target, "old", ["a"]))
+    pub = Publisher(spark, f"file:{target}")
+    pub.prepare_staging()
+    (Path(pub.staging.removeprefix("file:")) / "_temporary" / "0").mkdir(parents=True)
+    (Path(pub.staging.removeprefix("file:")) / "_temporary" / "0" / "part-0").write_text("half")
+    notes = Publisher(spark, f"file:{target}").recover()
+    assert content(target) == old
+    assert not Path(work_dir(str(target))).exists()
+    assert "leftover" in notes[0]
+
+
+def test_a_journal_cut_short_while_written_means_the_publish_never_began(spark, tmp_path):
+    target = tmp_path / "out"
+    old = content(make_output(target, "old", ["a"]))
+    pub = Publisher(spark, f"file:{target}")
+    pub.prepare_staging()
+    make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x"])
+    Path(work_dir(str(target)), publish.JOURNAL).write_text('{"run": "2026')
+    Publisher(spark, f"file:{target}").recover()
+    assert content(target) == old
+
+
+@pytest.mark.parametrize("files, kind", [
+    ({}, "absent"), ({"_temporary/0/x": ""}, "empty"), ({"data.csv": "1,2"}, "foreign"),
+    ({"_report.json": '{"job": "convert"}', "_SUCCESS": "", "p.parquet": ""}, "complete"),
+    ({"_report.json": '{"job": "score"}', "p.parquet": ""}, "unfinished"),
+    ({"_report.json": '{"something": "else"}', "p.parquet": ""}, "foreign"),
+])
+def test_target_states(spark, tmp_path, files, kind):
+    target = tmp_path / "out"
+    for rel, text in files.items():
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel).write_text(text)
+    assert Publisher(spark, f"file:{target}").state().kind == kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Real jobs, killed
+
+
+def _submit(args: list, env_extra: dict, pause: str | None, flag: Path) -> subprocess.Popen:
+    import pyspark
+
+    env = dict(os.environ, **env_extra)
+    env.pop("PROMPTSCORE_TEST_PAUSE_AT", None)
+    if pause:
+        env["PROMPTSCORE_TEST_PAUSE_AT"] = pause
+        env["PROMPTSCORE_TEST_PAUSE_FILE"] = str(flag)
+    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
+    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
+           "--conf", "spark.driver.memory=1g", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the job ended before the kill point (exit {proc.returncode}):\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the kill point was never reached")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _rows(out: Path) -> list[str] | None:
+    if not (out / "_SUCCESS").exists():
+        return None
+    return sorted(ds.dataset(str(out), format="parquet", ignore_prefixes=["_", "."]).to_table()
+                  .column("prompt").to_pylist())
+
+
+def _staging_writes(out: Path):
+    work = Path(work_dir(str(out)))
+    return lambda: any(p.name.startswith("part-") for p in work.glob("staging-*/_temporary/**/*"))
+
+
+# Each run is killed at one point and the next run, the same command, starts by recovering from
+# it; the strategy changes between runs so that one chain crosses all three.
+KILLS = [("exchange", "mid-write"), ("copy", "publish-moving"), ("exchange", "published"),
+         ("rename", "publish-swapping"), ("exchange", "staged"), ("exchange", "publish-journaled")]
+
+
+def test_convert_killed_at_any_point_keeps_one_complete_output_and_the_same_command_finishes(tmp_path):
+    src = tmp_path / "in"
+    for i in range(40):
+        write_lines(src / f"f{i:02d}.jsonl", records(*(f"old {i}-{j}" for j in range(200))))
+    out = tmp_path / "out"
+    flag = tmp_path / "paused"
+
+    def args(strategy: str) -> list:
+        return ["--conf", f"spark.promptscore.publish={strategy}", "jobs/convert.py", "--input", src,
+                "--output", out, "--mode", "overwrite", "--target-file-size", "64k"]
+
+    first = _submit(args("exchange"), {}, None, flag)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    old_rows = _rows(out)
+    for i in range(40):
+        write_lines(src / f"f{i:02d}.jsonl", records(*(f"new {i}-{j}" for j in range(200))))
+    new_rows = sorted(f"new {i}-{j}" for i in range(40) for j in range(200))
+
+    for strategy, point in KILLS:
+        flag.unlink(missing_ok=True)
+        proc = _submit(args(strategy), {}, None if point == "mid-write" else point, flag)
+        _kill_when(proc, _staging_writes(out) if point == "mid-write" else flag.exists)
+        rows = _rows(out)
+        if strategy == "exchange":
+            assert rows in (old_rows, new_rows), f"after a kill at {point}"
+        else:
+            # A copy or two renames are journaled: without _SUCCESS nothing claims to be complete.
+            assert rows in (old_rows, new_rows, None), f"after a kill at {point} ({strategy})"
+
+    again = _submit(args("exchange"), {}, None, flag)
+    out_text, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert _rows(out) == new_rows
+    report = json.loads((out / "_report.json").read_text())
+    assert report["rows_written"] == len(new_rows)
+    assert not Path(work_dir(str(out))).exists()
+    assert report["recovered"] and "completed the publish" in report["recovered"][0]
+
+
+def test_score_killed_mid_write_keeps_the_old_scores_and_the_same_command_finishes(tmp_path, tiny_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "prompts"
+    src.mkdir()
+    for i in range(4):
+        pq.write_table(pa.table({"prompt": [f"prompt {i}-{j} " * 20 for j in range(300)]}), src / f"p{i}.parquet")
+    out = tmp_path / "scores"
+    flag = tmp_path / "paused"
+    args = ["jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
+            "--mode", "overwrite"]
+    first = _submit(args, {}, None, flag)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    old = (out / "_report.json").read_text()
+
+    proc = _submit(args, {}, None, flag)
+    _kill_when(proc, _staging_writes(out))
+    assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
+
+    again = _submit(args, {}, None, flag)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    table = ds.dataset(str(out), format="parquet", ignore_prefixes=["_", "."]).to_table()
+    assert table.num_rows == 1200 and table.column("score").null_count == 0
+    assert json.loads((out / "_report.json").read_text())["run_id"] != json.loads(old)["run_id"]
+    assert not Path(work_dir(str(out))).exists()
