@@ -43,6 +43,18 @@ ENV_DIR = "./environment"
 USER_EXIT = re.compile(r"User application exited with status (\d+)")
 
 
+def _find(path: str | Path) -> Path:
+    """A file of this project: as given (relative to the current directory), else in this checkout,
+    else where the wheel installed jobs/ and conf/ (<prefix>/share/promptscore)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    for base in (ROOT, Path(sys.prefix) / "share" / "promptscore"):
+        if (base / path).exists():
+            return base / path
+    return path
+
+
 class SubmitError(Exception):
     """The call or a profile is wrong: one line on stderr, exit code 2."""
 
@@ -94,9 +106,7 @@ def read_profile(path: str | Path) -> dict[str, str]:
 
     Only ``spark.*`` keys are allowed: Spark ignores the others, which hides typos.
     """
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
-        path = ROOT / path
+    path = _find(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -175,7 +185,7 @@ def spark_submit_args(job: str, job_args: Sequence[str], profile: str | Path | N
         cmd += ["--py-files", py_files]
     if env_archive:
         cmd += ["--archives", f"{env_archive}#environment"]
-    entry = f"{jobs_uri.rstrip('/')}/{job}.py" if jobs_uri else f"jobs/{job}.py"
+    entry = f"{jobs_uri.rstrip('/')}/{job}.py" if jobs_uri else str(_find(f"jobs/{job}.py"))
     return [*cmd, entry, *job_args]
 
 
@@ -238,7 +248,7 @@ def format_command(cmd: Sequence[str], style: str = "shell") -> str:
 
 # -- running ----------------------------------------------------------------------------------------
 
-def run(cmd: Sequence[str], cwd: Path = ROOT) -> int:
+def run(cmd: Sequence[str], cwd: Path | None = None) -> int:
     """Run ``cmd``, passing its output through; return the job's exit code.
 
     In YARN cluster mode a failed application makes ``spark-submit`` exit 1 whatever the job's

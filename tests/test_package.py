@@ -54,6 +54,22 @@ def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):
     assert (share / "bootstrap" / "install-python-env.sh").is_file()
 
 
+def test_the_installed_package_builds_a_submission_anywhere(dist, fresh_venv, tmp_path):
+    """On a cluster node: the wheel's own conf/ and jobs/ (<venv>/share/promptscore), from any directory."""
+    wheel = next(dist.glob("promptscore-*-py3-none-any.whl"))
+    proc = subprocess.run([fresh_venv, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([fresh_venv, "-m", "promptscore.submit", "score", "--", "--input", "x"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    words = shlex.split(out.stdout)
+    share = Path(subprocess.run([fresh_venv, "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                text=True).stdout.strip()) / "share" / "promptscore"
+    assert words[-3:] == [str(share / "jobs" / "score.py"), "--input", "x"]
+    assert "spark.executor.resource.gpu.amount=1" in words
+
+
 def test_the_py_files_zip_imports_in_a_fresh_venv(dist, fresh_venv):
     zf = zipfile.ZipFile(dist / "promptscore.zip")
     names = set(zf.namelist())
