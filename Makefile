@@ -18,8 +18,10 @@ help:
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
 	@echo "make wheelhouse     dist/wheelhouse-{cpu,gpu}/: every wheel a node needs, for offline bootstrap"
-	@echo "make submit JOB=convert|score ARGS='...' [EXECUTE=1] [PY_FILES=uri] [JOBS_URI=uri] [ENV_ARCHIVE=uri] [TARGET=serverless]"
-	@echo "                    print the full submission for EMR (and run it with EXECUTE=1)"
+	@echo "make submit JOB=convert|score ARGS='...' [EXECUTE=1] [DEPLOY_MODE=cluster] [PROFILE=conf/x.conf]"
+	@echo "            [CONF='k=v ...'] [PY_FILES=uri] [JOBS_URI=uri] [ENV_ARCHIVE=uri] [DRIVER_PYTHON=path]"
+	@echo "                    print the spark-submit line for EMR on ECS (run it with EXECUTE=1);"
+	@echo "                    TARGET=serverless: the StartJobRun body for EMR Serverless Spark (convert only)"
 
 venv: $(STAMP)
 
@@ -41,11 +43,11 @@ $(STAMP): setup.py
 demo: venv
 	@rm -rf $(DEMO)
 	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
-	@$(RUN) spark-submit --properties-file conf/local.conf jobs/convert.py \
+	@$(RUN) python -m promptscore.submit convert --profile conf/local.conf --run -- \
 	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
 	@$(RUN) python -m promptscore.show $(DEMO)/parquet
 	@$(RUN) python -m udfs.tiny_model $(DEMO)/model
-	@$(RUN) spark-submit --properties-file conf/local.conf jobs/score.py \
+	@$(RUN) python -m promptscore.submit score --profile conf/local.conf --run -- \
 	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
 	@$(RUN) python -m promptscore.show $(DEMO)/scored
 
@@ -83,13 +85,16 @@ wheelhouse: package
 	  echo "dist/wheelhouse-$$kind: $$(ls dist/wheelhouse-$$kind | wc -l) wheels, $$(du -sh dist/wheelhouse-$$kind | cut -f1)"; \
 	done
 
+# The one place that builds a submission is promptscore/submit.py; this only passes the variables.
 JOB ?= convert
 TARGET ?= emr
-submit: $(if $(PY_FILES),,dist/promptscore.zip)
+PROFILE ?= $(CONF_FILE)
+submit:
 	@PYTHONPATH=$(CURDIR) python3 -m promptscore.submit $(JOB) --target $(TARGET) \
+	  $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEPLOY_MODE),--deploy-mode $(DEPLOY_MODE)) \
 	  $(if $(PY_FILES),--py-files $(PY_FILES)) $(if $(JOBS_URI),--jobs-uri $(JOBS_URI)) \
-	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(CONF_FILE),--conf-file $(CONF_FILE)) \
-	  $(if $(EXECUTE),--run) -- $(ARGS)
+	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(DRIVER_PYTHON),--driver-python $(DRIVER_PYTHON)) \
+	  $(foreach c,$(CONF),--conf $(c)) $(if $(EXECUTE),--run) -- $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info build dist

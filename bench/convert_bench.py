@@ -4,7 +4,7 @@
 
 1. Writes N JSONL files of ~100 KB (kept between runs in --work).
 2. Runs, each as a whole process on the same cores, --repeat times (the median is reported):
-   - this job:  spark-submit --properties-file conf/local.conf jobs/convert.py
+   - this job:  spark-submit <conf/local.conf as --conf pairs> jobs/convert.py
    - naive:     spark-submit bench/naive_convert.py (spark.read.json(...).write.parquet(...))
    - DuckDB:    COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)
    and checks that all three wrote the same number of rows.
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from promptscore.sample_data import generate  # noqa: E402
+from promptscore.submit import conf_args  # noqa: E402
 
 
 def machine() -> str:
@@ -137,7 +138,7 @@ def main() -> int:
               "--conf", "spark.driver.memory=4g"]
 
     def job_cmd(inp: Path) -> list[str]:
-        return [spark_submit, "--master", master, "--properties-file", "conf/local.conf", *common,
+        return [spark_submit, "--master", master, *conf_args("conf/local.conf"), *common,
                 "jobs/convert.py", "--input", str(inp), "--output", "{out}"]
 
     runs = {

@@ -1,53 +1,214 @@
-"""The full submission of a job, printed (and run when asked): ``make submit JOB=convert ARGS=...``.
+"""Every submission of the jobs, built in one place: ``make submit``, the DataWorks nodes, local runs.
 
     python -m promptscore.submit convert -- --input oss://b/raw/ --output oss://b/prompts/
-    python -m promptscore.submit score --run -- --input ... --output ... --model /mnt/models/rm
-    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs -- ...
+    python -m promptscore.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
+    python -m promptscore.submit convert --profile conf/local.conf --run -- --input data/ --output out/
+    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs -- --input ...
+    python -m promptscore.submit --conf-args conf/local.conf
 
-``--target emr`` (default) gives the ``spark-submit`` line for an EMR cluster (its master node, an
-EMR Shell node of DataWorks, a job step): the job's properties file from ``conf/``, the package
-as ``--py-files``, and, with ``--env-archive``, a packed Python environment as ``--archives``.
-``--target serverless`` gives the request body of EMR Serverless Spark's StartJobRun (a Spark
-Submit job run), with the same parameters. Credentials are never part of either.
+A profile (a Spark properties file in ``conf/``) becomes ``--conf key=value`` pairs on the command
+line, never ``--properties-file``: in Spark 3.5 a properties file replaces the cluster's
+``spark-defaults.conf`` entirely, and on EMR that file holds the Jindo OSS committer, the event log
+and history server, the YARN jars and the shuffle and dynamic-allocation defaults. ``--conf`` pairs
+are applied on top of it.
+
+``--target emr`` (default) prints the ``spark-submit`` line for EMR on ECS (run on the master or a
+gateway node, in an EMR Workflow Spark task, or in a DataWorks EMR Shell or EMR Spark node) and for
+local runs (``--profile conf/local.conf``). ``--target serverless`` prints the request body of EMR
+Serverless Spark's StartJobRun; it takes the convert job only (the score job needs YARN GPU
+scheduling). Credentials are never part of either.
+
+With ``--run`` the line is run and its exit code returned. In YARN cluster mode ``spark-submit``
+exits 1 for every failed application; the job's own code (2: fix the call, 3: data quality) is
+recovered from the application's diagnostics ("User application exited with status N").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"convert": "conf/emr-convert.conf", "score": "conf/emr-score-gpu.conf"}
+SERVERLESS_PROFILES = {"convert": "conf/serverless-convert.conf"}
+# Where YARN unpacks an --env-archive in every container (driver in cluster mode, executors).
+ENV_DIR = "./environment"
+# What the YARN ApplicationMaster reports when the Python driver exits non-zero (cluster mode).
+USER_EXIT = re.compile(r"User application exited with status (\d+)")
 
 
-def spark_submit_args(job: str, job_args: list[str], py_files: str, jobs_uri: str | None = None,
-                      conf_file: str | None = None, env_archive: str | None = None,
-                      spark_submit: str = "spark-submit") -> list[str]:
-    """The ``spark-submit`` command line for ``job`` on an EMR cluster."""
-    cmd = [spark_submit, "--properties-file", conf_file or PROFILES[job], "--py-files", py_files]
+def _find(path: str | Path) -> Path:
+    """A file of this project: as given (relative to the current directory), else in this checkout,
+    else where the wheel installed jobs/ and conf/ (<prefix>/share/promptscore)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    for base in (ROOT, Path(sys.prefix) / "share" / "promptscore"):
+        if (base / path).exists():
+            return base / path
+    return path
+
+
+class SubmitError(Exception):
+    """The call or a profile is wrong: one line on stderr, exit code 2."""
+
+
+# -- profiles -------------------------------------------------------------------------------------
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            n = text[i + 1]
+            if n == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+                out.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _logical_lines(text: str):
+    """java.util.Properties' logical lines: comments dropped, backslash continuations joined."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        start = i
+        line = lines[i].lstrip(" \t\f")
+        i += 1
+        if not line or line[0] in "#!":
+            continue
+        # An odd number of trailing backslashes continues the line.
+        while (len(line) - len(line.rstrip("\\"))) % 2 == 1 and i < len(lines):
+            line = line[:-1] + lines[i].lstrip(" \t\f")
+            i += 1
+        if (len(line) - len(line.rstrip("\\"))) % 2 == 1:
+            line = line[:-1]
+        yield start + 1, line
+
+
+def read_profile(path: str | Path) -> dict[str, str]:
+    """A Spark properties file as Spark reads it (java.util.Properties, values trimmed).
+
+    Only ``spark.*`` keys are allowed: Spark ignores the others, which hides typos.
+    """
+    path = _find(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SubmitError(f"cannot read profile {path}: {e.strerror or e}") from None
+    props: dict[str, str] = {}
+    for lineno, line in _logical_lines(text):
+        m = re.match(r"((?:\\.|[^\s=:\\])*)\s*[=:]?\s*(.*)", line, re.S)
+        key, value = _unescape(m.group(1)), _unescape(m.group(2)).strip()
+        if not key.startswith("spark."):
+            raise SubmitError(f"{path}:{lineno}: {key!r} is not a Spark property (keys start with spark.)")
+        props[key] = value
+    if not props:
+        raise SubmitError(f"profile {path} sets no Spark property")
+    return props
+
+
+def parse_conf(pairs: Sequence[str]) -> dict[str, str]:
+    """``key=value`` strings (as ``--conf`` takes them) as a dict."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("spark."):
+            raise SubmitError(f"--conf {pair!r}: expected spark.KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def conf_args(profile: str | Path | dict[str, str], overrides: dict[str, str] | None = None) -> list[str]:
+    """A profile (and overrides, which win) as ``["--conf", "key=value", ...]`` for spark-submit."""
+    props = dict(read_profile(profile) if not isinstance(profile, dict) else profile)
+    props.update(overrides or {})
+    return [arg for key, value in props.items() for arg in ("--conf", f"{key}={value}")]
+
+
+# -- EMR on ECS (YARN), local runs ------------------------------------------------------------------
+
+def submission_conf(job: str, profile: str | Path | None = None, deploy_mode: str | None = None,
+                    env_archive: str | None = None, driver_python: str | None = None,
+                    conf: dict[str, str] | None = None) -> dict[str, str]:
+    """The Spark properties of one submission: the profile, then what the options change."""
+    props = read_profile(profile or PROFILES[job])
+    if deploy_mode:
+        props["spark.submit.deployMode"] = deploy_mode
+    mode = props.get("spark.submit.deployMode", "client")
+    if mode not in ("client", "cluster"):
+        raise SubmitError(f"deploy mode {mode!r}: expected client or cluster")
     if env_archive:
-        # The executors unpack the environment and run its Python (YARN: ./environment/...).
-        cmd += ["--archives", f"{env_archive}#environment",
-                "--conf", "spark.pyspark.python=./environment/bin/python"]
-    entry = f"{jobs_uri.rstrip('/')}/{job}.py" if jobs_uri else f"jobs/{job}.py"
-    return cmd + [entry, *job_args]
+        # YARN unpacks the archive in the executors' containers, and in cluster mode in the
+        # driver's (the ApplicationMaster's) too. A client-mode driver runs here, where there is
+        # no ./environment: it needs a Python of this machine.
+        props["spark.pyspark.python"] = f"{ENV_DIR}/bin/python"
+        if mode == "cluster":
+            props["spark.pyspark.driver.python"] = f"{ENV_DIR}/bin/python"
+        elif driver_python:
+            props["spark.pyspark.driver.python"] = driver_python
+        else:
+            raise SubmitError("--env-archive in client mode needs --driver-python PATH (the driver runs on this "
+                              "machine, where the archive is not unpacked), or use --deploy-mode cluster")
+    elif driver_python:
+        props["spark.pyspark.driver.python"] = driver_python
+    props.update(conf or {})
+    if "spark.executor.resource.gpu.amount" in props:
+        # bootstrap/gpu-discovery.sh claims this many GPUs for each executor.
+        props["spark.executorEnv.PROMPTSCORE_GPU_AMOUNT"] = props["spark.executor.resource.gpu.amount"]
+    return props
 
 
-def serverless_request(job: str, job_args: list[str], py_files: str, jobs_uri: str, name: str | None = None,
-                       queue: str = "root_queue", release: str = "<Spark 3.5 engine version>",
-                       env_archive: str | None = None) -> dict:
+def spark_submit_args(job: str, job_args: Sequence[str], profile: str | Path | None = None,
+                      deploy_mode: str | None = None, py_files: str | None = None, jobs_uri: str | None = None,
+                      env_archive: str | None = None, driver_python: str | None = None,
+                      conf: dict[str, str] | None = None, spark_submit: str = "spark-submit") -> list[str]:
+    """The ``spark-submit`` command line for ``job``: the profile as ``--conf`` pairs, then its files."""
+    props = submission_conf(job, profile, deploy_mode, env_archive, driver_python, conf)
+    cmd = [spark_submit, *conf_args(props)]
+    if py_files:
+        cmd += ["--py-files", py_files]
+    if env_archive:
+        cmd += ["--archives", f"{env_archive}#environment"]
+    entry = f"{jobs_uri.rstrip('/')}/{job}.py" if jobs_uri else str(_find(f"jobs/{job}.py"))
+    return [*cmd, entry, *job_args]
+
+
+# -- EMR Serverless Spark ---------------------------------------------------------------------------
+
+def serverless_request(job: str, job_args: Sequence[str], jobs_uri: str, py_files: str | None = None,
+                       name: str | None = None, queue: str = "root_queue",
+                       release: str = "<Spark 3.5 engine version>", env_archive: str | None = None,
+                       profile: str | Path | None = None, conf: dict[str, str] | None = None) -> dict:
     """The StartJobRun body for EMR Serverless Spark (job driver: spark-submit)."""
-    params = ["--py-files", py_files]
+    if job not in SERVERLESS_PROFILES:
+        raise SubmitError(f"--target serverless takes the convert job only: {job} needs GPU executors "
+                          "scheduled by YARN (EMR on ECS)")
+    props = read_profile(profile or SERVERLESS_PROFILES[job])
+    params = []
+    if py_files:
+        params += ["--py-files", py_files]
     if env_archive:
-        params += ["--archives", f"{env_archive}#environment",
-                   "--conf", "spark.pyspark.python=./environment/bin/python"]
-    params += ["--conf", "spark.sql.parquet.compression.codec=zstd"]
-    if job == "convert":
-        params += ["--conf", "spark.sql.files.openCostInBytes=8k"]
+        params += ["--archives", f"{env_archive}#environment"]
+        props["spark.pyspark.python"] = f"{ENV_DIR}/bin/python"
+        props["spark.pyspark.driver.python"] = f"{ENV_DIR}/bin/python"
+    props.update(conf or {})
+    params += conf_args(props)
     return {
         "name": name or f"promptscore-{job}",
         "releaseVersion": release,
@@ -55,40 +216,136 @@ def serverless_request(job: str, job_args: list[str], py_files: str, jobs_uri: s
         "codeType": "PYTHON",
         "jobDriver": {"sparkSubmit": {
             "entryPoint": f"{jobs_uri.rstrip('/')}/{job}.py",
-            "entryPointArguments": job_args,
+            "entryPointArguments": list(job_args),
             "sparkSubmitParameters": shlex.join(params),
         }},
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- printing ---------------------------------------------------------------------------------------
+
+def format_command(cmd: Sequence[str], style: str = "shell") -> str:
+    """``cmd`` as text: ``shell`` (one quoted line), ``lines`` (quoted, one option per line, for
+    scripts) or ``plain`` (tokens joined by spaces, for a DataWorks EMR Spark node's code, where
+    ${bizdate} must stay unquoted; refuses tokens that would need quotes)."""
+    if style == "plain":
+        bad = [t for t in cmd if not t or re.search(r"[\s'\"\\;&|<>`*?\[\]]", t)]
+        if bad:
+            raise SubmitError(f"--format plain cannot hold {bad[0]!r}: use --format shell")
+        return " ".join(cmd)
+    if style == "lines":
+        parts, i = [shlex.quote(cmd[0])], 1
+        while i < len(cmd):
+            if cmd[i].startswith("--") and i + 1 < len(cmd) and not cmd[i + 1].startswith("--"):
+                parts.append(f"{cmd[i]} {shlex.quote(cmd[i + 1])}")
+                i += 2
+            else:
+                parts.append(shlex.quote(cmd[i]))
+                i += 1
+        return " \\\n  ".join(parts)
+    return shlex.join(cmd)
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def run(cmd: Sequence[str], cwd: Path | None = None) -> int:
+    """Run ``cmd``, passing its output through; return the job's exit code.
+
+    In YARN cluster mode a failed application makes ``spark-submit`` exit 1 whatever the job's
+    code; the ApplicationMaster's diagnostics keep it, so it is read back from stderr.
+    """
+    proc = subprocess.Popen(list(cmd), cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace")
+    user_code = None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        m = USER_EXIT.search(line)
+        if m:
+            user_code = int(m.group(1))
+    sys.stderr.flush()
+    rc = proc.wait()
+    if rc != 0 and user_code:
+        return user_code
+    return rc
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise SubmitError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m promptscore.submit", description=__doc__.splitlines()[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Everything after -- goes to the job (jobs/JOB.py --help lists it).")
+    p.add_argument("job", nargs="?", choices=sorted(PROFILES), help="the job to submit")
+    p.add_argument("--conf-args", metavar="PROFILE",
+                   help="only print PROFILE as shell-quoted --conf pairs, for a spark-submit line of your own")
+    p.add_argument("--target", choices=("emr", "serverless"), default="emr",
+                   help="emr: a spark-submit line (EMR on ECS, or local with --profile conf/local.conf); "
+                        "serverless: an EMR Serverless Spark StartJobRun body (convert only)")
+    p.add_argument("--profile", "--conf-file", dest="profile", metavar="FILE",
+                   help="Spark properties file (default: the job's profile in conf/)")
+    p.add_argument("--deploy-mode", choices=("client", "cluster"),
+                   help="cluster: the driver runs in YARN (DataWorks nodes, EMR Workflow); default: the profile's")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark property on top of the profile (repeatable)")
+    p.add_argument("--py-files", help="the package zip (make package) as a URI; not needed where "
+                                      "install-python-env.sh installed the package")
+    p.add_argument("--jobs-uri", help="where jobs/*.py were uploaded (default: this checkout's jobs/)")
+    p.add_argument("--env-archive", help="a packed Python environment (.tar.gz) for --archives, unpacked as "
+                                         f"{ENV_DIR} in every YARN container")
+    p.add_argument("--driver-python", help="the driver's Python (client mode runs the driver on this machine)")
+    p.add_argument("--name", help="serverless: the job run's name")
+    p.add_argument("--queue", default="root_queue", help="serverless: resource queue")
+    p.add_argument("--release", default="<Spark 3.5 engine version>", help="serverless: engine version")
+    p.add_argument("--format", choices=("shell", "lines", "plain"), default="shell",
+                   help="how the line is printed: shell (quoted), lines (one option per line), plain "
+                        "(unquoted, for a DataWorks EMR Spark node)")
+    p.add_argument("--run", action="store_true", help="run the spark-submit line after printing it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     job_args: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, job_args = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="python -m promptscore.submit", description=__doc__.splitlines()[0])
-    p.add_argument("job", choices=sorted(PROFILES))
-    p.add_argument("--target", choices=("emr", "serverless"), default="emr")
-    p.add_argument("--py-files", default="dist/promptscore.zip", help="the package zip (make package), or a URI")
-    p.add_argument("--jobs-uri", help="where jobs/*.py were uploaded (default: this checkout's jobs/)")
-    p.add_argument("--conf-file", help="properties file (default: the job's EMR profile in conf/)")
-    p.add_argument("--env-archive", help="a packed Python environment (.tar.gz) to ship with --archives")
-    p.add_argument("--queue", default="root_queue", help="serverless: resource queue")
-    p.add_argument("--release", default="<Spark 3.5 engine version>", help="serverless: engine version")
-    p.add_argument("--run", action="store_true", help="run the spark-submit line instead of only printing it")
-    a = p.parse_args(argv)
-    if a.target == "serverless":
-        if not a.jobs_uri:
-            p.error("--target serverless needs --jobs-uri (the OSS folder holding convert.py and score.py)")
-        print(json.dumps(serverless_request(a.job, job_args, a.py_files, a.jobs_uri, queue=a.queue,
-                                            release=a.release, env_archive=a.env_archive), indent=2))
-        return 0
-    cmd = spark_submit_args(a.job, job_args, a.py_files, a.jobs_uri, a.conf_file, a.env_archive)
-    print(shlex.join(cmd), flush=True)
+    try:
+        a = build_parser().parse_args(argv)
+        if a.conf_args:
+            if a.job:
+                raise SubmitError("--conf-args PROFILE takes no job")
+            print(shlex.join(conf_args(a.conf_args)))
+            return 0
+        if not a.job:
+            raise SubmitError("a job is required: convert or score (see --help)")
+        conf = parse_conf(a.conf)
+        if a.target == "serverless":
+            if not a.jobs_uri:
+                raise SubmitError("--target serverless needs --jobs-uri (the OSS folder holding convert.py)")
+            if a.run or a.deploy_mode or a.driver_python:
+                raise SubmitError("--target serverless only prints a StartJobRun body: "
+                                  "--run, --deploy-mode and --driver-python do not apply")
+            body = serverless_request(a.job, job_args, a.jobs_uri, a.py_files, name=a.name, queue=a.queue,
+                                      release=a.release, env_archive=a.env_archive, profile=a.profile, conf=conf)
+            print(json.dumps(body, indent=2))
+            return 0
+        cmd = spark_submit_args(a.job, job_args, a.profile, a.deploy_mode, a.py_files, a.jobs_uri,
+                                a.env_archive, a.driver_python, conf)
+        text = format_command(cmd, a.format)
+    except SubmitError as e:
+        print(f"submit: error: {e}", file=sys.stderr)
+        return 2
+    print(text, flush=True)
     if not a.run:
         return 0
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    try:
+        return run(cmd)
+    except FileNotFoundError:
+        print(f"submit: error: {cmd[0]} not found on PATH (run this on the master or a gateway node)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,21 +22,45 @@ def run(cmd, env=None, **kw) -> subprocess.CompletedProcess:
 
 
 def fake_nvidia_smi(tmp_path: Path, gpus: int) -> dict:
-    """A PATH whose nvidia-smi answers like a machine with ``gpus`` GPUs."""
+    """A PATH whose nvidia-smi answers like a machine with ``gpus`` GPUs, and a fresh claims folder."""
     bin_dir = tmp_path / f"bin-{gpus}"
     bin_dir.mkdir()
-    lines = "\n".join(str(i) for i in range(gpus))
+    rows = "\n".join(f"{i}, GPU-{i:08d}-aaaa-bbbb-cccc-dddddddddddd" for i in range(gpus))
     listing = "\n".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})" for i in range(gpus))
     script = bin_dir / "nvidia-smi"
     script.write_text(f"""#!/bin/sh
 if [ {gpus} -eq 0 ]; then echo "No devices were found"; exit 6; fi
 case "$*" in
-  *--query-gpu=index*) printf '%s\\n' "{lines}" ;;
+  *--query-gpu=index,uuid*) printf '%s\\n' "{rows}" ;;
   -L) printf '%s\\n' "{listing}" ;;
 esac
 """)
     script.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PROMPTSCORE_GPU_CLAIMS": str(tmp_path / "claims")}
+
+
+@pytest.fixture
+def executors():
+    """Start stand-ins for executor processes (the discovery script's owners); stop them after."""
+    procs = []
+
+    def start() -> subprocess.Popen:
+        procs.append(subprocess.Popen(["sleep", "300"]))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def discover(env: dict, owner: subprocess.Popen | None = None, amount: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(env)
+    if owner is not None:
+        env["PROMPTSCORE_GPU_OWNER_PID"] = str(owner.pid)
+    if amount is not None:
+        env["PROMPTSCORE_GPU_AMOUNT"] = str(amount)
+    return run([ROOT / "bootstrap" / "gpu-discovery.sh"], env=env)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -51,11 +75,53 @@ def test_help(script):
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) >= 3
 
 
-@pytest.mark.parametrize("gpus", [0, 1, 8])
-def test_gpu_discovery(tmp_path, gpus):
-    proc = run([ROOT / "bootstrap" / "gpu-discovery.sh"], env=fake_nvidia_smi(tmp_path, gpus))
+@pytest.mark.parametrize("gpus, amount", [(1, 1), (8, 1), (8, 8)])
+def test_gpu_discovery(tmp_path, gpus, amount):
+    proc = discover(fake_nvidia_smi(tmp_path, gpus), amount=amount)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"name": "gpu", "addresses": [str(i) for i in range(gpus)]}
+    assert json.loads(proc.stdout) == {"name": "gpu", "addresses": [str(i) for i in range(amount)]}
+
+
+def test_gpu_discovery_never_hands_one_gpu_to_two_executors(tmp_path, executors):
+    env = fake_nvidia_smi(tmp_path, 2)
+    first, second, third = executors(), executors(), executors()
+    assert json.loads(discover(env, first).stdout)["addresses"] == ["0"]
+    assert json.loads(discover(env, first).stdout)["addresses"] == ["0"]  # again: still its own
+    assert json.loads(discover(env, second).stdout)["addresses"] == ["1"]
+    proc = discover(env, third)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().startswith("gpu-discovery: 0 of 1 GPUs free on")
+    first.kill()
+    first.wait()
+    # The first executor has exited: its GPU goes to the next one.
+    assert json.loads(discover(env, third).stdout)["addresses"] == ["0"]
+
+
+def test_gpu_discovery_under_concurrent_executors(tmp_path, executors):
+    env = fake_nvidia_smi(tmp_path, 8)
+    owners = [executors() for _ in range(8)]
+    procs = [subprocess.Popen([str(ROOT / "bootstrap" / "gpu-discovery.sh")], stdout=subprocess.PIPE, text=True,
+                              env={**env, "PROMPTSCORE_GPU_OWNER_PID": str(o.pid)}) for o in owners]
+    addresses = [json.loads(p.communicate(timeout=120)[0])["addresses"] for p in procs]
+    assert sorted(a for (a,) in addresses) == [str(i) for i in range(8)]
+
+
+def test_gpu_discovery_gives_back_a_partial_claim(tmp_path, executors):
+    env = fake_nvidia_smi(tmp_path, 2)
+    taken = executors()
+    assert json.loads(discover(env, taken).stdout)["addresses"] == ["0"]
+    greedy = executors()
+    proc = discover(env, greedy, amount=2)
+    assert proc.returncode == 1 and "1 of 2 GPUs free" in proc.stderr
+    assert json.loads(discover(env, executors()).stdout)["addresses"] == ["1"]  # GPU 1 was given back
+
+
+@pytest.mark.parametrize("gpus, amount, error", [
+    (0, None, "0 of 1 GPUs free"), (2, 0, "must be a positive integer"), (2, "x", "must be a positive integer")])
+def test_gpu_discovery_refuses(tmp_path, gpus, amount, error):
+    proc = discover(fake_nvidia_smi(tmp_path, gpus), amount=amount)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and error in proc.stderr
 
 
 def test_gpu_discovery_without_nvidia_smi(tmp_path):
@@ -118,7 +184,8 @@ def test_install_into_a_prefix_from_a_wheel_directory(tmp_path, wheelhouse):
     check = run([py, "-c", "import promptscore, udfs, pyarrow, pandas; print(pyarrow.__version__, pandas.__version__)"])
     assert check.stdout.split() == ["21.0.0", "2.3.3"]  # the pinned versions of the locked extra
     assert (prefix / "app" / "jobs" / "convert.py").is_file() and (prefix / "app" / "conf" / "emr-score-gpu.conf").is_file()
-    assert json.loads(run([prefix / "bin" / "gpu-discovery.sh"], env=fake_nvidia_smi(tmp_path, 2)).stdout)["addresses"] == ["0", "1"]
+    found = run([prefix / "bin" / "gpu-discovery.sh"], env={**fake_nvidia_smi(tmp_path, 2), "PROMPTSCORE_GPU_AMOUNT": "2"})
+    assert json.loads(found.stdout)["addresses"] == ["0", "1"], found.stderr
     assert (prefix / "spark-python.conf").read_text() == f"spark.pyspark.python {py}\n"
     line = f"export PYSPARK_PYTHON={py}"
     assert spark_env.read_text().splitlines() == [line]

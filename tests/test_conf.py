@@ -1,60 +1,79 @@
-"""Every Spark properties file in conf/ parses, holds no secrets, and loads into a SparkSession."""
+"""Every Spark profile in conf/ parses, holds no secrets, and applies on top of spark-defaults.conf."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
+from promptscore.submit import conf_args, read_profile
 from test_spark_submit import spark_submit
 
 CONFS = sorted((ROOT / "conf").glob("*.conf"))
 SECRET = re.compile(r"(secret|password|accesskey|access\.key|token)", re.I)
+PRINT_CONF = ("import json\nfrom pyspark.sql import SparkSession\n"
+              "s = SparkSession.builder.getOrCreate()\n"
+              "print('CONF' + json.dumps(dict(s.sparkContext.getConf().getAll())))\n"
+              "s.stop()\n")
+# What cannot hold on this machine: the cluster manager, the nodes' Python, Maven downloads.
+LOCAL = {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
+         "spark.jars.packages": ""}
 
 
-def parse_properties(path: Path) -> dict[str, str]:
-    """Spark's properties-file format: ``key value`` or ``key=value``; ``#`` starts a comment line."""
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        key, _, value = re.split(r"(\s*[=:\s]\s*)", line, maxsplit=1)
-        props[key] = value.strip()
-    return props
+def loaded_conf(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(next(line[4:] for line in proc.stdout.splitlines() if line.startswith("CONF")))
+
+
+@pytest.fixture
+def cluster_defaults(tmp_path):
+    """A SPARK_CONF_DIR like a cluster's: spark-defaults.conf sets what the profiles do not."""
+    conf_dir = tmp_path / "spark-conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        f"spark.eventLog.dir                   file:{tmp_path}/spark-events\n"
+        "spark.sql.parquet.compression.codec  snappy\n")
+    script = tmp_path / "print_conf.py"
+    script.write_text(PRINT_CONF)
+    return {"SPARK_CONF_DIR": str(conf_dir)}, script
 
 
 @pytest.mark.parametrize("conf", CONFS, ids=lambda p: p.name)
 def test_conf_parses_and_holds_no_secrets(conf):
-    props = parse_properties(conf)
+    props = read_profile(conf)  # refuses keys that are not spark.*
     assert props, "empty profile"
-    assert all(k.startswith("spark.") for k in props), [k for k in props if not k.startswith("spark.")]
     assert not [k for k in props if SECRET.search(k) and "provider" not in k]
 
 
 @pytest.mark.parametrize("conf", CONFS, ids=lambda p: p.name)
-def test_conf_loads_into_a_local_session(conf, tmp_path):
-    props = parse_properties(conf)
-    # What cannot hold on this machine: the cluster manager, the nodes' Python, Maven downloads.
-    local = {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
-             "spark.jars.packages": ""}
-    script = tmp_path / "print_conf.py"
-    script.write_text("import json, sys\nfrom pyspark.sql import SparkSession\n"
-                      "s = SparkSession.builder.getOrCreate()\n"
-                      "print('CONF' + json.dumps(dict(s.sparkContext.getConf().getAll())))\n"
-                      "s.stop()\n")
-    args = ["--master", "local[1]", "--properties-file", conf]
-    for k, v in local.items():
-        args += ["--conf", f"{k}={v}"]
-    proc = spark_submit([*args, script], timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    loaded = json.loads(next(line[4:] for line in proc.stdout.splitlines() if line.startswith("CONF")))
+def test_profile_applies_on_top_of_spark_defaults(conf, cluster_defaults, tmp_path):
+    env, script = cluster_defaults
+    props = read_profile(conf)
+    proc = spark_submit(["--master", "local[1]", *conf_args(conf, LOCAL), script], timeout=180, env_extra=env)
+    loaded = loaded_conf(proc)
     for key, value in props.items():
-        if key in local or key == "spark.master":
+        if key in LOCAL or key == "spark.master":
             continue
         assert loaded.get(key) == value, key
     assert loaded["spark.master"] == "local[1]"
+    # The cluster's own settings stay in effect...
+    assert loaded["spark.eventLog.dir"] == f"file:{tmp_path}/spark-events"
+    # ...and the profile wins where both set a key.
+    if "spark.sql.parquet.compression.codec" in props:
+        assert loaded["spark.sql.parquet.compression.codec"] == props["spark.sql.parquet.compression.codec"]
+    else:
+        assert loaded["spark.sql.parquet.compression.codec"] == "snappy"
+
+
+def test_properties_file_would_drop_spark_defaults(cluster_defaults, tmp_path):
+    """Why profiles go in as --conf pairs: Spark 3.5 reads a --properties-file instead of
+    spark-defaults.conf, so the cluster's settings vanish."""
+    env, script = cluster_defaults
+    proc = spark_submit(["--master", "local[1]", "--properties-file", ROOT / "conf" / "local.conf", script],
+                        timeout=180, env_extra=env)
+    loaded = loaded_conf(proc)
+    assert loaded["spark.sql.files.openCostInBytes"] == "8k"
+    assert "spark.eventLog.dir" not in loaded

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, records, write_lines
+from promptscore.submit import conf_args
 
 
 def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -53,6 +54,22 @@ def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):
     assert (share / "bootstrap" / "install-python-env.sh").is_file()
 
 
+def test_the_installed_package_builds_a_submission_anywhere(dist, fresh_venv, tmp_path):
+    """On a cluster node: the wheel's own conf/ and jobs/ (<venv>/share/promptscore), from any directory."""
+    wheel = next(dist.glob("promptscore-*-py3-none-any.whl"))
+    proc = subprocess.run([fresh_venv, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([fresh_venv, "-m", "promptscore.submit", "score", "--", "--input", "x"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    words = shlex.split(out.stdout)
+    share = Path(subprocess.run([fresh_venv, "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                text=True).stdout.strip()) / "share" / "promptscore"
+    assert words[-3:] == [str(share / "jobs" / "score.py"), "--input", "x"]
+    assert "spark.executor.resource.gpu.amount=1" in words
+
+
 def test_the_py_files_zip_imports_in_a_fresh_venv(dist, fresh_venv):
     zf = zipfile.ZipFile(dist / "promptscore.zip")
     names = set(zf.namelist())
@@ -70,15 +87,33 @@ def test_make_submit_prints_the_full_line(job, profile):
     args = "--input oss://b/in/ --output oss://b/out/" + (" --model /mnt/models/rm" if job == "score" else "")
     proc = make("submit", f"JOB={job}", f"ARGS={args}")
     assert proc.returncode == 0, proc.stderr
-    assert shlex.split(proc.stdout) == ["spark-submit", "--properties-file", profile, "--py-files",
-                                        "dist/promptscore.zip", f"jobs/{job}.py", *shlex.split(args)]
+    # The profile as --conf pairs on top of the cluster's spark-defaults.conf, never --properties-file.
+    assert shlex.split(proc.stdout) == ["spark-submit", *conf_args(profile), f"jobs/{job}.py", *shlex.split(args)]
 
-    proc = make("submit", f"JOB={job}", f"ARGS={args}", "PY_FILES=oss://b/jobs/promptscore.zip",
+    # For a DataWorks node: cluster mode, a packed environment for the driver and the executors.
+    proc = make("submit", f"JOB={job}", f"ARGS={args}", "DEPLOY_MODE=cluster", "PY_FILES=oss://b/jobs/promptscore.zip",
                 "JOBS_URI=oss://b/jobs", "ENV_ARCHIVE=oss://b/envs/promptscore-env.tar.gz")
+    assert proc.returncode == 0, proc.stderr
+    overrides = {"spark.submit.deployMode": "cluster", "spark.pyspark.python": "./environment/bin/python",
+                 "spark.pyspark.driver.python": "./environment/bin/python"}
     assert shlex.split(proc.stdout) == [
-        "spark-submit", "--properties-file", profile, "--py-files", "oss://b/jobs/promptscore.zip",
-        "--archives", "oss://b/envs/promptscore-env.tar.gz#environment",
-        "--conf", "spark.pyspark.python=./environment/bin/python", f"oss://b/jobs/{job}.py", *shlex.split(args)]
+        "spark-submit", *conf_args(profile, overrides), "--py-files", "oss://b/jobs/promptscore.zip",
+        "--archives", "oss://b/envs/promptscore-env.tar.gz#environment", f"oss://b/jobs/{job}.py", *shlex.split(args)]
+
+
+def test_make_submit_env_archive_in_client_mode_needs_the_drivers_python():
+    args = "ARGS=--input oss://b/in/ --output oss://b/out/"
+    proc = make("submit", "JOB=convert", args, "ENV_ARCHIVE=oss://b/env.tar.gz")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert [line for line in proc.stderr.splitlines() if line.startswith("submit:")] == [
+        "submit: error: --env-archive in client mode needs --driver-python PATH (the driver runs on this machine, "
+        "where the archive is not unpacked), or use --deploy-mode cluster"]
+    proc = make("submit", "JOB=convert", args, "ENV_ARCHIVE=oss://b/env.tar.gz", "DRIVER_PYTHON=/usr/bin/python3")
+    assert proc.returncode == 0, proc.stderr
+    words = shlex.split(proc.stdout)
+    assert "spark.pyspark.python=./environment/bin/python" in words
+    assert "spark.pyspark.driver.python=/usr/bin/python3" in words
+    assert "spark.submit.deployMode=client" in words
 
 
 def test_make_submit_for_serverless_spark():
@@ -88,17 +123,22 @@ def test_make_submit_for_serverless_spark():
     body = json.loads(proc.stdout)
     assert body["jobDriver"]["sparkSubmit"]["entryPoint"] == "oss://b/jobs/convert.py"
     assert body["jobDriver"]["sparkSubmit"]["entryPointArguments"] == ["--input", "oss://b/in/", "--output", "oss://b/out/"]
-    assert "--py-files oss://b/jobs/promptscore.zip" in body["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"]
+    params = shlex.split(body["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])
+    assert params == ["--py-files", "oss://b/jobs/promptscore.zip", *conf_args("conf/serverless-convert.conf")]
+
+    proc = make("submit", "JOB=score", "TARGET=serverless", "JOBS_URI=oss://b/jobs", "ARGS=--input x")
+    assert proc.returncode != 0 and "takes the convert job only" in proc.stderr
 
 
 def test_make_submit_runs_it_when_asked(tmp_path):
     write_lines(tmp_path / "in" / "a.jsonl", records("hello", "world"))
     out = tmp_path / "out"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the venv's spark-submit
-    proc = subprocess.run(["make", "-s", "submit", "JOB=convert", "CONF_FILE=conf/local.conf", "EXECUTE=1",
+    proc = subprocess.run(["make", "-s", "submit", "JOB=convert", "PROFILE=conf/local.conf", "EXECUTE=1",
                            f"ARGS=--input {tmp_path / 'in'} --output {out}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, *rest = proc.stdout.splitlines()
-    assert first.startswith("spark-submit --properties-file conf/local.conf --py-files dist/promptscore.zip jobs/convert.py")
+    assert shlex.split(first) == ["spark-submit", *conf_args("conf/local.conf"), "jobs/convert.py",
+                                  "--input", str(tmp_path / "in"), "--output", str(out)]
     assert json.loads((out / "_report.json").read_text())["rows_written"] == 2

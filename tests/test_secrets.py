@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import records, write_lines
+from promptscore.submit import conf_args
 from test_spark_submit import spark_submit
 
 FAKE = {
@@ -40,7 +41,7 @@ def test_fake_keys_in_the_environment_end_up_nowhere(tmp_path, tiny_model):
     events = tmp_path / "events"
     events.mkdir()
     write_lines(tmp_path / "jsonl" / "a.jsonl", [*records("hello", "world", "three"), "not json"])
-    conf = ["--properties-file", "conf/local.conf", "--conf", "spark.ui.showConsoleProgress=false",
+    conf = [*conf_args("conf/local.conf"), "--conf", "spark.ui.showConsoleProgress=false",
             "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
             "--conf", "spark.driver.memory=1g"]
     runs = [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from conftest import ROOT, records, write_lines
+from promptscore.submit import conf_args
 
 
 def spark_submit(args: list[str], timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -32,7 +33,7 @@ def test_convert_on_two_executor_processes(tmp_path):
     write_lines(src / "bad.jsonl", ["not json", *records("last")])
     out = tmp_path / "out"
     proc = spark_submit([
-        "--master", "local-cluster[2,1,1024]", "--properties-file", "conf/local.conf",
+        "--master", "local-cluster[2,1,1024]", *conf_args("conf/local.conf"),
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
         "jobs/convert.py", "--input", src, "--output", out, "--max-bad-fraction", "0.01",
     ])
@@ -47,7 +48,7 @@ def test_convert_on_two_executor_processes(tmp_path):
 
 
 def test_usage_error_from_spark_submit_is_one_line(tmp_path):
-    proc = spark_submit(["--properties-file", "conf/local.conf", "jobs/convert.py", "--input",
+    proc = spark_submit([*conf_args("conf/local.conf"), "jobs/convert.py", "--input",
                          tmp_path / "nowhere", "--output", tmp_path / "out"])
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -66,7 +67,7 @@ def test_score_on_two_executors_one_engine_each_despite_worker_churn(tmp_path, t
                    src / "part-0.parquet")
     out = tmp_path / "scored"
     proc = spark_submit([
-        "--master", "local-cluster[2,1,1024]", "--properties-file", "conf/local.conf",
+        "--master", "local-cluster[2,1,1024]", *conf_args("conf/local.conf"),
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
         # A new Python worker for every task: workers churn, engines must not.
         "--conf", "spark.python.worker.reuse=false",
