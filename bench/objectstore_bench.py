@@ -130,6 +130,8 @@ def main() -> int:
     if len(rows) != 1:
         raise SystemExit(f"row counts differ: { {k: v['rows'] for k, v in results.items()} }")
     extra_text = " ".join(f"--extra-conf {k}={v}" for k, v in a.extra_conf)
+    if a.extra_conf and a.variant != "lever":
+        extra_text += f" --variant {a.variant}"
     print()
     print(f"Command: python bench/objectstore_bench.py --files {a.files} --file-kb {a.file_kb} "
           f"--delays {a.delays} --cores {a.cores} --repeat {a.repeat}{' --no-local' if a.no_local else ''} "
