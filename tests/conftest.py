@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import fake_oss
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Engine hosts of this test run keep their sockets, locks and logs here (inherited by Spark's
@@ -20,14 +22,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """A local[2] SparkSession shared by every test (the jobs reuse it through getActiveSession)."""
+def fake_oss_store(tmp_path_factory) -> fake_oss.Store:
+    """The ``oss://`` of the tests (``tests/fake_oss.py``), built before the session starts."""
+    return fake_oss.Store(fake_oss.build_jar(), tmp_path_factory.mktemp("oss"))
+
+
+@pytest.fixture
+def oss_bucket(fake_oss_store) -> fake_oss.Bucket:
+    """A new, empty bucket of the fake ``oss://``: ``.uri``, ``/ "key"`` and ``.local``."""
+    if fake_oss_store.jar is None:
+        pytest.skip("no javac to build the fake oss:// filesystem (install a JDK, e.g. openjdk-17-jdk-headless)")
+    return fake_oss_store.bucket()
+
+
+@pytest.fixture(scope="session")
+def spark(fake_oss_store):
+    """A local[2] SparkSession shared by every test (the jobs reuse it through getActiveSession);
+    ``oss://`` paths go to ``fake_oss_store``."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    for key, value in fake_oss_store.spark_conf().items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("promptscore-tests")
         .config("spark.log.level", "WARN")
         .config("spark.ui.enabled", "false")
