@@ -290,3 +290,27 @@ def _no_leftover_env():
     yield
     for key in ("PROMPTSCORE_TEST_FAIL_AT", "PROMPTSCORE_TEST_PAUSE_AT"):
         os.environ.pop(key, None)
+
+
+def test_on_an_object_store_a_publish_cut_short_is_finished_by_the_same_command(spark, oss_bucket, capsys, monkeypatch):
+    write_lines(oss_bucket.path("raw/a.jsonl"), records(*(f"old {i}" for i in range(50))))
+    argv = ["--input", oss_bucket / "raw", "--output", oss_bucket / "out", "--mode", "overwrite",
+            "--target-file-size", "1k"]
+    assert run_job("convert", argv, capsys)[0] == 0
+    assert parquet_rows(oss_bucket.path("out")) == sorted(f"old {i}" for i in range(50))
+    write_lines(oss_bucket.path("raw/a.jsonl"), records(*(f"new {i}" for i in range(50))))
+
+    monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "publish-moving")  # after the first object moved
+    code, _, err = run_job("convert", argv, capsys)
+    assert code == 1
+    out = oss_bucket.path("out")
+    assert not (out / "_SUCCESS").exists()  # half-published: nothing claims to be complete
+    assert (oss_bucket.path(".promptscore.out") / "_publish.json").exists()
+
+    monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
+    code, _, err = run_job("convert", argv, capsys)
+    assert code == 0, err
+    assert parquet_rows(out) == sorted(f"new {i}" for i in range(50)) and (out / "_SUCCESS").exists()
+    report = json.loads((out / "_report.json").read_text())
+    assert report["recovered"] and "completed the publish" in report["recovered"][0]
+    assert not oss_bucket.path(".promptscore.out").exists()
