@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from py4j.protocol import Py4JJavaError
 
+from promptscore.submit import conf_args
+
 import fake_oss
 from conftest import records, run_job, write_lines
 from test_spark_submit import spark_submit
@@ -183,18 +185,24 @@ def test_convert_job_by_spark_submit_on_oss_with_credentials(fake_oss_store, oss
     for i in range(40):
         write_lines(oss_bucket.path(f"in/d{i % 4}/f{i:02d}.jsonl"), records(*(f"p{i}-{j}" for j in range(25))))
     counters = tmp_path / "counts.jsonl"
-    proc = spark_submit([
-        "--master", "local[2]", "--properties-file", "conf/local.conf",
+    common = [
+        "--master", "local[2]", *conf_args("conf/local.conf"),
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
         *fake_oss_store.submit_args(counters_file=counters, require_credentials=True),
-        # The input's AccessKey is in its URI, the output's in the environment.
-        "jobs/convert.py", "--input", f"oss://{FAKE_ID}:{FAKE_SECRET}@{oss_bucket.name}/in",
-        "--output", oss_bucket / "out",
-    ], env_extra={"OSS_ACCESS_KEY_ID": FAKE_ID, "OSS_ACCESS_KEY_SECRET": FAKE_SECRET})
+    ]
+    keys = {"OSS_ACCESS_KEY_ID": FAKE_ID, "OSS_ACCESS_KEY_SECRET": FAKE_SECRET}
+    # A key in a URI is refused before Spark sees it, and shown only redacted.
+    refused = spark_submit([*common, "jobs/convert.py", "--input", f"oss://{FAKE_ID}:{FAKE_SECRET}@{oss_bucket.name}/in",
+                            "--output", oss_bucket / "out"], env_extra=keys)
+    assert refused.returncode == 2 and "oss://***@" in refused.stderr
+    assert not oss_bucket.path("out").exists()
+    # Keys from the environment, as the connector's provider chain takes them.
+    proc = spark_submit([*common, "jobs/convert.py", "--input", oss_bucket / "in", "--output", oss_bucket / "out"],
+                        env_extra=keys)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert rows(oss_bucket.path("out")) == 1000 and oss_bucket.path("out/_SUCCESS").exists()
     counts = fake_oss.read_counts(counters)
-    assert counts["jvms"] == 1 and counts["open"] >= 40, counts
-    texts = [proc.stdout, proc.stderr] + [p.read_bytes().decode("latin-1")
-                                          for p in oss_bucket.path("out").rglob("*") if p.is_file()]
+    assert counts["open"] >= 40, counts
+    texts = [proc.stdout, proc.stderr, refused.stdout, refused.stderr] + [
+        p.read_bytes().decode("latin-1") for p in oss_bucket.path("out").rglob("*") if p.is_file()]
     assert not [t for t in texts if FAKE_ID in t or FAKE_SECRET in t]
