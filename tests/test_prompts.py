@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from udfs.prompts import EMPTY_TEXT, NULL_RESPONSE, NULL_TEXT, Prompter, truncate_left
+from udfs.prompts import Prompter, truncate_left
+from udfs.reasons import EMPTY_TEXT, NULL_RESPONSE, NULL_TEXT
 
 
 def test_truncate_left_keeps_the_end_and_a_leading_bos():

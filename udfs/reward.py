@@ -26,10 +26,9 @@ import pandas as pd
 
 from udfs.engines import EngineSpec
 from udfs.prompts import Prompter
+from udfs.reasons import ENGINE_REJECTED, NON_FINITE
 
 RESULT_TYPE = "struct<score:float,score_error:string,n_tokens:int,truncated:boolean>"
-ENGINE_REJECTED = "engine_rejected"
-NON_FINITE = "non_finite_score"
 
 
 @dataclass
