@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 
 @dataclass
@@ -33,10 +33,6 @@ class EngineSpec:
     engine_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"  # transformers: auto, cpu or cuda
     batch_tokens: int = 16384  # transformers: padded tokens per forward pass
-
-
-class Request(Protocol):
-    ids: list[list[int]]
 
 
 Deliver = Callable[[Any, "list[float] | BaseException"], None]

@@ -42,7 +42,6 @@ class ScoreSpec:
     inflight: int = 2
     slice_rows: int = 128
     start_timeout_s: float = 1800.0
-    use_task_gpus: bool = True
 
 
 _PROMPTERS: dict[tuple, Prompter] = {}
@@ -210,8 +209,7 @@ def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):
 
     def run(batches):
         stats = TaskStats()
-        gpus = task_gpus() if spec.use_task_gpus else None
-        yield from score_batches(spec, batches, stats, gpus)
+        yield from score_batches(spec, batches, stats, task_gpus())
         if accumulator is not None:
             accumulator.add([stats.as_dict(stats.host.get("busy_s"))])
 
