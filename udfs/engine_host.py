@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from udfs.engines import EngineError, EngineSpec
+from udfs.locks import LockHeld, file_lock
 
 
 class RowError(Exception):
@@ -248,12 +248,15 @@ class Host:
 def serve(spec: EngineSpec, key: str, owner: int) -> int:
     """Take the device lock, load the engine, serve until told to stop. Returns an exit code."""
     paths = paths_for(key)
-    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        with file_lock(paths.lock, timeout_s=0):
+            return _serve_locked(spec, key, owner, paths)
+    except LockHeld:
         print(f"engine host: another engine holds {key}; not starting a second one", flush=True)
         return 3
+
+
+def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> int:
     host: Host | None = None
 
     def on_signal(signum, _frame):
@@ -294,7 +297,6 @@ def serve(spec: EngineSpec, key: str, owner: int) -> int:
         if key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
             for leftover in (paths.spawn_lock, paths.starts, paths.lock):
                 _remove(Path(leftover))
-        os.close(lock_fd)
     return 0
 
 
@@ -388,20 +390,11 @@ def _try_connect(path: str) -> Connection | None:
 
 
 def _wait_unlocked(lock_path: str, timeout: float) -> None:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EngineError(f"the engine on {lock_path} did not release its device in {timeout:.0f} s")
-                time.sleep(0.2)
-    finally:
-        os.close(fd)
+        with file_lock(lock_path, timeout_s=timeout):
+            pass
+    except LockHeld:
+        raise EngineError(f"the engine on {lock_path} did not release its device in {timeout:.0f} s") from None
 
 
 def _log_tail(path: str, lines: int = 15) -> str:
@@ -425,9 +418,7 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
         return client
     _CLIENTS.pop(key, None)
     paths = paths_for(key)
-    spawn_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(spawn_fd, fcntl.LOCK_EX)
+    with file_lock(paths.spawn_lock):
         conn = _try_connect(paths.sock)
         if conn is not None:
             client = EngineClient(conn, key)
@@ -454,8 +445,6 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
                 raise EngineError(f"the engine host for {key} did not start in {start_timeout_s:.0f} s; "
                                   f"see {paths.log}")
             time.sleep(0.25)
-    finally:
-        os.close(spawn_fd)
 
 
 _SPAWNED: dict[str, subprocess.Popen] = {}
