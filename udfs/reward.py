@@ -133,10 +133,10 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
                   gpus: list[str] | None = None) -> Iterator[pd.DataFrame]:
     """The UDF's body: Arrow batches (a Series of texts, or a (texts, responses) tuple) in,
     DataFrames of ``score``, ``score_error``, ``n_tokens``, ``truncated`` out, in order."""
-    from udfs import engine_host, model_cache
+    from udfs import engine_host, staging
 
     stats = stats or TaskStats()
-    model_dir = model_cache.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
+    model_dir = staging.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
     engine = dataclasses.replace(spec.engine, model_dir=model_dir)
     prompter = _prompter(model_dir, spec.template, engine.max_model_len)
     client = None
