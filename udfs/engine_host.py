@@ -6,15 +6,23 @@ stranded with its GPU memory, and the next worker's engine would not fit. So the
 an *engine host*: a process started by the first worker that needs it, outside Spark's worker
 pool, which
 
-- holds an exclusive lock on its device key (``gpu0``, ``gpu2-3``, or ``cpu-<executor pid>``):
-  there is never a second engine on one GPU;
-- serves any number of workers over a Unix socket, queueing their requests into one engine that
-  stays busy across Arrow batch boundaries (workers keep a second batch in flight);
+- holds an exclusive lock on its device key (``udfs.devices``: ``gpu0``, ``gpu2-3`` by nvidia-smi
+  index, however the GPU was given, or ``cpu-<executor pid>``): there is never a second engine on
+  one GPU;
+- serves any number of workers over a Unix socket, queueing their requests (each a slice of an
+  Arrow batch, 128 rows by default) into one engine that stays busy across slices, batches and
+  tasks (a worker sends each slice as soon as it is tokenized and keeps a second batch in flight);
 - shuts the engine down cleanly (vLLM's engine core is a child process) when the executor JVM that
-  owns it exits, on SIGTERM/SIGHUP, or when asked.
+  owns it exits (also when dynamic allocation removes the executor after its idle timeout), on
+  SIGTERM/SIGHUP, or when asked.
 
-Workers reach it with ``connect()``. Its log is ``<runtime dir>/<key>.log`` (the YARN container
-log directory when there is one), and ``<key>.starts`` gets one line per engine start.
+Workers reach it with ``connect()``. Files, by device key, in the runtime directory
+(``runtime_dir()``): ``<key>.sock``, ``<key>.lock`` (held by the running host), ``<key>.spawn.lock``
+(held by the worker starting one), ``<key>.spec.json`` (the spec it was started with) and
+``<key>.starts`` (one line per engine start). Its log is ``promptscore-engine-<key>.log`` in the
+YARN container's log directory (the first of ``$LOG_DIRS``), else in the runtime directory. A host
+keyed by an executor (``cpu-…``) removes its files but the log when that executor is gone; a GPU's
+lock files stay for the next executor on that GPU.
 
 Run directly only for debugging: ``python -m udfs.engine_host --spec FILE --key KEY --owner PID``.
 """
@@ -39,6 +47,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from udfs.devices import device_key
 from udfs.engines import EngineError, EngineSpec
 from udfs.locks import LockHeld, file_lock
 
@@ -92,17 +101,6 @@ def owner_pid() -> int:
         except (OSError, ValueError, IndexError):
             break
     return os.getppid()
-
-
-def device_key(gpus: list[str] | None, spec: EngineSpec, owner: int) -> tuple[str, dict[str, str]]:
-    """The lock key of the device the engine will use, and the environment that pins it there."""
-    if gpus:
-        return "gpu" + "-".join(gpus), {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
-    has_gpu = os.path.exists("/dev/nvidiactl")
-    if spec.backend == "vllm" or (has_gpu and spec.device != "cpu"):
-        # No GPU from Spark's scheduler: use what is visible, one engine for all of it.
-        return "gpu-visible", {}
-    return f"cpu-{owner}", {"CUDA_VISIBLE_DEVICES": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +448,9 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
 _SPAWNED: dict[str, subprocess.Popen] = {}
 
 
-def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> None:
+def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> subprocess.Popen:
+    """Start the engine host of ``key`` in a session of its own (it outlives the worker), its
+    output going to its log."""
     spec_file = Path(paths.sock).with_suffix(".spec.json")
     spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
     env = dict(os.environ)
@@ -459,11 +459,12 @@ def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], pa
     env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(paths.log, "ab") as log:
-        _SPAWNED[key] = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--key", key, "--owner", str(owner)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the worker that starts it
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    _SPAWNED[key] = proc
+    return proc
 
 
 def stop_all() -> None:

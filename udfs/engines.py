@@ -167,8 +167,8 @@ class TransformersEngine(_BatchLoop):
 class VllmEngine(_BatchLoop):
     """vLLM's pooling runner: ``classify`` with no activation, so the raw logit is the reward.
 
-    ``run`` streams: requests are added to the running engine as they arrive, so the GPU never
-    waits at the boundary between two Arrow batches.
+    ``run`` streams: requests (slices of a batch) are added to the running engine as they arrive,
+    so the GPU does not wait at the boundary between two requests, batches or tasks.
     """
 
     def __init__(self, spec: EngineSpec):
