@@ -324,6 +324,7 @@ class EngineClient:
         try:
             self.conn.send((kind, rid, *payload))
         except (OSError, ValueError) as e:
+            self.close()  # so that the next connect() starts over instead of reusing it
             raise EngineError(f"engine host {self.key} went away: {e}") from None
         return rid
 
@@ -332,6 +333,7 @@ class EngineClient:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError) as e:
+                self.close()
                 raise EngineError(f"engine host {self.key} went away (its log: {paths_for(self.key).log}): "
                                   f"{type(e).__name__}") from None
             self._ready[msg[1]] = msg
@@ -353,6 +355,7 @@ class EngineClient:
             return msg[2]
         if msg[2] == "row":
             raise RowError(msg[3])
+        self.close()  # the engine cannot go on: the next connect() starts over
         raise EngineError(msg[3])
 
     def score(self, rows: list[list[int]]) -> list[float]:
@@ -420,10 +423,13 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
         conn = _try_connect(paths.sock)
         if conn is not None:
             client = EngineClient(conn, key)
-            if client.hello(fp, owner):
-                _CLIENTS[key] = client
-                return client
-            client.shutdown()  # another spec, or the host of an executor that is gone
+            try:
+                if client.hello(fp, owner):
+                    _CLIENTS[key] = client
+                    return client
+                client.shutdown()  # another spec, or the host of an executor that is gone
+            except EngineError:
+                pass  # a host on its way out: a new one starts once it has released the device
         _wait_unlocked(paths.lock, timeout=120)
         _spawn(spec, key, owner, env, paths)
         deadline = time.monotonic() + start_timeout_s
