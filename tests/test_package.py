@@ -20,10 +20,13 @@ def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dist():
-    proc = make("package")
+def dist(tmp_path_factory) -> Path:
+    """What `make package` builds, built into a directory of the test's own (the checkout's
+    dist/ is left as it is)."""
+    out = tmp_path_factory.mktemp("package") / "dist"
+    proc = make("package", f"DIST={out}")
     assert proc.returncode == 0, proc.stderr
-    return ROOT / "dist"
+    return out
 
 
 @pytest.fixture(scope="module")
