@@ -120,3 +120,27 @@ def test_a_model_uri_whose_copy_does_not_match_the_driver_listing_is_refused(mod
     copy = Path(local_model(uri, cache, manifest))
     (copy / "model.safetensors").write_bytes(b"damaged")  # no longer what the driver listed: copied again
     assert Path(local_model(uri, cache, manifest)) == copy and same_tree(model, copy)
+
+
+CREDENTIAL_VARS = [f"{p}{n}" for p in ("OSS_", "ALIBABA_CLOUD_")
+                   for n in ("ACCESS_KEY_ID", "ACCESS_KEY_SECRET", "SESSION_TOKEN", "SECURITY_TOKEN")]
+
+
+def test_from_oss_with_the_instance_ram_role_in_hardened_mode(model, tmp_path, monkeypatch):
+    from standins import ROLE_CREDENTIALS, MetadataStandIn, OssStandIn
+    from udfs.oss_source import OssSource
+
+    for name in CREDENTIAL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with MetadataStandIn("hardened") as metadata, OssStandIn(model.parent) as oss:
+        monkeypatch.setenv("PROMPTSCORE_ECS_METADATA_URL", metadata.url)
+        monkeypatch.delenv("OSS_ENDPOINT", raising=False)
+        # No endpoint given: the internal one of the instance's region.
+        assert OssSource("oss://bucket/rm/").bucket.endpoint == "https://oss-cn-standin-internal.aliyuncs.com"
+        monkeypatch.setenv("OSS_ENDPOINT", oss.url)
+        assert main(["oss://bucket/rm/", str(tmp_path / "dest")]) == 0
+    assert same_tree(model, tmp_path / "dest") and not (tmp_path / "dest" / ".oss2-checkpoints").exists()
+    signed = [r["headers"] for r in oss.requests]
+    assert signed and all(h["authorization"].startswith(f"OSS {ROLE_CREDENTIALS['AccessKeyId']}:") and
+                          h["x-oss-security-token"] == ROLE_CREDENTIALS["SecurityToken"] for h in signed)
+    assert all("x-aliyun-ecs-metadata-token" in r["headers"] for r in metadata.requests if r["method"] == "GET")
