@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shlex
@@ -105,3 +106,16 @@ def test_make_submit_runs_it_when_asked(tmp_path):
     first, *rest = proc.stdout.splitlines()
     assert first.startswith("spark-submit --properties-file conf/local.conf --py-files dist/promptscore.zip jobs/convert.py")
     assert json.loads((out / "_report.json").read_text())["rows_written"] == 2
+
+
+def test_udfs_imports_nothing_from_promptscore():
+    """udfs is the executor-side library: promptscore imports it, never the other way."""
+    for path in sorted((ROOT / "udfs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not [m for m in modules if m.split(".")[0] == "promptscore"], f"{path.name}:{node.lineno}"
