@@ -30,7 +30,8 @@ class _StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             def _any(self) -> None:
-                standin.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                standin.requests.append({"method": self.command, "path": self.path, "headers": headers})
                 status, headers, body = standin.handle(self.command, self.path, self.headers)
                 self.send_response(status)
                 for name, value in headers.items():

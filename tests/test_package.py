@@ -38,7 +38,8 @@ def fresh_venv(tmp_path_factory):
     return path / "bin" / "python"
 
 
-MODULES = "import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.staging, udfs.oss_source"
+MODULES = ("import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.staging, "
+           "udfs.oss_source")
 
 
 def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):

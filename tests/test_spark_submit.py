@@ -84,7 +84,8 @@ def test_workers_come_and_go_one_engine_per_gpu_stays(tmp_path, tiny_model):
     proc = spark_submit([
         "--master", "local-cluster[2,1,1024]", "--properties-file", "conf/local.conf",
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
-        "--conf", "spark.worker.resource.gpu.amount=1", "--conf", f"spark.worker.resource.gpu.discoveryScript={discovery}",
+        "--conf", "spark.worker.resource.gpu.amount=1",
+        "--conf", f"spark.worker.resource.gpu.discoveryScript={discovery}",
         "--conf", "spark.executor.resource.gpu.amount=1", "--conf", "spark.task.resource.gpu.amount=1",
         # A new Python worker for every task: workers churn, engines must not.
         "--conf", "spark.python.worker.reuse=false",
