@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # Every recipe runs with the venv's tools first on PATH and a JAVA_HOME when one was installed.
 RUN := source $(VENV)/env.sh &&
 DEMO := demo-data
+# Where `make package` and `make wheelhouse` put what they build.
+DIST ?= dist
 BENCH_FILES ?= 4000
 BENCH_OSS_FILES ?= 2000
 
@@ -70,14 +72,14 @@ bench-score:
 	@bench/gpu_run.sh bench bench-data/score-results
 
 package: venv
-	@rm -rf dist build && mkdir -p dist
-	@$(RUN) python -m pip wheel -q --no-deps --no-build-isolation -w dist .
-	@$(MAKE) -s dist/promptscore.zip
-	@ls -l dist
+	@rm -rf $(DIST) build && mkdir -p $(DIST)
+	@$(RUN) python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
+	@$(MAKE) -s $(DIST)/promptscore.zip
+	@ls -l $(DIST)
 
 # The zip for --py-files needs nothing but Python, so that `make submit` works on a cluster node.
-dist/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py)
-	@mkdir -p dist && rm -f $@
+%/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py)
+	@mkdir -p $(@D) && rm -f $@
 	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("promptscore", "udfs") for p in sorted(pathlib.Path(d).rglob("*.py"))]' $@
 
 # Wheels for nodes without a package index (install-python-env.sh --wheels DIR): the package with its
@@ -87,9 +89,9 @@ KINDS ?= cpu gpu
 wheelhouse: package
 	@for kind in $(KINDS); do \
 	  extras=locked,score,oss; [ $$kind = gpu ] && extras=$$extras,gpu; \
-	  rm -rf dist/wheelhouse-$$kind && mkdir -p dist/wheelhouse-$$kind && \
-	  $(RUN) python -m pip wheel -q -w dist/wheelhouse-$$kind "$$(ls dist/promptscore-*.whl)[$$extras]" || exit 1; \
-	  echo "dist/wheelhouse-$$kind: $$(ls dist/wheelhouse-$$kind | wc -l) wheels, $$(du -sh dist/wheelhouse-$$kind | cut -f1)"; \
+	  rm -rf $(DIST)/wheelhouse-$$kind && mkdir -p $(DIST)/wheelhouse-$$kind && \
+	  $(RUN) python -m pip wheel -q -w $(DIST)/wheelhouse-$$kind "$$(ls $(DIST)/promptscore-*.whl)[$$extras]" || exit 1; \
+	  echo "$(DIST)/wheelhouse-$$kind: $$(ls $(DIST)/wheelhouse-$$kind | wc -l) wheels, $$(du -sh $(DIST)/wheelhouse-$$kind | cut -f1)"; \
 	done
 
 # The one place that builds a submission is promptscore/submit.py; this only passes the variables.

@@ -15,20 +15,14 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-_WORDS = (
-    "the of and to in is for that with on as be this by are from at it an or which you can not "
-    "function return value list string number array python java rust sql query table index "
-    "write read file data model score reward prompt answer explain why how what when where "
-    "compute sort merge split join filter map reduce error test case input output example "
-    "请 解释 这个 函数 的 作用 数据 模型 评分 プロンプト 説明 してください"
-).split()
+from udfs.words import WORDS
 
 _SOURCES = ("web", "code", "chat", "math", "docs")
 
 
 def _prompt(rng: random.Random, max_words: int = 600) -> str:
     n = rng.randint(min(20, max_words), max_words)
-    return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "?"
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "?"
 
 
 def make_record(rng: random.Random, idx: int) -> dict:

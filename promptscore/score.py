@@ -24,10 +24,10 @@ from pyspark.sql.types import StringType
 from promptscore import cli, hadoop, output
 from promptscore.output import OutputSpec
 from udfs.engines import EngineSpec
+from udfs.reasons import REASONS
 from udfs.uris import has_scheme
 from promptscore.report import human_bytes, redact_uri
 
-REASONS = ("null_text", "empty_text", "null_response", "no_tokens", "engine_rejected", "non_finite_score")
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_PNG = "_score_histogram.png"
 

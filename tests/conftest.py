@@ -88,6 +88,12 @@ def oov_model(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+def chat_text(prompt: str, response: str | None = None) -> str:
+    """What the tiny model's chat template renders for [user: prompt(, assistant: response)]."""
+    text = f"<|im_start|>user\n{prompt}<|im_end|>\n"
+    return text if response is None else text + f"<|im_start|>assistant\n{response}<|im_end|>\n"
+
+
 def direct_scores(model_dir: Path, texts: list[str]) -> list[float]:
     """The reference: transformers' own forward pass, one unpadded row at a time, in fp32."""
     import torch

@@ -1,12 +1,15 @@
-"""The engine host: one engine per device key, shared by workers, gone with its executor."""
+"""The engine host: one engine per device key, shared by workers, gone with its executor; how it
+stops, crashes, fails to start, and what it leaves behind."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,27 +17,16 @@ import pytest
 
 from udfs import engine_host
 from udfs.engine_host import EngineClient, RowError, paths_for
-from udfs.engines import EngineSpec
+from udfs.engines import EngineError, EngineSpec
 
 
-def start_host(spec: EngineSpec, key: str, owner: int) -> subprocess.Popen:
-    paths = paths_for(key)
-    spec_file = Path(paths.sock).with_suffix(".spec.json")
-    spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--key", key,
-                             "--owner", str(owner)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def wait_for_socket(key: str, timeout: float = 60) -> EngineClient:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn = engine_host._try_connect(paths_for(key).sock)
-        if conn is not None:
-            return EngineClient(conn, key)
-        time.sleep(0.1)
-    raise AssertionError("engine host did not come up")
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch):
+    """A runtime directory of this test's own (short: socket paths are limited to 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="ps-rt-")
+    monkeypatch.setenv("PROMPTSCORE_RUNTIME_DIR", path)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture()
@@ -46,9 +38,32 @@ def owner():
     proc.wait()
 
 
-def test_one_engine_per_key_and_it_leaves_with_its_owner(tiny_model, owner):
+def start_host(spec: EngineSpec, key: str, owner: int) -> subprocess.Popen:
+    """An engine host started as a worker starts one (its output goes to its log)."""
+    return engine_host._spawn(spec, key, owner, {"CUDA_VISIBLE_DEVICES": ""}, paths_for(key))
+
+
+def wait_for_socket(key: str, timeout: float = 60) -> EngineClient:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = engine_host._try_connect(paths_for(key).sock)
+        if conn is not None:
+            return EngineClient(conn, key)
+        time.sleep(0.1)
+    raise AssertionError(f"engine host did not come up; its log:\n{log_of(key)}")
+
+
+def log_of(key: str) -> str:
+    return Path(paths_for(key).log).read_text()
+
+
+def files_of(runtime: Path, key: str) -> list[str]:
+    return sorted(p.name for p in runtime.iterdir() if p.name.startswith(key) or key in p.name)
+
+
+def test_one_engine_per_key_and_it_leaves_with_its_owner_leaving_only_its_log(tiny_model, owner, runtime_dir):
     spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
-    key = f"cpu-test-{owner.pid}"
+    key = f"cpu-{owner.pid}"
     first = start_host(spec, key, owner.pid)
     client = wait_for_socket(key)
     assert client.hello(engine_host.fingerprint(spec), owner.pid)
@@ -57,7 +72,7 @@ def test_one_engine_per_key_and_it_leaves_with_its_owner(tiny_model, owner):
     # A second host for the same key refuses to start: never two engines on one device.
     second = start_host(spec, key, owner.pid)
     assert second.wait(timeout=60) == 3
-    assert "another engine holds" in second.stdout.read()
+    assert "another engine holds" in log_of(key)
 
     # Two clients share the one engine; replies are matched to requests.
     other = wait_for_socket(key)
@@ -71,22 +86,102 @@ def test_one_engine_per_key_and_it_leaves_with_its_owner(tiny_model, owner):
     owner.kill()
     owner.wait()
     assert first.wait(timeout=30) == 0
-    log = first.stdout.read()
-    assert f"owner process {owner.pid} exited" in log
-    assert not os.path.exists(paths_for(key).sock)
+    assert f"owner process {owner.pid} exited" in log_of(key)
+    # Keyed by an executor that is gone for good: socket, locks, spec and starts go too.
+    assert files_of(runtime_dir, key) == [f"promptscore-engine-{key}.log"]
 
 
 def test_a_worker_that_stops_reading_does_not_block_the_engine(tiny_model, owner):
     spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
-    key = f"cpu-test-{owner.pid}"
+    key = f"cpu-{owner.pid}"
     host = start_host(spec, key, owner.pid)
     stale = wait_for_socket(key)
-    for _ in range(200):  # like a worker left behind by limit(): requests sent, replies never read
-        stale.submit([[1] * 300] * 8)
+    # Like a worker left behind by limit(): requests sent, replies never read, more replies than
+    # the socket's buffers hold (refusals: quick to compute, ~100 bytes each).
+    for _ in range(4000):
+        stale.submit([[10**6]])
     fresh = wait_for_socket(key)
     assert len(fresh.score([[1, 2, 3]])) == 1
     fresh.shutdown()
     assert host.wait(timeout=30) == 0
+
+
+def test_sigterm_stops_the_host_and_fails_what_it_had_not_scored(tiny_model, owner, runtime_dir):
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = f"cpu-{owner.pid}"
+    host = start_host(spec, key, owner.pid)
+    client = wait_for_socket(key)
+    rids = [client.submit([[1] * 500] * 8) for _ in range(100)]
+    host.send_signal(signal.SIGTERM)
+    assert host.wait(timeout=30) == 0
+    outcomes: list[int | str] = []
+    for rid in rids:
+        try:
+            outcomes.append(len(client.result(rid)))
+        except EngineError as e:  # fatal, never RowError: the task fails and Spark retries it
+            outcomes.append(str(e))
+    errors = outcomes[next(i for i, o in enumerate(outcomes) if isinstance(o, str)):]
+    assert all(isinstance(e, str) for e in errors)
+    assert "engine host stopped: signal 15" in errors[0] or "went away" in errors[0]  # the reply or the EOF
+    assert client.conn.closed  # the worker's next connect() starts over
+    assert f"shutting down (signal {int(signal.SIGTERM)})" in log_of(key)
+    # The owner lives on: its locks and start log stay for the next host; socket and spec go.
+    assert files_of(runtime_dir, key) == sorted([f"{key}.lock", f"{key}.starts",
+                                                 f"promptscore-engine-{key}.log"])
+
+
+WORKER = """
+import json, os, signal, sys
+from pathlib import Path
+import pandas as pd
+from udfs import engine_host
+from udfs.engines import EngineError, EngineSpec
+from udfs.reward import ScoreSpec, TaskStats, score_batches
+
+spec = ScoreSpec(engine=EngineSpec(model_dir=sys.argv[1], device="cpu"), inflight=1)
+out = {}
+stats = TaskStats()
+
+def batches():
+    yield pd.Series(["the first prompt"])
+    os.kill(stats.host["pid"], signal.SIGKILL)  # the engine dies, as the kernel's OOM killer kills it
+    out["stale_socket"] = Path(engine_host.paths_for(stats.host["key"]).sock).exists()
+    yield pd.Series(["the second prompt"])
+
+try:
+    out["scored"] = [float(df["score"][0]) for df in score_batches(spec, batches(), stats)]
+except EngineError as e:
+    out["error"] = str(e)
+again = TaskStats()  # the next task of this worker
+frames = list(score_batches(spec, iter([pd.Series(["the third prompt"])]), again))
+out.update(first_pid=stats.host["pid"], next_pid=again.host["pid"], next_error=frames[0]["score_error"][0])
+engine_host.stop_all()
+print(json.dumps(out))
+"""
+
+
+def test_an_engine_crash_fails_the_task_and_the_next_task_gets_a_new_engine(tiny_model):
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(tiny_model)], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert "scored" not in out  # the task failed as a whole: no row is marked engine_rejected
+    assert out["error"].startswith("engine host cpu-") and "went away" in out["error"]
+    assert out["stale_socket"]  # left by the killed host; the next host replaces it
+    assert out["next_pid"] != out["first_pid"] and out["next_error"] is None
+
+
+def test_a_host_that_dies_while_starting_is_reported_with_the_end_of_its_log(tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    code = ("from udfs import engine_host; from udfs.engines import EngineSpec; "
+            f"engine_host.connect(EngineSpec(model_dir={str(broken)!r}, device='cpu'), start_timeout_s=120)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1
+    error = proc.stderr.strip().splitlines()
+    assert any("exited with code 1 while starting; its log" in line for line in error), proc.stderr[-3000:]
+    assert "no-such-architecture" in proc.stderr  # the log's last lines say why
 
 
 def worker(model: Path, max_model_len: int = 4096) -> dict:
@@ -100,21 +195,14 @@ def worker(model: Path, max_model_len: int = 4096) -> dict:
     return json.loads(out.stdout)
 
 
-def test_workers_come_and_go_the_engine_stays(tiny_model):
+def test_another_spec_for_the_device_replaces_the_host(tiny_model):
     first = worker(tiny_model)
     assert first["owner"] == os.getpid()
-    second = worker(tiny_model)  # the first worker is gone; its engine is not
-    assert second["pid"] == first["pid"] and second["started_at"] == first["started_at"]
-    assert second["requests"] == 2
-
-    # Another spec for the same device replaces the host instead of adding a second engine.
-    third = worker(tiny_model, max_model_len=512)
-    assert third["pid"] != first["pid"]
+    second = worker(tiny_model, max_model_len=512)
+    assert second["pid"] != first["pid"]
     with pytest.raises(ProcessLookupError):
         for _ in range(50):
             os.kill(first["pid"], 0)
             time.sleep(0.1)
-    starts = Path(paths_for(third["key"]).starts).read_text().splitlines()
-    assert len(starts) == 2
-    client = wait_for_socket(third["key"])
-    client.shutdown()
+    assert len(Path(paths_for(second["key"]).starts).read_text().splitlines()) == 2
+    wait_for_socket(second["key"]).shutdown()

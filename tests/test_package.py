@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shlex
@@ -21,10 +22,13 @@ def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dist():
-    proc = make("package")
+def dist(tmp_path_factory) -> Path:
+    """What `make package` builds, built into a directory of the test's own (the checkout's
+    dist/ is left as it is)."""
+    out = tmp_path_factory.mktemp("package") / "dist"
+    proc = make("package", f"DIST={out}")
     assert proc.returncode == 0, proc.stderr
-    return ROOT / "dist"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,8 @@ def fresh_venv(tmp_path_factory):
     return path / "bin" / "python"
 
 
-MODULES = "import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.model_cache"
+MODULES = ("import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.staging, "
+           "udfs.oss_source")
 
 
 def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):
@@ -142,3 +147,16 @@ def test_make_submit_runs_it_when_asked(tmp_path):
     assert shlex.split(first) == ["spark-submit", *conf_args("conf/local.conf"), "jobs/convert.py",
                                   "--input", str(tmp_path / "in"), "--output", str(out)]
     assert json.loads((out / "_report.json").read_text())["rows_written"] == 2
+
+
+def test_udfs_imports_nothing_from_promptscore():
+    """udfs is the executor-side library: promptscore imports it, never the other way."""
+    for path in sorted((ROOT / "udfs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not [m for m in modules if m.split(".")[0] == "promptscore"], f"{path.name}:{node.lineno}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from udfs.prompts import EMPTY_TEXT, NULL_RESPONSE, NULL_TEXT, Prompter, truncate_left
+from conftest import chat_text
+from udfs.prompts import Prompter, truncate_left
+from udfs.reasons import EMPTY_TEXT, NULL_RESPONSE, NULL_TEXT
 
 
 def test_truncate_left_keeps_the_end_and_a_leading_bos():
@@ -27,11 +29,10 @@ def test_raw_is_exactly_what_the_tokenizer_encodes(tiny_model):
 def test_chat_applies_the_template_to_prompt_and_response(tiny_model):
     p = Prompter(str(tiny_model), "chat", max_len=4096)
     enc = p.encode(["What is 2+2?"], ["4"])
-    text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-    assert p.render("What is 2+2?", "4") == text
-    assert enc.ids == [p.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert p.render("What is 2+2?", "4") == chat_text("What is 2+2?", "4")
+    assert enc.ids == [p.tokenizer(chat_text("What is 2+2?", "4"), add_special_tokens=False)["input_ids"]]
     only_prompt = p.encode(["What is 2+2?"])
-    assert p.tokenizer.decode(only_prompt.ids[0]) == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+    assert p.tokenizer.decode(only_prompt.ids[0]) == chat_text("What is 2+2?")
 
 
 def test_rows_that_cannot_be_scored_get_a_reason(tiny_model):

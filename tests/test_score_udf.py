@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import direct_scores
+from conftest import chat_text, direct_scores
 from udfs.engines import EngineSpec
 from udfs.reward import ScoreSpec, TaskStats, score_batches
 
@@ -48,5 +48,11 @@ def test_pairs_with_the_chat_template(tiny_model):
     batches = [(pd.Series(["What is 2+2?", "Name a colour"]), pd.Series(["4", None]))]
     out = run(tiny_model, batches, template="chat")
     assert out["score_error"].tolist() == [None, "null_response"]
-    rendered = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-    assert abs(out["score"][0] - direct_scores(tiny_model, [rendered])[0]) < 1e-4
+    assert abs(out["score"][0] - direct_scores(tiny_model, [chat_text("What is 2+2?", "4")])[0]) < 1e-4
+
+
+def test_task_gpus_is_none_without_gpus_from_spark(spark):
+    from udfs.reward import task_gpus
+
+    assert task_gpus() is None  # no task here (the driver)
+    assert spark.sparkContext.parallelize([0], 1).map(lambda _: task_gpus()).collect() == [None]

@@ -6,15 +6,23 @@ stranded with its GPU memory, and the next worker's engine would not fit. So the
 an *engine host*: a process started by the first worker that needs it, outside Spark's worker
 pool, which
 
-- holds an exclusive lock on its device key (``gpu0``, ``gpu2-3``, or ``cpu-<executor pid>``):
-  there is never a second engine on one GPU;
-- serves any number of workers over a Unix socket, queueing their requests into one engine that
-  stays busy across Arrow batch boundaries (workers keep a second batch in flight);
+- holds an exclusive lock on its device key (``udfs.devices``: ``gpu0``, ``gpu2-3`` by nvidia-smi
+  index, however the GPU was given, or ``cpu-<executor pid>``): there is never a second engine on
+  one GPU;
+- serves any number of workers over a Unix socket, queueing their requests (each a slice of an
+  Arrow batch, 128 rows by default) into one engine that stays busy across slices, batches and
+  tasks (a worker sends each slice as soon as it is tokenized and keeps a second batch in flight);
 - shuts the engine down cleanly (vLLM's engine core is a child process) when the executor JVM that
-  owns it exits, on SIGTERM/SIGHUP, or when asked.
+  owns it exits (also when dynamic allocation removes the executor after its idle timeout), on
+  SIGTERM/SIGHUP, or when asked.
 
-Workers reach it with ``connect()``. Its log is ``<runtime dir>/<key>.log`` (the YARN container
-log directory when there is one), and ``<key>.starts`` gets one line per engine start.
+Workers reach it with ``connect()``. Files, by device key, in the runtime directory
+(``runtime_dir()``): ``<key>.sock``, ``<key>.lock`` (held by the running host), ``<key>.spawn.lock``
+(held by the worker starting one), ``<key>.spec.json`` (the spec it was started with) and
+``<key>.starts`` (one line per engine start). Its log is ``promptscore-engine-<key>.log`` in the
+YARN container's log directory (the first of ``$LOG_DIRS``), else in the runtime directory. A host
+keyed by an executor (``cpu-…``) removes its files but the log when that executor is gone; a GPU's
+lock files stay for the next executor on that GPU.
 
 Run directly only for debugging: ``python -m udfs.engine_host --spec FILE --key KEY --owner PID``.
 """
@@ -23,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -40,7 +47,9 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from udfs.devices import device_key
 from udfs.engines import EngineError, EngineSpec
+from udfs.locks import LockHeld, file_lock
 
 
 class RowError(Exception):
@@ -92,17 +101,6 @@ def owner_pid() -> int:
         except (OSError, ValueError, IndexError):
             break
     return os.getppid()
-
-
-def device_key(gpus: list[str] | None, spec: EngineSpec, owner: int) -> tuple[str, dict[str, str]]:
-    """The lock key of the device the engine will use, and the environment that pins it there."""
-    if gpus:
-        return "gpu" + "-".join(gpus), {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
-    has_gpu = os.path.exists("/dev/nvidiactl")
-    if spec.backend == "vllm" or (has_gpu and spec.device != "cpu"):
-        # No GPU from Spark's scheduler: use what is visible, one engine for all of it.
-        return "gpu-visible", {}
-    return f"cpu-{owner}", {"CUDA_VISIBLE_DEVICES": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,12 +246,15 @@ class Host:
 def serve(spec: EngineSpec, key: str, owner: int) -> int:
     """Take the device lock, load the engine, serve until told to stop. Returns an exit code."""
     paths = paths_for(key)
-    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        with file_lock(paths.lock, timeout_s=0):
+            return _serve_locked(spec, key, owner, paths)
+    except LockHeld:
         print(f"engine host: another engine holds {key}; not starting a second one", flush=True)
         return 3
+
+
+def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> int:
     host: Host | None = None
 
     def on_signal(signum, _frame):
@@ -294,7 +295,6 @@ def serve(spec: EngineSpec, key: str, owner: int) -> int:
         if key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
             for leftover in (paths.spawn_lock, paths.starts, paths.lock):
                 _remove(Path(leftover))
-        os.close(lock_fd)
     return 0
 
 
@@ -324,6 +324,7 @@ class EngineClient:
         try:
             self.conn.send((kind, rid, *payload))
         except (OSError, ValueError) as e:
+            self.close()  # so that the next connect() starts over instead of reusing it
             raise EngineError(f"engine host {self.key} went away: {e}") from None
         return rid
 
@@ -332,6 +333,7 @@ class EngineClient:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError) as e:
+                self.close()
                 raise EngineError(f"engine host {self.key} went away (its log: {paths_for(self.key).log}): "
                                   f"{type(e).__name__}") from None
             self._ready[msg[1]] = msg
@@ -353,6 +355,7 @@ class EngineClient:
             return msg[2]
         if msg[2] == "row":
             raise RowError(msg[3])
+        self.close()  # the engine cannot go on: the next connect() starts over
         raise EngineError(msg[3])
 
     def score(self, rows: list[list[int]]) -> list[float]:
@@ -388,20 +391,11 @@ def _try_connect(path: str) -> Connection | None:
 
 
 def _wait_unlocked(lock_path: str, timeout: float) -> None:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EngineError(f"the engine on {lock_path} did not release its device in {timeout:.0f} s")
-                time.sleep(0.2)
-    finally:
-        os.close(fd)
+        with file_lock(lock_path, timeout_s=timeout):
+            pass
+    except LockHeld:
+        raise EngineError(f"the engine on {lock_path} did not release its device in {timeout:.0f} s") from None
 
 
 def _log_tail(path: str, lines: int = 15) -> str:
@@ -425,16 +419,17 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
         return client
     _CLIENTS.pop(key, None)
     paths = paths_for(key)
-    spawn_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(spawn_fd, fcntl.LOCK_EX)
+    with file_lock(paths.spawn_lock):
         conn = _try_connect(paths.sock)
         if conn is not None:
             client = EngineClient(conn, key)
-            if client.hello(fp, owner):
-                _CLIENTS[key] = client
-                return client
-            client.shutdown()  # another spec, or the host of an executor that is gone
+            try:
+                if client.hello(fp, owner):
+                    _CLIENTS[key] = client
+                    return client
+                client.shutdown()  # another spec, or the host of an executor that is gone
+            except EngineError:
+                pass  # a host on its way out: a new one starts once it has released the device
         _wait_unlocked(paths.lock, timeout=120)
         _spawn(spec, key, owner, env, paths)
         deadline = time.monotonic() + start_timeout_s
@@ -454,14 +449,14 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
                 raise EngineError(f"the engine host for {key} did not start in {start_timeout_s:.0f} s; "
                                   f"see {paths.log}")
             time.sleep(0.25)
-    finally:
-        os.close(spawn_fd)
 
 
 _SPAWNED: dict[str, subprocess.Popen] = {}
 
 
-def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> None:
+def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> subprocess.Popen:
+    """Start the engine host of ``key`` in a session of its own (it outlives the worker), its
+    output going to its log."""
     spec_file = Path(paths.sock).with_suffix(".spec.json")
     spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
     env = dict(os.environ)
@@ -470,11 +465,12 @@ def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], pa
     env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(paths.log, "ab") as log:
-        _SPAWNED[key] = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--key", key, "--owner", str(owner)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the worker that starts it
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    _SPAWNED[key] = proc
+    return proc
 
 
 def stop_all() -> None:

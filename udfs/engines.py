@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 
 @dataclass
@@ -33,10 +33,6 @@ class EngineSpec:
     engine_args: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"  # transformers: auto, cpu or cuda
     batch_tokens: int = 16384  # transformers: padded tokens per forward pass
-
-
-class Request(Protocol):
-    ids: list[list[int]]
 
 
 Deliver = Callable[[Any, "list[float] | BaseException"], None]
@@ -171,8 +167,8 @@ class TransformersEngine(_BatchLoop):
 class VllmEngine(_BatchLoop):
     """vLLM's pooling runner: ``classify`` with no activation, so the raw logit is the reward.
 
-    ``run`` streams: requests are added to the running engine as they arrive, so the GPU never
-    waits at the boundary between two Arrow batches.
+    ``run`` streams: requests (slices of a batch) are added to the running engine as they arrive,
+    so the GPU does not wait at the boundary between two requests, batches or tasks.
     """
 
     def __init__(self, spec: EngineSpec):

@@ -14,10 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-NULL_TEXT = "null_text"
-EMPTY_TEXT = "empty_text"
-NULL_RESPONSE = "null_response"
-NO_TOKENS = "no_tokens"
+from udfs.reasons import EMPTY_TEXT, NO_TOKENS, NULL_RESPONSE, NULL_TEXT
 
 
 @dataclass

@@ -26,10 +26,9 @@ import pandas as pd
 
 from udfs.engines import EngineSpec
 from udfs.prompts import Prompter
+from udfs.reasons import ENGINE_REJECTED, NON_FINITE
 
 RESULT_TYPE = "struct<score:float,score_error:string,n_tokens:int,truncated:boolean>"
-ENGINE_REJECTED = "engine_rejected"
-NON_FINITE = "non_finite_score"
 
 
 @dataclass
@@ -43,7 +42,6 @@ class ScoreSpec:
     inflight: int = 2
     slice_rows: int = 128
     start_timeout_s: float = 1800.0
-    use_task_gpus: bool = True
 
 
 _PROMPTERS: dict[tuple, Prompter] = {}
@@ -135,10 +133,10 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
                   gpus: list[str] | None = None) -> Iterator[pd.DataFrame]:
     """The UDF's body: Arrow batches (a Series of texts, or a (texts, responses) tuple) in,
     DataFrames of ``score``, ``score_error``, ``n_tokens``, ``truncated`` out, in order."""
-    from udfs import engine_host, model_cache
+    from udfs import engine_host, staging
 
     stats = stats or TaskStats()
-    model_dir = model_cache.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
+    model_dir = staging.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
     engine = dataclasses.replace(spec.engine, model_dir=model_dir)
     prompter = _prompter(model_dir, spec.template, engine.max_model_len)
     client = None
@@ -211,8 +209,7 @@ def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):
 
     def run(batches):
         stats = TaskStats()
-        gpus = task_gpus() if spec.use_task_gpus else None
-        yield from score_batches(spec, batches, stats, gpus)
+        yield from score_batches(spec, batches, stats, task_gpus())
         if accumulator is not None:
             accumulator.add([stats.as_dict(stats.host.get("busy_s"))])
 

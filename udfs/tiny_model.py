@@ -17,6 +17,8 @@ import argparse
 import random
 from pathlib import Path
 
+from udfs.words import WORDS
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -35,13 +37,11 @@ SHAPES = {
 
 
 def _corpus(lines: int = 4000, seed: int = 0) -> list[str]:
-    from promptscore.sample_data import _WORDS
-
     rng = random.Random(seed)
     extra = ["def", "class", "import", "return", "(", ")", "{", "}", "[", "]", ":", ";", "=", "==", "+",
              "-", "*", "/", "0", "1", "2", "42", "3.14", "Hello", "world", "Why", "How", "What", "?", "!",
              ",", ".", "\n", "\t", "    ", "你好", "世界", "こんにちは", "🙂"]
-    words = list(_WORDS) + extra
+    words = list(WORDS) + extra
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) for _ in range(lines)]
 
 

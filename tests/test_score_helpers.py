@@ -1,0 +1,51 @@
+"""The score job's helpers on their own: which backend ``auto`` picks, and the report's engines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from promptscore.score import engine_summaries, resolve_backend
+
+
+def test_auto_is_transformers_when_spark_schedules_no_gpus(spark):
+    assert resolve_backend(spark, "auto") == "transformers"
+    assert resolve_backend(spark, "vllm") == "vllm" and resolve_backend(spark, "transformers") == "transformers"
+
+
+def test_auto_is_vllm_when_spark_schedules_gpus():
+    code = ("from pyspark.sql import SparkSession; from promptscore.score import resolve_backend\n"
+            "s = SparkSession.builder.master('local[1]').config('spark.ui.enabled', 'false')"
+            ".config('spark.executor.resource.gpu.amount', '1').config('spark.task.resource.gpu.amount', '0.5')"
+            ".getOrCreate()\n"
+            "print(resolve_backend(s, 'auto'), resolve_backend(s, 'transformers')); s.stop()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["vllm", "transformers"]
+
+
+def task(key: str | None, pid: int | None, busy: tuple[float, float] | None, idle: tuple[float, float] | None,
+         device: str = "NVIDIA H100", start_s: float = 30.0) -> dict:
+    """One task's entry of the report, as ``udfs.reward.TaskStats.as_dict`` writes it."""
+    return {"engine_key": key, "engine_pid": pid, "engine_device": device, "engine_start_s": start_s,
+            "engine_busy_start_s": busy[0] if busy else None, "engine_busy_s": busy[1] if busy else None,
+            "engine_idle_start_s": idle[0] if idle else None, "engine_idle_s": idle[1] if idle else None}
+
+
+def test_engine_summaries_group_tasks_by_engine_and_span_their_counters():
+    tasks = [
+        task("gpu0", 101, busy=(10.0, 14.0), idle=(1.0, 1.5)),
+        task("gpu0", 101, busy=(12.0, 20.0), idle=(1.2, 2.0)),  # overlapping: the span, not the sum
+        task("gpu1", 202, busy=(0.0, 5.0), idle=(0.0, 0.25), device="NVIDIA H200", start_s=41.0),
+        task("gpu1", 303, busy=(0.0, 1.0), idle=None),  # the same GPU's next engine: an entry of its own
+        task(None, None, busy=None, idle=None),  # an empty partition never connected
+    ]
+    assert engine_summaries(tasks) == [
+        {"key": "gpu0", "pid": 101, "device": "NVIDIA H100", "start_s": 30.0, "tasks": 2, "busy_s": 10.0,
+         "idle_s": 1.0},
+        {"key": "gpu1", "pid": 202, "device": "NVIDIA H200", "start_s": 41.0, "tasks": 1, "busy_s": 5.0,
+         "idle_s": 0.25},
+        {"key": "gpu1", "pid": 303, "device": "NVIDIA H100", "start_s": 30.0, "tasks": 1, "busy_s": 1.0,
+         "idle_s": None},
+    ]
+    assert engine_summaries([]) == []
