@@ -23,10 +23,11 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, hadoop, inputs, jsonl, output, schema_sample
+from promptscore import cli, filelist, hadoop, inputs, jsonl, ledger, output, schema_sample, sizing
+from promptscore.filelist import InputFile
 from promptscore.inputs import BadFile, InputIndex
 from promptscore.output import Output, OutputSpec
-from promptscore.report import human_bytes, redact_uri
+from promptscore.report import human_bytes, redact_uri, write_report
 
 DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
 MAX_BAD_FILES = 100  # files set aside whole before the job gives up (exit 2)
@@ -47,6 +48,12 @@ class ConvertOptions:
     required_fields: list[str] = field(default_factory=lambda: ["prompt"])
     max_line_bytes: int = 64 << 20
     strict_schema: bool = False
+    input_list: str | None = None
+    only_new: bool = False
+    plan: bool = False
+    cores: int | None = None
+    tasks_per_core: int = 1
+    request_latency_ms: float = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a prefix of small JSONL files (*.jsonl, *.jsonl.gz, any depth) into a "
         "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.",
     )
-    p.add_argument("--input", action="append", required=True, metavar="URI",
+    p.add_argument("--input", action="append", metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")
+    p.add_argument("--input-list", metavar="URI",
+                   help="convert the files this names instead of listing a prefix: a text file of URIs or "
+                   "paths, one per line, or an OSS Bucket Inventory report's manifest.json")
+    p.add_argument("--only-new", action="store_true",
+                   help="convert only input files (by path, size and time) that no other partition of "
+                   "--output holds; needs --partition-col. The partition records them under _ingested/")
+    p.add_argument("--plan", action="store_true",
+                   help="list, sample and print what the run would do and how long it would take, and "
+                   "write it with --report; writes no data (--output optional)")
+    p.add_argument("--cores", type=int, metavar="N",
+                   help="with --plan: estimate for a cluster of N cores (default: this session's task slots)")
+    p.add_argument("--tasks-per-core", type=int, default=1, metavar="K",
+                   help="with --plan: task slots per core in that cluster (default 1)")
+    p.add_argument("--request-latency-ms", type=float, default=None, metavar="MS",
+                   help="with --plan: the object store's time to first byte per request (default: 0 for "
+                   "local and HDFS paths, 30 for object stores)")
     p.add_argument("--schema", metavar="DDL",
                    help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint'; "
                    "default: inferred from --sample-files files")
@@ -80,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-schema", action="store_true",
                    help="reject lines that carry fields the schema lacks (unknown_field), instead "
                    "of writing them without those fields")
-    output.add_args(p)
+    output.add_args(p, output_required=False)
     return p
 
 
@@ -92,8 +115,17 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         raise cli.UsageError("--sample-files 0 needs --schema")
     if args.max_line_bytes > (1 << 31) - 1:
         raise cli.UsageError("--max-line-bytes must be below 2g (a line is one JVM string)")
+    if bool(args.input) == bool(args.input_list):
+        raise cli.UsageError("give --input (one or more prefixes) or --input-list, not both and not neither")
+    if args.only_new and not args.partition_col and not args.plan:
+        raise cli.UsageError("--only-new needs --partition-col: each run writes the new files into its own "
+                             "partition, with the ledger of what it converted")
+    if not args.output and not args.plan:
+        raise cli.UsageError("the following arguments are required: --output (see --help)")
+    if args.cores is not None and args.cores < 1 or args.tasks_per_core < 1:
+        raise cli.UsageError("--cores and --tasks-per-core must be at least 1")
     return ConvertOptions(
-        inputs=list(args.input),
+        inputs=list(args.input or []),
         out=output.from_args(args),
         schema=args.schema,
         sample_files=args.sample_files,
@@ -103,6 +135,12 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         required_fields=[f.strip() for f in args.required_fields.split(",") if f.strip()],
         max_line_bytes=args.max_line_bytes,
         strict_schema=args.strict_schema,
+        input_list=args.input_list,
+        only_new=args.only_new,
+        plan=args.plan,
+        cores=args.cores,
+        tasks_per_core=args.tasks_per_core,
+        request_latency_ms=args.request_latency_ms,
     )
 
 
@@ -186,9 +224,9 @@ def parquet_options(schema: StructType, distinct_share: dict[str, float]) -> dic
 
 @dataclass
 class ConvertPlan:
-    """What the job decided before writing: the listing, the schema and the packing."""
+    """What the job decided before writing: the input, the schema and the packing."""
 
-    listed: DataFrame
+    lines: DataFrame | None  # None: nothing to read (--only-new found nothing new)
     index: InputIndex
     schema: StructType
     schema_source: str
@@ -199,6 +237,8 @@ class ConvertPlan:
     ratio: float | None
     writer_options: dict[str, str]
     phases: output.Phases
+    files: list[InputFile] | None = None  # the files to read, when known one by one
+    already_converted: int = 0  # --only-new: input files other partitions hold
 
 
 @dataclass
@@ -211,7 +251,7 @@ class ConvertResult:
     reject_files: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     bad_files: list[BadFile] = field(default_factory=list)
-    unknown: dict = field(default_factory=dict)
+    unknown: dict = field(default_factory=lambda: {"lines": 0, "names": []})
     tasks: int = 0
     attempts: int = 1
     output_files: list[hadoop.FileInfo] = field(default_factory=list)
@@ -231,41 +271,91 @@ def check_options(opts: ConvertOptions) -> StructType | None:
     return explicit
 
 
-def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None) -> ConvertPlan:
+def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) -> tuple[DataFrame, InputIndex,
+                                                                                        list[InputFile] | None, int]:
+    """The lines to read and what the listing found: from a prefix listing (Spark's index) or a
+    list of files (``--input-list``); with ``--only-new``, only files no other partition of the
+    output holds. Returns the lines (``None``-free; with ``_metadata``), the index, the files when
+    known one by one, and how many input files were left out as already converted."""
+    if opts.input_list:
+        named = filelist.read_list(spark, opts.input_list)
+        if target:
+            output.check_overlap(spark, target, filelist.folders(named))
+        listed_files = [f for f in named if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
+        others = [f for f in named if not f.path.endswith(inputs.SUFFIXES)]
+        skipped = {"files": len(others), "bytes": sum(f.size for f in others),
+                   "by_rule": {"other_name": len(others)} if others else {},
+                   "examples": [redact_uri(f.path) for f in others[:5]], "hidden": inputs.HIDDEN_RULE}
+        empty = sum(1 for f in named if f.path.endswith(inputs.SUFFIXES) and f.size == 0)
+        listed = None
+    else:
+        listed = inputs.list_lines(spark, opts.inputs)
+        lines = inputs.input_lines(listed)
+        index = inputs.index_inputs(spark, listed, lines, opts.sample_files)
+        if not (opts.only_new or opts.out.partition_col):
+            return lines, index, None, 0
+        # A partition records the files it holds (the ledger), so a later --only-new run knows them.
+        listed_files = [f for f in filelist.index_files(listed) if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
+        if not opts.only_new:
+            return lines, index, listed_files, 0
+        skipped, empty = index.skipped, index.empty_files
+    already = 0
+    if opts.only_new and target:
+        done = ledger.converted(spark, opts.out.output, target)
+        fresh = [f for f in listed_files if f.identity not in done]
+        already, listed_files = len(listed_files) - len(fresh), fresh
+    index = InputIndex(len(listed_files), sum(f.size for f in listed_files),
+                       inputs.spread_sample([f.path for f in listed_files], opts.sample_files), skipped, empty)
+    if not listed_files:
+        return None, index, [], already  # type: ignore[return-value]
+    return filelist.lines_of(spark, listed_files), index, listed_files, already
+
+
+def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
+                 target: str | None = None) -> ConvertPlan:
     """List the input, settle the schema (``explicit``, or from a sample) and size the tasks.
     Writes nothing."""
     clock = output.Phases()
-    listed = inputs.list_lines(spark, opts.inputs)
-    index = inputs.index_inputs(spark, listed, inputs.input_lines(listed), opts.sample_files)
+    lines, index, files, already = select_input(spark, opts, target)
     clock.lap("list")
-    if index.files == 0:
-        raise cli.UsageError(f"no {inputs.INPUT_NAMES} files under {', '.join(map(redact_uri, opts.inputs))}")
+    if index.files == 0 and not (opts.only_new and already):
+        where = redact_uri(opts.input_list) if opts.input_list else ", ".join(map(redact_uri, opts.inputs))
+        raise cli.UsageError(f"no {inputs.INPUT_NAMES} files in {where}")
     sample = None
     if explicit is not None:
         schema, source = explicit, "explicit"
-    else:
+    elif index.files:
         sample = schema_sample.sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes)
         schema, source = with_required(sample.schema, opts.required_fields), f"sample of {sample.files} files"
+    else:
+        schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
     if opts.with_source_file and "source_file" in schema.fieldNames():
         raise cli.UsageError("--with-source-file clashes with a field named source_file in the data")
     clock.lap("schema")
     open_cost, slots = _open_cost(spark), _task_slots(spark)
     ratio = None
-    if index.bytes / opts.target_file_size > slots:  # only then does the ratio change the plan
+    if index.files and (opts.plan or index.bytes / opts.target_file_size > slots):
         ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
-    split = split_bytes(index.bytes, index.files, open_cost, slots, opts.target_file_size, ratio or DEFAULT_RATIO)
+    split = split_bytes(index.bytes, max(1, index.files), open_cost, slots, opts.target_file_size,
+                        ratio or DEFAULT_RATIO)
     writer = parquet_options(schema, sample.distinct_share if sample else {})
-    return ConvertPlan(listed, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock)
+    return ConvertPlan(lines, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock,
+                       files, already)
 
 
 def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, out: Output) -> ConvertResult:
-    """Write the rows and the rejects into the staging directory. A file that cannot be read is
-    set aside and the write runs again without it (at most ``MAX_BAD_FILES`` files)."""
+    """Write the rows and the rejects (and, for a partition, the ledger of its input files) into
+    the staging directory. A file that cannot be read is set aside and the write runs again
+    without it (at most ``MAX_BAD_FILES`` files)."""
     result = ConvertResult()
+    if plan.lines is None:  # nothing new: an empty, complete partition, so that downstream goes on
+        spark.createDataFrame([], plan.schema).coalesce(1).write.parquet(out.staging)
+        ledger.write(spark, [], out.run_id, out.staging)
+        return result
     bad: dict[str, BadFile] = {}
-    data_dir = out.staging
+    roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
     while True:
-        lines = inputs.input_lines(plan.listed, bad)
+        lines = inputs.input_lines(plan.lines, bad)
         parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                    opts.strict_schema)
         obs = Observation(f"convert-{result.attempts}")
@@ -273,19 +363,19 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
         group = output.new_group("convert")
         try:
             output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
-                                 data_dir, opts.out.compression, group, plan.writer_options)
+                                 out.staging, opts.out.compression, group, plan.writer_options)
             break
         except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
             if not inputs.is_read_failure(e):
                 raise
-            found = [b for b in inputs.find_bad_files(spark, opts.inputs, e) if b.uri not in bad]
+            found = [b for b in inputs.find_bad_files(spark, roots, e) if b.uri not in bad]
             if not found:
                 raise
             bad.update((b.uri, b) for b in found)
             if len(bad) > MAX_BAD_FILES:
                 raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
                                      f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
-            hadoop.delete(spark, data_dir)
+            hadoop.delete(spark, out.staging)
             result.attempts += 1
     result.tasks = output.tasks_of_group(spark, group)
     m = obs.get
@@ -296,6 +386,8 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     result.bad_files = sorted(bad.values(), key=lambda b: b.uri)
     if result.rejected or result.bad_files:
         result.reasons = _write_rejects(spark, opts, plan, result, f"{out.staging}/_rejects")
+    if plan.files is not None:
+        ledger.write(spark, plan.files, out.run_id, out.staging)
     result.output_files = hadoop.list_data_files(spark, out.staging)
     return result
 
@@ -359,20 +451,23 @@ def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
 
 
 def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
-    """Run the whole job; return the report. Raises UsageError / DataQualityError."""
+    """Run the whole job (or, with ``opts.plan``, only its plan); return the report. Raises
+    UsageError / DataQualityError."""
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     explicit = check_options(opts)
-    out = output.open_output(spark, opts.out, opts.inputs)
+    if opts.plan:
+        return run_plan(spark, opts, explicit, started)
+    out = output.open_output(spark, opts.out, opts.inputs or [opts.input_list or ""])
     try:
-        plan = plan_convert(spark, opts, explicit)
+        plan = plan_convert(spark, opts, explicit, out.target)
         with session_conf(spark, {"spark.sql.files.maxPartitionBytes": str(plan.split),
                                   "spark.sql.files.openCostInBytes": str(plan.open_cost),
                                   # the split size above already spreads the input over the slots
                                   "spark.sql.files.minPartitionNum": "1"}):
             result = execute_convert(spark, opts, plan, out)
         plan.phases.lap("write")
-        header = output.report_header("convert", "ok", started_at, opts.inputs, out, opts.out)
+        header = output.report_header("convert", "ok", started_at, opts.inputs or [opts.input_list], out, opts.out)
         spark_info = {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
         report = build_report(opts, plan, result, header, spark_info, time.monotonic() - started)
         too_many = report["status"] != "ok"
@@ -380,6 +475,9 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     except BaseException:
         out.publisher.discard()
         raise
+    if plan.lines is None:
+        cli.print_err(f"convert: nothing new: all {plan.already_converted:,} input files are in other partitions "
+                      f"of {redact_uri(opts.out.output)}; published an empty {redact_uri(out.target)}")
     if report["unknown_fields"]["lines"] and not opts.strict_schema:
         cli.print_err(f"convert: note: {report['unknown_fields']['lines']:,} lines carry fields the schema lacks "
                       f"({', '.join(report['unknown_fields']['names'][:10])}); they were written without them "
@@ -391,6 +489,103 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
             f"lines ({report['bad_fraction']:.4%} > --max-bad-fraction {opts.max_bad_fraction:g}); they are in "
             f"{report['rejects_path']}; fix the input or raise --max-bad-fraction", report)
     return report
+
+
+def run_plan(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None, started: float) -> dict:
+    """List, sample and estimate, write nothing; return the plan as a report."""
+    target = None
+    if opts.out.output:
+        target = hadoop.qualify(spark, opts.out.target())
+        output.check_overlap(spark, target, opts.inputs or [])
+    plan = plan_convert(spark, opts, explicit, target)
+    parse_rate = measure_parse_rate(spark, plan, opts) if plan.index.files else 0.0
+    plan.phases.lap("measure")
+    sources = opts.inputs or [opts.input_list or ""]
+    object_store = any(hadoop.scheme(spark, u) not in ("file", "hdfs", "viewfs") for u in sources)
+    report = build_plan_report(opts, plan, parse_rate, object_store, driver_heap_mb(spark), spark.version,
+                               spark.sparkContext.master, time.monotonic() - started, target)
+    if opts.out.report:
+        write_report(spark, report, None, opts.out.report)
+    return report
+
+
+def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s: float, object_store: bool,
+                      heap_mb: int, spark_version: str, master: str, elapsed_s: float, target: str | None) -> dict:
+    """The plan (pure): what a run would read, write and take. On an object store, requests take
+    ``--request-latency-ms`` (default 30) and publishing copies each output file (about 2 s)."""
+    index = plan.index
+    ratio = plan.ratio or DEFAULT_RATIO
+    out_bytes = int(index.bytes * ratio)
+    tasks = max(1, math.ceil((index.bytes + index.files * plan.open_cost) / plan.split)) if index.files else 0
+    latency = opts.request_latency_ms if opts.request_latency_ms is not None else (30.0 if object_store else 0.0)
+    cores = opts.cores or plan.slots
+    estimate = sizing.convert_estimate(
+        index.files, index.bytes, plan.phases.phases.get("list", 0.0), parse_bytes_per_s, cores,
+        opts.tasks_per_core, latency, output_files=tasks, copy_s_per_file=2.0 if object_store else 0.0)
+    report = {
+        "job": "convert", "plan": True,
+        "inputs": [redact_uri(i) for i in opts.inputs] or None,
+        "input_list": redact_uri(opts.input_list) if opts.input_list else None,
+        "output": redact_uri(target) if target else None,
+        "input_files": index.files,
+        "input_bytes": index.bytes,
+        "empty_files": index.empty_files,
+        "skipped_files": index.skipped,
+        "already_converted_files": plan.already_converted,
+        "schema": schema_ddl(plan.schema),
+        "schema_source": plan.schema_source,
+        "schema_sample": ({"files": plan.sample.files, "records": plan.sample.records,
+                           "unusable_lines": plan.sample.unusable_lines} if plan.sample else None),
+        "task_slots": plan.slots,
+        "max_split_bytes": plan.split,
+        "tasks": tasks,
+        "estimated_compression_ratio": round(ratio, 4),
+        "expected_output_files": tasks,
+        "expected_output_bytes": out_bytes,
+        "expected_output_file_bytes": out_bytes // tasks if tasks else 0,
+        "parse_mb_s_per_core": round(parse_bytes_per_s / 1e6, 2),
+        "estimate": estimate.as_dict(),
+        "driver_heap_mb": heap_mb,
+        "spark_version": spark_version,
+        "spark_master": master,
+        "phase_s": plan.phases.phases,
+        "elapsed_s": round(elapsed_s, 3),
+    }
+    report["summary"] = (
+        f"convert plan: {index.files:,} files ({human_bytes(index.bytes)}) -> ~{tasks:,} files of "
+        f"~{human_bytes(report['expected_output_file_bytes'])} ({human_bytes(out_bytes)}) in {tasks:,} tasks; "
+        f"{index.skipped.get('files', 0):,} skipped, {plan.already_converted:,} already converted; listing "
+        f"{plan.phases.phases.get('list', 0):.1f} s; on {cores:,} cores x {opts.tasks_per_core} tasks at "
+        f"{latency:g} ms per request: ~{estimate.as_dict()['wall']} ({estimate.bound}-bound)")
+    return report
+
+
+def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOptions, rounds: int = 3) -> float:
+    """One core's rate, in input bytes per second, of parsing the sampled files and encoding them
+    as Parquet (the best of a few rounds over lines held in memory, so reading is not timed)."""
+    if not plan.index.sample:
+        return 0.0
+    size = sum(hadoop.file_size(spark, p) for p in plan.index.sample)
+    lines = spark.read.text([hadoop.escape_glob(p) for p in plan.index.sample]).coalesce(1).cache()
+    try:
+        lines.count()
+        best = math.inf
+        for _ in range(rounds):
+            t0 = time.monotonic()
+            good = jsonl.good_rows(jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
+                                                     opts.strict_schema), plan.schema)
+            good.write.format("noop").mode("overwrite").save()
+            best = min(best, time.monotonic() - t0)
+    finally:
+        lines.unpersist()
+    return size / best if best > 0 else 0.0
+
+
+def driver_heap_mb(spark: SparkSession) -> int:
+    """The driver JVM's heap in use after a full garbage collection, in MB."""
+    runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
+    spark.sparkContext._jvm.java.lang.System.gc()
+    return int((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
 
 
 def summary_line(r: dict) -> str:

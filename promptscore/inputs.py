@@ -106,6 +106,15 @@ def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sampl
     return InputIndex(n_files, n_bytes, sample, skipped, max(0, total - n_files - skipped_n))
 
 
+def spread_sample(paths: Sequence[str], n: int) -> list[str]:
+    """``n`` of ``paths``, spread evenly over them (deterministic)."""
+    if n <= 0 or not paths:
+        return []
+    ordered = sorted(paths)
+    step = max(1, len(ordered) // n)
+    return ordered[::step][:n]
+
+
 def _scan_size(df: DataFrame) -> tuple[int, int]:
     """Files and bytes the file scan of ``df`` reads after pruning (its driver-side metrics)."""
     plan = df._jdf.queryExecution().executedPlan()

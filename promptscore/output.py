@@ -53,9 +53,9 @@ class OutputSpec:
         return {self.partition_col: self.partition_value} if self.partition_col else None
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser, output_required: bool = True) -> None:
     """The output flags every job takes."""
-    p.add_argument("--output", required=True, metavar="URI", help="output directory")
+    p.add_argument("--output", required=output_required, metavar="URI", help="output directory")
     p.add_argument("--mode", choices=("error", "overwrite"),
                    help="if a complete output exists: error (default; exit 2) or overwrite. With "
                    "--partition-col the default is overwrite of that partition only. An output left "
@@ -77,7 +77,7 @@ def from_args(args: argparse.Namespace) -> OutputSpec:
                                              or not args.partition_value.strip()):
         raise cli.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
                              f"{args.partition_value!r}")
-    return OutputSpec(args.output, args.mode, args.partition_col, args.partition_value, args.compression,
+    return OutputSpec(args.output or "", args.mode, args.partition_col, args.partition_value, args.compression,
                       args.report)
 
 
