@@ -5,11 +5,12 @@
 
 1. Builds the fake ``oss://`` of the tests (``tests/objectstore/``, needs ``javac``) and writes N
    JSONL files of ~100 KB into its bucket ``bench`` (kept between runs in --work).
-2. Runs the job as users run it, ``spark-submit --properties-file conf/local.conf jobs/convert.py``
-   on ``local[--cores]``, from ``oss://bench/in-...`` to ``oss://bench/out-...``, once per delay
+2. Runs the job as users run it, ``spark-submit`` with the local profile's settings,
+   ``jobs/convert.py`` on ``local[--cores]``, from ``oss://bench/in-...`` to ``oss://bench/out-...``, once per delay
    (each open, list page and head request sleeps that long). ``today`` runs with the settings as
    they are; with ``--extra-conf KEY=VALUE`` (repeatable) a second run per delay adds those
-   settings (``--variant`` names it), so both are measured in one invocation, interleaved.
+   settings (``--variant`` names it), and with ``--tasks-per-core K`` it runs K task slots per core,
+   so both are measured in one invocation, interleaved.
 3. Prints a Markdown table: whole-process and job seconds, files/s per core (over the job's own
    time from its report), the ratio to ``today`` at the same delay, and the requests every JVM
    made, by kind. All runs must write the same number of rows. A control row reads the same
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import fake_oss  # noqa: E402
 from convert_bench import machine, parquet_rows, run, spark_env  # noqa: E402
 from promptscore.sample_data import generate  # noqa: E402
+from promptscore.submit import conf_args  # noqa: E402
 
 BUCKET = "bench"
 DELAYED = ("open", "list", "head")
@@ -72,6 +74,8 @@ def main() -> int:
     p.add_argument("--extra-conf", type=parse_conf, action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting of the second variant (repeatable)")
     p.add_argument("--variant", default="lever", help="the name of the --extra-conf variant")
+    p.add_argument("--tasks-per-core", type=int, default=1, metavar="K",
+                   help="the variant runs K task slots per core (local[cores x K]): more reads in flight")
     p.add_argument("--repeat", type=int, default=1, help="runs of each variant and delay (median)")
     p.add_argument("--work", default=str(ROOT / "bench-data"))
     p.add_argument("--no-local", action="store_true", help="skip the local-disk control run")
@@ -86,8 +90,9 @@ def main() -> int:
     name, in_bytes = prepare(root, work, a.files, a.file_kb)
     delays = [int(d) for d in a.delays.split(",")]
     variants = {"today": []}
-    if a.extra_conf:
+    if a.extra_conf or a.tasks_per_core > 1:
         variants[a.variant] = [x for k, v in a.extra_conf for x in ("--conf", f"{k}={v}")]
+    masters = {"today": f"local[{a.cores}]", a.variant: f"local[{a.cores * a.tasks_per_core}]"}
     env = spark_env()
     spark_submit = str(Path(sys.executable).parent / "spark-submit")
 
@@ -99,7 +104,7 @@ def main() -> int:
         for variant, delay in runs:
             counters = work / f"fake-oss-counts-{variant.split(',')[0]}-{delay}.jsonl"
             counters.unlink(missing_ok=True)
-            cmd = [spark_submit, "--master", f"local[{a.cores}]", "--properties-file", "conf/local.conf",
+            cmd = [spark_submit, "--master", masters.get(variant, masters["today"]), *conf_args("conf/local.conf"),
                    "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
                    "--conf", "spark.driver.memory=4g",
                    *fake_oss.submit_args(jar, root, delays_ms={op: max(delay, 0) for op in DELAYED},
@@ -130,6 +135,8 @@ def main() -> int:
     if len(rows) != 1:
         raise SystemExit(f"row counts differ: { {k: v['rows'] for k, v in results.items()} }")
     extra_text = " ".join(f"--extra-conf {k}={v}" for k, v in a.extra_conf)
+    if a.tasks_per_core > 1:
+        extra_text += f" --tasks-per-core {a.tasks_per_core}"
     if a.extra_conf and a.variant != "lever":
         extra_text += f" --variant {a.variant}"
     print()
