@@ -86,3 +86,105 @@ def human_seconds(s: float) -> str:
     if s < 3600:
         return f"{int(s // 60)}m{int(s % 60):02d}s"
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+# Dense bf16 (fp16 where the card has no bf16) tensor-core peak of each GPU's data sheet, FLOP/s.
+GPU_PEAK_FLOPS = {
+    "H100": 989e12,   # SXM
+    "H800": 989e12,   # SXM
+    "H200": 989e12,
+    "H20": 148e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "L20": 119.5e12,
+    "A10": 125e12,
+    "V100": 125e12,   # fp16
+    "T4": 65e12,      # fp16
+}
+# Share of the peak that scoring reached on a measured GPU (bench/RESULTS.md), by prompt length in
+# tokens; lengths in between are interpolated linearly, outside held at the nearest point.
+MEASURED_MFU = {"H100": [(1025, 0.52)]}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a reward model's FLOPs per prompt depend on."""
+
+    params: float
+    layers: int
+    hidden: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelShape":
+        """The shape of a Hugging Face ``config.json``: the weights that multiply every token
+        (attention and MLP of every layer; the embedding is a lookup, not a matmul)."""
+        hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
+        layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
+        inter = int(config.get("intermediate_size") or 4 * hidden)
+        heads = int(config.get("num_attention_heads") or 1)
+        kv = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or (hidden // heads if heads else 0))
+        attn = hidden * head_dim * (heads + 2 * kv) + heads * head_dim * hidden
+        mlp = 3 * hidden * inter  # gated MLP (Llama, Qwen)
+        params = layers * (attn + mlp)
+        return cls(float(params), layers, hidden)
+
+
+def prompt_flops(shape: ModelShape, tokens: float) -> float:
+    """FLOPs of one forward pass over a prompt: 2 x weights x tokens, plus causal attention
+    (2 x layers x hidden x tokens^2)."""
+    return 2 * shape.params * tokens + 2 * shape.layers * shape.hidden * tokens * tokens
+
+
+def mfu_at(gpu: str, tokens: float) -> tuple[float, str]:
+    """The share of peak to expect at this prompt length, and where it comes from."""
+    points = MEASURED_MFU.get(gpu)
+    source = f"measured on {gpu}"
+    if not points:
+        points, source = MEASURED_MFU["H100"], f"measured on H100, assumed for {gpu}"
+    points = sorted(points)
+    if tokens <= points[0][0]:
+        return points[0][1], source
+    if tokens >= points[-1][0]:
+        return points[-1][1], source
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= tokens <= x1:
+            return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), source
+    return points[-1][1], source
+
+
+def score_estimate(rows: int, token_lengths: list[int], shape: ModelShape, gpu: str = "H100", gpus: int = 1,
+                   calibrated_tokens_per_s: float | None = None) -> dict:
+    """GPU-hours and wall-clock time to score ``rows`` prompts whose token lengths are sampled by
+    ``token_lengths``, on ``gpus`` GPUs of kind ``gpu``; with the physical limit (every GPU at its
+    data-sheet peak) beside it. ``calibrated_tokens_per_s`` (one engine, measured on this data)
+    replaces the FLOPs model when given."""
+    if gpu not in GPU_PEAK_FLOPS:
+        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
+    n = len(token_lengths)
+    scale = rows / n if n else 0.0
+    tokens = sum(token_lengths) * scale
+    flops = sum(prompt_flops(shape, t) for t in token_lengths) * scale
+    peak = GPU_PEAK_FLOPS[gpu]
+    mean = tokens / rows if rows else 0.0
+    mfu, source = mfu_at(gpu, mean)
+    if calibrated_tokens_per_s:
+        per_gpu_s = tokens / calibrated_tokens_per_s
+        source = f"calibrated: {calibrated_tokens_per_s:,.0f} tokens/s on one engine"
+    else:
+        per_gpu_s = flops / (peak * mfu) if peak and mfu else 0.0
+    limit_s = flops / peak if peak else 0.0
+    gpus = max(1, gpus)
+    return {
+        "rows": rows, "tokens": int(tokens), "mean_tokens": round(mean, 1), "gpu": gpu, "gpus": gpus,
+        "model_params": shape.params, "flops": flops, "peak_flops_per_gpu": peak,
+        "expected_mfu": round(mfu, 3) if not calibrated_tokens_per_s else None, "rate_source": source,
+        "gpu_hours": round(per_gpu_s / 3600, 3), "wall_s": round(per_gpu_s / gpus, 1),
+        "wall": human_seconds(per_gpu_s / gpus),
+        "physical_limit_gpu_hours": round(limit_s / 3600, 3), "physical_limit_wall_s": round(limit_s / gpus, 1),
+        "tokens_per_s_per_gpu": round(tokens / per_gpu_s, 1) if per_gpu_s else None,
+    }
