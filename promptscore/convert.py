@@ -53,7 +53,7 @@ class ConvertOptions:
     plan: bool = False
     cores: int | None = None
     tasks_per_core: int = 1
-    request_latency_ms: float = 0.0
+    request_latency_ms: float | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,11 +13,12 @@ __all__ = ["human_bytes", "redact_uri", "write_report"]
 
 def human_bytes(n: float) -> str:
     """``1536`` -> ``1.5 KB``."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    units = ("B", "KB", "MB", "GB", "TB")
+    i = 0
+    while abs(n) >= 1024 and i < len(units) - 1:
         n /= 1024
-    return f"{n:.1f} TB"
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
 
 
 def write_report(spark, report: dict, path: str | None, copy_to: str | None = None) -> None:

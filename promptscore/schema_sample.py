@@ -197,14 +197,6 @@ class SchemaSample:
     distinct_share: dict[str, float] = field(default_factory=dict)
 
 
-def schema_of(records: Iterable[dict]) -> StructType:
-    """The schema of a stream of JSON objects (see the module notes for the rules)."""
-    acc: DataType = StructType([])
-    for record in records:
-        acc = merge(acc, type_of(record))
-    return settle(acc) or StructType([])  # type: ignore[return-value]
-
-
 def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
                   max_line_bytes: int = 64 << 20) -> SchemaSample:
     """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each.

@@ -20,7 +20,10 @@ from promptscore import schema_sample as infer
 
 
 def schema_of(*objs):
-    return infer.schema_of(objs)
+    acc = StructType([])
+    for obj in objs:
+        acc = infer.merge(acc, infer.type_of(obj))
+    return infer.settle(acc)
 
 
 def test_scalars():
@@ -69,3 +72,31 @@ def test_parse_sample_gzip_head():
     recs, bad = infer.parse_sample(full[: len(full) // 2], compressed=True, complete=False)
     assert 0 < len(recs) < 5000 and bad == 0
     assert recs[:2] == [{"i": 0}, {"i": 1}]
+
+
+CORPUS = [
+    {"id": 1, "prompt": "p", "score": 0.5, "ok": True, "tags": ["a"], "meta": {"lang": "en"}},
+    {"id": 2, "prompt": "q", "score": 1, "big": 10**25, "meta": {"lang": "zh", "n": 3}, "none": None},
+    {"id": 3.5, "prompt": 7, "big": 10**30, "tags": [], "mixed": [1, "x"], "empty": {}},
+    {"id": 4, "prompt": {"nested": True}, "big": 5, "huge": 10**40, "deep": [[{"k": 1}], [{"k": 2.5}]]},
+]
+
+
+def _canonical(t):
+    """A type with struct fields sorted by name (Spark's inference sorts them; the sample keeps
+    first-seen order)."""
+    if isinstance(t, StructType):
+        return StructType(sorted((StructField(f.name, _canonical(f.dataType), True) for f in t.fields),
+                                 key=lambda f: f.name))
+    if isinstance(t, ArrayType):
+        return ArrayType(_canonical(t.elementType), True)
+    return t
+
+
+def test_the_sample_types_a_corpus_as_spark_read_json_does(spark, tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in CORPUS) + "\n")
+    sample = infer.sample_schema(spark, [str(path)])
+    expected = spark.read.json(str(path)).schema
+    assert _canonical(sample.schema) == _canonical(expected)
+    assert sample.records == len(CORPUS) and sample.unusable_lines == 0
