@@ -126,6 +126,10 @@ def main() -> int:
     p.add_argument("--planning-files", type=int, default=200_000, help="0 to skip the planning run")
     p.add_argument("--work", default=str(ROOT / "bench-data"))
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--compare-checkout", metavar="DIR",
+                   help="also run the job of another checkout of this repository (an earlier commit, "
+                   "e.g. made with `git worktree add DIR REV`) as a peer, interleaved with this one")
+    p.add_argument("--only", help="run only these peers (comma-separated names, e.g. 'this job,earlier')")
     a = p.parse_args()
 
     work = Path(a.work)
@@ -143,9 +147,15 @@ def main() -> int:
 
     runs = {
         "this job": job_cmd(src),
+        **({"earlier": ["env", f"PYTHONPATH={Path(a.compare_checkout).resolve()}", *job_cmd(src)[:-5],
+                        str(Path(a.compare_checkout).resolve() / "jobs" / "convert.py"), "--input", str(src),
+                        "--output", "{out}"]} if a.compare_checkout else {}),
         "naive Spark": [spark_submit, "--master", master, *common, "bench/naive_convert.py", str(src), "{out}"],
         "DuckDB": [sys.executable, "bench/duckdb_convert.py", str(src), "{out}", str(a.cores)],
     }
+    if a.only:
+        keep = {n.strip() for n in a.only.split(",")}
+        runs = {k: v for k, v in runs.items() if k in keep}
     results: dict[str, dict] = {}
     for rep in range(a.repeat):
         for name, cmd in runs.items():
@@ -166,19 +176,23 @@ def main() -> int:
     if len(rows) != 1:
         raise SystemExit(f"row counts differ: { {k: v['rows'] for k, v in results.items()} }")
     mb = in_bytes / 1e6
-    naive = statistics.median(results["naive Spark"]["seconds"])
-    duck = statistics.median(results["DuckDB"]["seconds"])
+
+    def median_of(name: str) -> float | None:
+        return statistics.median(results[name]["seconds"]) if name in results else None
+
+    peers = [(label, median_of(name)) for label, name in (("vs naive", "naive Spark"), ("vs DuckDB", "DuckDB"),
+                                                        ("vs earlier", "earlier")) if name in results]
     print()
     print(f"Machine: {machine()}; {a.cores} cores used (local[{a.cores}], DuckDB threads={a.cores})")
     print(f"Input: {n_files:,} files, {mb:,.0f} MB, {rows.pop():,} rows; median of {a.repeat} whole-process runs")
     print()
-    print("| run | seconds | files/s | MB/s per core | output files | peak RSS | vs naive | vs DuckDB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| run | seconds | files/s | MB/s per core | output files | peak RSS |" + "".join(f" {p} |" for p, _ in peers))
+    print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(peers))
     for name, r in results.items():
         s = statistics.median(r["seconds"])
         r["median_s"] = s
         print(f"| {name} | {s:.1f} | {n_files / s:,.0f} | {mb / s / a.cores:.1f} | {r['output_files']} | "
-              f"{max(r['peak_rss']) / 2**30:.1f} GiB | {s / naive:.2f}x | {s / duck:.2f}x |")
+              f"{max(r['peak_rss']) / 2**30:.1f} GiB |" + "".join(f" {s / m:.2f}x |" for _, m in peers))
 
     planning = None
     if a.planning_files:
