@@ -48,12 +48,25 @@ def test_conf_parses_and_holds_no_secrets(conf):
     assert not [k for k in props if SECRET.search(k) and "provider" not in k]
 
 
+def submit_properties(spark, args: list, env: dict) -> dict:
+    """The Spark properties spark-submit would run with, from Spark's own argument parser
+    (``SparkSubmitArguments``, which also reads ``$SPARK_CONF_DIR/spark-defaults.conf``), run in
+    the test session's JVM instead of a new one."""
+    jvm = spark.sparkContext._jvm
+    utils = jvm.org.apache.spark.api.python.PythonUtils
+    parsed = jvm.org.apache.spark.deploy.SparkSubmitArguments(
+        utils.toSeq(jvm.java.util.ArrayList([str(a) for a in args])), utils.toScalaMap(env))
+    found = parsed.sparkProperties()
+    props = {str(k): str(found.apply(k)) for k in jvm.scala.collection.JavaConverters.setAsJavaSet(found.keySet())}
+    props["spark.master"] = parsed.master()
+    return props
+
+
 @pytest.mark.parametrize("conf", CONFS, ids=lambda p: p.name)
-def test_profile_applies_on_top_of_spark_defaults(conf, cluster_defaults, tmp_path):
+def test_profile_applies_on_top_of_spark_defaults(spark, conf, cluster_defaults, tmp_path):
     env, script = cluster_defaults
     props = read_profile(conf)
-    proc = spark_submit(["--master", "local[1]", *conf_args(conf, LOCAL), script], timeout=180, env_extra=env)
-    loaded = loaded_conf(proc)
+    loaded = submit_properties(spark, ["--master", "local[1]", *conf_args(conf, LOCAL), script], env)
     for key, value in props.items():
         if key in LOCAL or key == "spark.master":
             continue
@@ -68,12 +81,19 @@ def test_profile_applies_on_top_of_spark_defaults(conf, cluster_defaults, tmp_pa
         assert loaded["spark.sql.parquet.compression.codec"] == "snappy"
 
 
-def test_properties_file_would_drop_spark_defaults(cluster_defaults, tmp_path):
+def test_a_real_spark_submit_runs_with_both(cluster_defaults, tmp_path):
+    env, script = cluster_defaults
+    loaded = loaded_conf(spark_submit(["--master", "local[1]", *conf_args(ROOT / "conf" / "local.conf", LOCAL), script],
+                                      timeout=180, env_extra=env))
+    assert loaded["spark.eventLog.dir"] == f"file:{tmp_path}/spark-events"
+    assert loaded["spark.sql.files.openCostInBytes"] == "8k"
+
+
+def test_properties_file_would_drop_spark_defaults(spark, cluster_defaults):
     """Why profiles go in as --conf pairs: Spark 3.5 reads a --properties-file instead of
     spark-defaults.conf, so the cluster's settings vanish."""
     env, script = cluster_defaults
-    proc = spark_submit(["--master", "local[1]", "--properties-file", ROOT / "conf" / "local.conf", script],
-                        timeout=180, env_extra=env)
-    loaded = loaded_conf(proc)
+    loaded = submit_properties(spark, ["--master", "local[1]", "--properties-file", ROOT / "conf" / "local.conf",
+                                       script], env)
     assert loaded["spark.sql.files.openCostInBytes"] == "8k"
     assert "spark.eventLog.dir" not in loaded

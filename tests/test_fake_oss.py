@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pyarrow as pa
@@ -181,28 +182,38 @@ def test_score_job_in_process_on_oss(spark, oss_bucket, tiny_model, capsys):
     assert rows(oss_bucket.path("scored")) == 12 and oss_bucket.path("scored/_SUCCESS").exists()
 
 
-def test_convert_job_by_spark_submit_on_oss_with_credentials(fake_oss_store, oss_bucket, tmp_path):
+def test_convert_by_spark_submit_on_two_executors_over_oss_with_keys_only_from_the_environment(
+        fake_oss_store, oss_bucket, tmp_path):
     for i in range(40):
         write_lines(oss_bucket.path(f"in/d{i % 4}/f{i:02d}.jsonl"), records(*(f"p{i}-{j}" for j in range(25))))
+    write_lines(oss_bucket.path("in/bad.jsonl"), ["not json", *records("last")])
     counters = tmp_path / "counts.jsonl"
     common = [
-        "--master", "local[2]", *conf_args("conf/local.conf"),
+        *conf_args("conf/local.conf"), "--master", "local-cluster[2,1,1024]",
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
         *fake_oss_store.submit_args(counters_file=counters, require_credentials=True),
     ]
     keys = {"OSS_ACCESS_KEY_ID": FAKE_ID, "OSS_ACCESS_KEY_SECRET": FAKE_SECRET}
-    # A key in a URI is refused before Spark sees it, and shown only redacted.
+    # A key in a URI is refused before Spark sees it: one line, shown redacted, nothing written.
     refused = spark_submit([*common, "jobs/convert.py", "--input", f"oss://{FAKE_ID}:{FAKE_SECRET}@{oss_bucket.name}/in",
                             "--output", oss_bucket / "out"], env_extra=keys)
-    assert refused.returncode == 2 and "oss://***@" in refused.stderr
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("convert:")]
+    assert len(errors) == 1 and errors[0].startswith("convert: error: --input oss://***@")
     assert not oss_bucket.path("out").exists()
-    # Keys from the environment, as the connector's provider chain takes them.
-    proc = spark_submit([*common, "jobs/convert.py", "--input", oss_bucket / "in", "--output", oss_bucket / "out"],
-                        env_extra=keys)
+    # Keys from the environment, as the connector's provider chain takes them; two executor JVMs.
+    proc = spark_submit([*common, "jobs/convert.py", "--input", oss_bucket / "in", "--output", oss_bucket / "out",
+                         "--max-bad-fraction", "0.01"], env_extra=keys)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert rows(oss_bucket.path("out")) == 1000 and oss_bucket.path("out/_SUCCESS").exists()
+    out = oss_bucket.path("out")
+    report = json.loads((out / "_report.json").read_text())
+    assert report["rows_written"] == 1001 and report["rows_rejected"] == 1
+    assert report["task_slots"] == 2 and report["spark_master"] == "local-cluster[2,1,1024]"
+    assert proc.stdout.strip() == report["summary"]
+    assert rows(out) == 1001 and (out / "_SUCCESS").exists()
+    assert ds.dataset(str(out / "_rejects")).to_table().column("raw").to_pylist() == ["not json"]
     counts = fake_oss.read_counts(counters)
-    assert counts["open"] >= 40, counts
+    assert counts["jvms"] >= 3 and counts["open"] >= 40, counts  # the driver and two executors
     texts = [proc.stdout, proc.stderr, refused.stdout, refused.stderr] + [
-        p.read_bytes().decode("latin-1") for p in oss_bucket.path("out").rglob("*") if p.is_file()]
+        p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file()]
     assert not [t for t in texts if FAKE_ID in t or FAKE_SECRET in t]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from conftest import ROOT, records, write_lines
+from conftest import ROOT
 from promptscore.submit import conf_args
 
 
@@ -24,37 +24,6 @@ def spark_submit(args: list[str], timeout: int = 300, env_extra: dict | None = N
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     cmd = [str(Path(sys.executable).parent / "spark-submit"), *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_convert_on_two_executor_processes(tmp_path):
-    src = tmp_path / "in"
-    for i in range(40):
-        write_lines(src / f"d{i % 4}" / f"f{i:02d}.jsonl", records(*(f"p{i}-{j}" for j in range(25))))
-    write_lines(src / "bad.jsonl", ["not json", *records("last")])
-    out = tmp_path / "out"
-    proc = spark_submit([
-        "--master", "local-cluster[2,1,1024]", *conf_args("conf/local.conf"),
-        "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
-        "jobs/convert.py", "--input", src, "--output", out, "--max-bad-fraction", "0.01",
-    ])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "_report.json").read_text())
-    assert report["rows_written"] == 1001 and report["rows_rejected"] == 1
-    assert report["task_slots"] == 2 and report["spark_master"] == "local-cluster[2,1,1024]"
-    assert proc.stdout.strip() == report["summary"]
-    assert ds.dataset(str(out), ignore_prefixes=["_", "."]).count_rows() == 1001
-    assert ds.dataset(str(out / "_rejects")).to_table().column("raw").to_pylist() == ["not json"]
-    assert (out / "_SUCCESS").exists()
-
-
-def test_usage_error_from_spark_submit_is_one_line(tmp_path):
-    proc = spark_submit([*conf_args("conf/local.conf"), "jobs/convert.py", "--input",
-                         tmp_path / "nowhere", "--output", tmp_path / "out"])
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("convert:")]
-    assert errors == [errors[0]] and errors[0].startswith("convert: error: input not found")
-    assert "Traceback" not in proc.stderr
 
 
 CLAIM_A_GPU = """#!/bin/sh

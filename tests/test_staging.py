@@ -77,7 +77,7 @@ def test_bad_sources_are_one_line_errors(tmp_path, capsys):
         stage(DirSource(str(tmp_path / "empty")), tmp_path / "d2")
     assert main(["hdfs://nn/models/x", str(tmp_path / "d")]) == 1
     assert "unsupported source" in capsys.readouterr().err
-    assert main([f"oss://LTAI5tFAKE:FAKEsecret@bucket/m/", str(tmp_path / "d")]) == 1
+    assert main(["oss://LTAI5tFAKE:FAKEsecret@bucket/m/", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "keys do not go into a URI" in err and "FAKE" not in err
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from promptscore import submit
 from promptscore.submit import SubmitError, conf_args, read_profile, spark_submit_args
 
 NODES = ROOT / "docs" / "dataworks"
