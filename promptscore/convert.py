@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, filelist, hadoop, inputs, jsonl, ledger, output, schema_sample, sizing
+from promptscore import cli, filelist, hadoop, inputs, jsonl, ledger, output, publish, schema_sample, sizing
 from promptscore.filelist import InputFile
 from promptscore.inputs import BadFile, InputIndex
 from promptscore.output import Output, OutputSpec
@@ -498,19 +499,28 @@ def run_plan(spark: SparkSession, opts: ConvertOptions, explicit: StructType | N
         target = hadoop.qualify(spark, opts.out.target())
         output.check_overlap(spark, target, opts.inputs or [])
     plan = plan_convert(spark, opts, explicit, target)
-    parse_rate = measure_parse_rate(spark, plan, opts) if plan.index.files else 0.0
+    # Parquet is written to a scratch folder of the job's own: beside the output when there is one
+    # (its work directory), else a local folder in local mode.
+    scratch = None
+    if target:
+        scratch = f"{publish.work_dir(target)}/plan-{publish.new_run_id()}"
+    elif spark.sparkContext.master.startswith("local"):
+        scratch = "file:" + tempfile.mkdtemp(prefix="promptscore-plan-")
+    measure_bytes = cli.parse_size(spark.conf.get("spark.promptscore.plan.measureBytes", "32m") or "32m")
+    parse_rate = measure_parse_rate(spark, plan, opts, scratch, min_bytes=measure_bytes) if plan.index.files else 0.0
     plan.phases.lap("measure")
     sources = opts.inputs or [opts.input_list or ""]
     object_store = any(hadoop.scheme(spark, u) not in ("file", "hdfs", "viewfs") for u in sources)
     report = build_plan_report(opts, plan, parse_rate, object_store, driver_heap_mb(spark), spark.version,
-                               spark.sparkContext.master, time.monotonic() - started, target)
+                               spark.sparkContext.master, time.monotonic() - started, target, scratch is not None)
     if opts.out.report:
         write_report(spark, report, None, opts.out.report)
     return report
 
 
 def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s: float, object_store: bool,
-                      heap_mb: int, spark_version: str, master: str, elapsed_s: float, target: str | None) -> dict:
+                      heap_mb: int, spark_version: str, master: str, elapsed_s: float, target: str | None,
+                      parquet_measured: bool = True) -> dict:
     """The plan (pure): what a run would read, write and take. On an object store, requests take
     ``--request-latency-ms`` (default 30) and publishing copies each output file (about 2 s)."""
     index = plan.index
@@ -544,6 +554,7 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
         "expected_output_bytes": out_bytes,
         "expected_output_file_bytes": out_bytes // tasks if tasks else 0,
         "parse_mb_s_per_core": round(parse_bytes_per_s / 1e6, 2),
+        "parse_rate_includes_parquet": parquet_measured,
         "estimate": estimate.as_dict(),
         "driver_heap_mb": heap_mb,
         "spark_version": spark_version,
@@ -560,25 +571,40 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
     return report
 
 
-def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOptions, rounds: int = 3) -> float:
-    """One core's rate, in input bytes per second, of parsing the sampled files and encoding them
-    as Parquet (the best of a few rounds over lines held in memory, so reading is not timed)."""
+def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOptions, scratch: str | None,
+                       rounds: int = 2, min_bytes: int = 32 << 20) -> float:
+    """One core's rate, in input bytes per second, of converting the sampled files: parsing them
+    and writing Parquet as the job does into ``scratch`` (deleted afterwards; without it, Parquet
+    is not written and the rate is higher than a run's). The sampled lines are held in memory and
+    repeated to at least ``min_bytes``, so that neither reading them nor a cold JIT is timed; one
+    task; the best of a few rounds."""
+    from pyspark.sql import functions as F
+
     if not plan.index.sample:
         return 0.0
     size = sum(hadoop.file_size(spark, p) for p in plan.index.sample)
-    lines = spark.read.text([hadoop.escape_glob(p) for p in plan.index.sample]).coalesce(1).cache()
+    if size <= 0:
+        return 0.0
+    repeat = max(1, math.ceil(min_bytes / size))
+    sample = spark.read.text([hadoop.escape_glob(p) for p in plan.index.sample]).coalesce(1).cache()
+    lines = sample.crossJoin(spark.range(repeat).coalesce(1)).select("value").withColumn("source_file", F.lit(""))
     try:
-        lines.count()
+        sample.count()
         best = math.inf
-        for _ in range(rounds):
-            t0 = time.monotonic()
+        for i in range(rounds):
             good = jsonl.good_rows(jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                                      opts.strict_schema), plan.schema)
-            good.write.format("noop").mode("overwrite").save()
+            t0 = time.monotonic()
+            if scratch:
+                output.write_parquet(spark, good, f"{scratch}/{i}", opts.out.compression, options=plan.writer_options)
+            else:
+                good.write.format("noop").mode("overwrite").save()
             best = min(best, time.monotonic() - t0)
     finally:
-        lines.unpersist()
-    return size / best if best > 0 else 0.0
+        sample.unpersist()
+        if scratch:
+            hadoop.delete(spark, scratch)
+    return size * repeat / best if best > 0 else 0.0
 
 
 def driver_heap_mb(spark: SparkSession) -> int:

@@ -28,8 +28,12 @@ def test_plan_lists_samples_and_estimates_without_writing(spark, tmp_path, capsy
     write_lines(src / "notes.txt", ["x"])
     report_path = tmp_path / "plan.json"
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, stdout, err = run_job("convert", ["--plan", "--input", src, "--report", report_path, "--cores", "64",
-                                            "--tasks-per-core", "4", "--request-latency-ms", "30"], capsys)
+    spark.conf.set("spark.promptscore.plan.measureBytes", "1m")  # a quick measurement in tests
+    try:
+        code, stdout, err = run_job("convert", ["--plan", "--input", src, "--report", report_path, "--cores", "64",
+                                                "--tasks-per-core", "4", "--request-latency-ms", "30"], capsys)
+    finally:
+        spark.conf.unset("spark.promptscore.plan.measureBytes")
     assert code == 0, err
     plan = json.loads(report_path.read_text())
     assert stdout.strip() == plan["summary"] and stdout.startswith("convert plan: 30 files")
@@ -37,7 +41,7 @@ def test_plan_lists_samples_and_estimates_without_writing(spark, tmp_path, capsy
     assert plan["skipped_files"]["files"] == 1
     assert plan["schema"] == "prompt string, id string"
     assert plan["tasks"] >= 1 and plan["expected_output_files"] == plan["tasks"]
-    assert plan["parse_mb_s_per_core"] > 0 and plan["phase_s"]["list"] >= 0
+    assert plan["parse_mb_s_per_core"] > 0 and plan["phase_s"]["list"] >= 0 and plan["parse_rate_includes_parquet"]
     est = plan["estimate"]
     assert est["cores"] == 64 and est["tasks_per_core"] == 4 and est["request_latency_ms"] == 30
     assert est["wall_s"] > 0 and est["bound"] in ("cpu", "latency", "request_rate")
