@@ -12,7 +12,7 @@ DIST ?= dist
 BENCH_FILES ?= 4000
 BENCH_OSS_FILES ?= 2000
 
-.PHONY: help venv demo test bench-convert bench-objectstore bench-score package wheelhouse submit clean
+.PHONY: help venv demo test bench-scale bench-convert bench-objectstore bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-objectstore  the convert job on a fake oss:// at 0, 10 and 30 ms per request, BENCH_OSS_FILES"
 	@echo "                    files (default 2000); EXTRA_CONF='k=v k2=v2' adds a run with those Spark settings"
+	@echo "make bench-scale    convert --plan at 250k, 500k and 1M files: listing time and driver memory, fitted to 4M"
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
 	@echo "make wheelhouse     dist/wheelhouse-{cpu,gpu}/: every wheel a node needs, for offline bootstrap"
@@ -59,6 +60,9 @@ demo: venv
 
 test: venv
 	@$(RUN) python -m pytest -q tests
+
+bench-scale: venv
+	@$(RUN) python bench/scale_bench.py
 
 bench-convert: venv
 	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
