@@ -230,7 +230,7 @@ def test_partition_rerun_overwrites_only_its_partition(spark, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--output", "{tmp}/o"], "the following arguments are required: --input"),
+        (["--output", "{tmp}/o"], "give --input (one or more prefixes) or --input-list"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--target-file-size", "big"], "not a positive size"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--max-bad-fraction", "2"], "between 0 and 1"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--mode", "append"], "invalid choice"),
@@ -239,7 +239,7 @@ def test_partition_rerun_overwrites_only_its_partition(spark, tmp_path, capsys):
          "must not be empty or contain"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--sample-files", "0"], "needs --schema"),
         (["--input", "{tmp}/missing", "--output", "{tmp}/o"], "input not found"),
-        (["--input", "{tmp}/empty", "--output", "{tmp}/o"], "no *.jsonl, *.jsonl.gz files under"),
+        (["--input", "{tmp}/empty", "--output", "{tmp}/o"], "no *.jsonl, *.jsonl.gz files in"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--schema", "prompt strng"], "--schema is not valid"),
         (["--input", "{tmp}/in", "--output", "{tmp}/o", "--schema", "id string"], "lacks required field(s) prompt"),
     ],

@@ -33,7 +33,7 @@ spark-submit \
   --conf spark.dynamicAllocation.maxExecutors=8 \
   --conf spark.speculation=false \
   --conf spark.sql.files.openCostInBytes=8k \
-  --conf spark.sql.sources.parallelPartitionDiscovery.threshold=32 \
+  --conf spark.sql.sources.parallelPartitionDiscovery.threshold=8 \
   --conf spark.sql.sources.parallelPartitionDiscovery.parallelism=1000 \
   --conf spark.sql.files.ignoreCorruptFiles=false \
   --conf spark.sql.files.ignoreMissingFiles=false \
