@@ -55,6 +55,8 @@ def spark(fake_oss_store):
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
+        # No progress lines unless a test asks for them.
+        .config("spark.promptscore.progress.interval", "0")
         .getOrCreate()
     )
     yield session

@@ -242,14 +242,18 @@ def test_convert_killed_at_any_point_keeps_one_complete_output_and_the_same_comm
     assert report["recovered"] and "completed the publish" in report["recovered"][0]
 
 
-def test_score_killed_mid_write_keeps_the_old_scores_and_the_same_command_finishes(tmp_path, tiny_model):
+def test_score_killed_mid_run_keeps_the_old_scores_and_the_same_command_resumes(spark, tmp_path, tiny_model, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from chispa import assert_df_equality
+
+    from conftest import run_job
 
     src = tmp_path / "prompts"
     src.mkdir()
-    for i in range(4):
-        pq.write_table(pa.table({"prompt": [f"prompt {i}-{j} " * 20 for j in range(300)]}), src / f"p{i}.parquet")
+    for i in range(8):
+        pq.write_table(pa.table({"id": [i * 1000 + j for j in range(75)],
+                                 "prompt": [f"prompt {i}-{j} " * 10 for j in range(75)]}), src / f"p{i}.parquet")
     out = tmp_path / "scores"
     flag = tmp_path / "paused"
     args = ["jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
@@ -261,14 +265,28 @@ def test_score_killed_mid_write_keeps_the_old_scores_and_the_same_command_finish
     (out / "_report.json").write_text(old)
     (out / "_SUCCESS").write_text("")
 
+    # Killed (the whole process group, engine host aside: it has a session of its own and goes
+    # when its executor does) once at least one chunk is committed.
     proc = _submit(args, {}, None, flag)
-    _kill_when(proc, _staging_writes(out))
+    _kill_when(proc, lambda: any(Path(work_dir(str(out))).glob("pieces-*/done/*.json")))
     assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
+    done = sum(json.loads(p.read_text())["counts"]["rows"]
+               for p in Path(work_dir(str(out))).glob("pieces-*/done/*.json"))
 
-    again = _submit(args, {}, None, flag)
+    again = _submit(["--conf", "spark.promptscore.progress.interval=1", *args], {}, None, flag)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-3000:]
-    table = ds.dataset(str(out), format="parquet", ignore_prefixes=["_", "."]).to_table()
-    assert table.num_rows == 1200 and table.column("score").null_count == 0
-    assert json.loads((out / "_report.json").read_text())["run_id"] != json.loads(old)["run_id"]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["run_id"] != json.loads(old)["run_id"] and report["rows"] == 600
+    assert report["resumed_rows"] >= done > 0
+    assert any(line.startswith("score: ") and "/ 600 rows" in line for line in err.splitlines())
     assert not Path(work_dir(str(out))).exists()
+
+    # The same rows and scores as a run that was never killed.
+    whole = tmp_path / "whole"
+    code, _, err = run_job("score", ["--input", src, "--output", whole, "--model", tiny_model,
+                                     "--backend", "transformers"], capsys)
+    assert code == 0, err
+    cols = ["id", "prompt", "score", "score_error"]
+    assert_df_equality(spark.read.parquet(str(out)).select(*cols), spark.read.parquet(str(whole)).select(*cols),
+                       ignore_row_order=True)
