@@ -23,7 +23,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, hadoop, inputs, jsonl, output, schema_sample
+from promptscore import cli, hadoop, inputs, jsonl, output, progress, schema_sample
 from promptscore.inputs import BadFile, InputIndex
 from promptscore.output import Output, OutputSpec
 from promptscore.report import human_bytes, redact_uri
@@ -264,29 +264,35 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     result = ConvertResult()
     bad: dict[str, BadFile] = {}
     data_dir = out.staging
-    while True:
-        lines = inputs.input_lines(plan.listed, bad)
-        parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
-                                   opts.strict_schema)
-        obs = Observation(f"convert-{result.attempts}")
-        observed = parsed.observe(obs, *_metrics())
-        group = output.new_group("convert")
-        try:
-            output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
-                                 data_dir, opts.out.compression, group, plan.writer_options)
-            break
-        except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
-            if not inputs.is_read_failure(e):
-                raise
-            found = [b for b in inputs.find_bad_files(spark, opts.inputs, e) if b.uri not in bad]
-            if not found:
-                raise
-            bad.update((b.uri, b) for b in found)
-            if len(bad) > MAX_BAD_FILES:
-                raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
-                                     f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
-            hadoop.delete(spark, data_dir)
-            result.attempts += 1
+    state = ConvertProgress(spark, plan.index)
+    reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
+    try:
+        while True:
+            lines = inputs.input_lines(plan.listed, bad)
+            parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
+                                       opts.strict_schema)
+            obs = Observation(f"convert-{result.attempts}")
+            observed = parsed.observe(obs, *_metrics())
+            group = output.new_group("convert")
+            state.group = group
+            try:
+                output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
+                                     data_dir, opts.out.compression, group, plan.writer_options)
+                break
+            except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
+                if not inputs.is_read_failure(e):
+                    raise
+                found = [b for b in inputs.find_bad_files(spark, opts.inputs, e) if b.uri not in bad]
+                if not found:
+                    raise
+                bad.update((b.uri, b) for b in found)
+                if len(bad) > MAX_BAD_FILES:
+                    raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
+                                         f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
+                hadoop.delete(spark, data_dir)
+                result.attempts += 1
+    finally:
+        reporter.stop()
     result.tasks = output.tasks_of_group(spark, group)
     m = obs.get
     result.lines, result.blank, result.rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
@@ -298,6 +304,37 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
         result.reasons = _write_rejects(spark, opts, plan, result, f"{out.staging}/_rejects")
     result.output_files = hadoop.list_data_files(spark, out.staging)
     return result
+
+
+class ConvertProgress:
+    """The progress line of the write: lines read (live), and bytes and files from the tasks that
+    ended (Spark reports a task's bytes when it ends), spread over the live lines at the bytes per
+    line those tasks read."""
+
+    def __init__(self, spark: SparkSession, index: InputIndex):
+        self.spark, self.index = spark, index
+        self.group: str | None = None
+        self.rate = progress.Rate()
+        self._live: progress.LiveRows | None = None
+
+    def line(self) -> str | None:
+        if self.group is None:
+            return None
+        if self._live is None:
+            self._live = progress.LiveRows(self.spark)
+        group = self.group
+        read = self._live.rows(group)
+        done_bytes, done_lines = progress.stage_input(self.spark, group)
+        total, files = self.index.bytes, self.index.files
+        if not done_lines:
+            return (f"convert: {read:,} lines read of {files:,} files ({human_bytes(total)}); bytes, rate and ETA "
+                    "once the first task ends")
+        est = min(total, done_bytes + max(0, read - done_lines) * done_bytes / done_lines)
+        rate = self.rate.add(time.monotonic(), est)
+        pct = est / total if total else 1.0
+        return (f"convert: {human_bytes(est)} / {human_bytes(total)} ({pct:.1%}), ~{round(files * pct):,} / "
+                f"{files:,} files, {read:,} lines, {human_bytes(rate or 0)}/s, "
+                f"ETA {progress.duration(progress.eta(est, total, rate))}")
 
 
 def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult, header: dict,
