@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
@@ -45,6 +46,9 @@ def test_a_failed_run_is_resumed_by_the_same_command_with_the_same_result(spark,
     assert lines and "/ 240 rows (" in lines[-1] and "rows/s, ETA" in lines[-1] and "engines up" in lines[-1]
     report = json.loads((whole / "_report.json").read_text())
     assert report["resumed_rows"] == 0 and report["resume"]["chunks"] == 6
+    # Each chunk's write reads its own file only (Spark prunes the listing by _metadata.file_path).
+    per_file = sorted(pq.read_metadata(f).num_rows for f in six_files.glob("*.parquet"))
+    assert sorted(t["rows"] for t in report["tasks"]) == per_file
 
     out = tmp_path / "resumed"
     monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "chunk-committed")
