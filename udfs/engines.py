@@ -230,7 +230,13 @@ class VllmEngine:
         if spec.quantization:
             kwargs["quantization"] = spec.quantization
         kwargs.update(spec.engine_args)
-        self.llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+        # Made inside the loop that later serves it, as vLLM's own server makes it.
+        self.loop = asyncio.new_event_loop()
+
+        async def make():
+            return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+
+        self.llm = self.loop.run_until_complete(make())
         self.params = PoolingParams(task="classify", use_activation=False)
         self.vocab_size = self.llm.model_config.get_vocab_size()
         self._ids = itertools.count()
@@ -296,7 +302,7 @@ class VllmEngine:
         deliver(req, values)
 
     def run(self, next_request: NextRequest, deliver: Deliver, stopping: Callable[[], bool]) -> None:
-        asyncio.run(self._serve(next_request, deliver, stopping))
+        self.loop.run_until_complete(self._serve(next_request, deliver, stopping))
         if self.fatal is not None:
             raise EngineError(f"vLLM failed: {type(self.fatal).__name__}: {self.fatal}")
 
@@ -325,3 +331,4 @@ class VllmEngine:
         if self.llm is not None:
             self.llm.shutdown()
         self.llm = None
+        self.loop.close()
