@@ -29,7 +29,8 @@ EXIT_DATA = 3
 
 EXIT_CODES_HELP = """exit codes:
   0  success: output published with _SUCCESS
-  1  unexpected failure (cause on the last line); rerun the same command as is
+  1  unexpected failure (cause on the last line); rerun the same command as is (the score
+     job then resumes from the chunks it committed)
   2  fix the call: bad flags, input missing, output exists (--mode error), input and output
      overlap, a URI with keys in it, an unsubstituted ${...} scheduling parameter
   3  data quality: more rejects than --max-bad-fraction; output, rejects and report published

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.JobParser(
         prog="convert.py",
         description="Convert a prefix of small JSONL files (*.jsonl, *.jsonl.gz, any depth) into a "
-        "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.",
+        "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.\n"
+        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS; 0: off).",
     )
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")

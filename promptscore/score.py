@@ -62,8 +62,14 @@ class ScoreOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``jobs/score.py``."""
-    p = cli.JobParser(prog="score.py", description="Score every row of a Parquet dataset with a reward model "
-                      "(one-label sequence classifier; the raw logit is the score).")
+    p = cli.JobParser(prog="score.py", description=(
+        "Score every row of a Parquet dataset with a reward model (one-label sequence classifier;\n"
+        "the raw logit is the score).\n\n"
+        "Resume: the input is scored in chunks of whole files, each committed when done; the same\n"
+        "command run again after a kill or exit 1 reuses them when the model and every option that\n"
+        "changes a score are the same (_report.json: resumed_rows).\n"
+        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS;\n"
+        "0: off). Engines keep their compile caches in <--cache-dir>/engine-cache/."))
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="Parquet input (e.g. the convert job's output); repeatable")
     output.add_args(p)
