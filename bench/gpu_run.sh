@@ -33,7 +33,9 @@ case "$what" in
   scale)
     python3 bench/score_bench.py scale --work /tmp/score-bench --out "$out" ${steps:+--steps "$steps"}
     rc=$?
-    cp /tmp/score-bench/runtime/*.log "$out/" 2>/dev/null
+    # Few files come back from a device call: the logs go in one archive.
+    tar -czf "$out/logs.tar.gz" -C "$out" bench-scale.log -C /tmp/score-bench/runtime . 2>/dev/null
+    rm -f "$out/bench-scale.log"
     exit "$rc" ;;
   report)
     python3 bench/score_bench.py report --out "$out" ;;

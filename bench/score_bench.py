@@ -505,8 +505,11 @@ def run_scale(a) -> None:
 
 
 def report_scale(a) -> None:
-    """The figures of the scale steps, as Markdown lines for bench/RESULTS.md."""
+    """The figures of the scale steps, as Markdown lines for bench/RESULTS.md (printed, and in
+    ``summary.md``)."""
     out = Path(a.out)
+    lines: list[str] = []
+    print_ = lines.append
 
     def load(name: str) -> dict | None:
         p = out / f"{name}.json"
@@ -514,21 +517,23 @@ def report_scale(a) -> None:
 
     cold, warm, bare, job, cmp = (load(n) for n in ("start-cold", "start-warm", "bare-1k", "job", "compare"))
     if cold and warm:
-        print(f"| engine start | cold {cold['engine_start_s']:.1f} s (wall {cold['wall_s']:.1f} s, cache_warm "
+        print_(f"| engine start | cold {cold['engine_start_s']:.1f} s (wall {cold['wall_s']:.1f} s, cache_warm "
               f"{cold['cache_warm']}) | warm {warm['engine_start_s']:.1f} s (wall {warm['wall_s']:.1f} s, cache_warm "
               f"{warm['cache_warm']}) | {cold['engine_start_s'] / max(warm['engine_start_s'], 1e-9):.2f}x | "
               f"cache {warm['cache_mb']:.0f} MB | {warm['device']} |")
     if bare and job:
         ratio = job["engine_busy_s"] / bare["seconds"]
-        print(f"| engine busy, job vs bare | bare {bare['seconds']:.2f} s ({bare['prompts']:,} prompts, "
+        print_(f"| engine busy, job vs bare | bare {bare['seconds']:.2f} s ({bare['prompts']:,} prompts, "
               f"{bare['prompts_per_s']:.1f}/s) | job busy {job['engine_busy_s']:.2f} s, idle {job['engine_idle_s']:.2f} s, "
               f"write {job['seconds']:.2f} s | **{ratio:.4f}x** (goal at most 1.02x: {'met' if ratio <= 1.02 else 'NOT met'}) |")
     if job:
         for name, r in [("prompts-1k", job), *job.get("more", {}).items()]:
-            print(f"| throughput {name} | {r['prompts']:,} prompts, mean {r['mean_tokens']:.0f} tokens | "
+            print_(f"| throughput {name} | {r['prompts']:,} prompts, mean {r['mean_tokens']:.0f} tokens | "
                   f"{r['prompts_per_s']:.1f} prompts/s | {r['tokens_per_s']:,.0f} tokens/s | busy {r['engine_busy_s']:.1f} s |")
     if cmp:
-        print(f"| compare-sample | {cmp['summary']} |")
+        print_(f"| compare-sample | {cmp['summary']} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
 
 
 def report(a) -> None:

@@ -145,15 +145,22 @@ class Output:
         return self.publisher.run_id
 
 
+def check_target(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> str:
+    """The qualified target, after refusing (UsageError) a file system root and an overlap with
+    the inputs. Touches nothing."""
+    target = hadoop.qualify(spark, out.target())
+    if hadoop.is_root(spark, target):
+        raise cli.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
+    check_overlap(spark, target, inputs)
+    return target
+
+
 def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str],
                 keep: Callable[[str], bool] | None = None) -> Output:
     """Check the target against the inputs and the mode, finish or clear what earlier runs left
     (but the work-directory entries ``keep`` names), and make this run's staging directory.
     Raises UsageError before anything is touched."""
-    target = hadoop.qualify(spark, out.target())
-    if hadoop.is_root(spark, target):
-        raise cli.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
-    check_overlap(spark, target, inputs)
+    target = check_target(spark, out, inputs)
     mode = out.resolved_mode()
     pub = publish.Publisher(spark, target)
     notes = pub.recover(keep)

@@ -8,6 +8,7 @@ Layout, in the target's work directory (``promptscore.publish``)::
         parts/              every committed chunk's Parquet files, flat: this becomes the output
         done/<chunk>.json   one marker per committed chunk: its input files (path, size, mtime),
                             its part files (name, size), its counts, the run that scored it
+                            (written aside and renamed: never seen half written)
         tmp/<chunk>/        a chunk being written (Spark's output directory for it)
         basis.json          what the fingerprint was computed from
 
@@ -162,7 +163,7 @@ class Pieces:
         """Every marker that can be read (a marker cut short while written is no marker)."""
         out = []
         for name in hadoop.list_names(self.spark, f"{self.root}/done"):
-            if name.endswith(".json"):
+            if name.endswith(".json") and not name.startswith("."):
                 try:
                     out.append(Marker.from_json(hadoop.read_text(self.spark, f"{self.root}/done/{name}")))
                 except (ValueError, TypeError, KeyError):
@@ -172,7 +173,8 @@ class Pieces:
     def plan(self, files: list[InputFile], target_bytes: int) -> ResumePlan:
         """Reuse what holds, drop what does not, delete orphaned part files, cut the rest."""
         current = {f.uri: f for f in files}
-        parts = {st.name: st.size for st in hadoop.list_status(self.spark, self.parts).values()}
+        parts = {st.name: st.size for st in hadoop.list_status(self.spark, self.parts).values()
+                 if not st.name.startswith((".", "_"))}  # hidden: checksums of the local file system
         claimed: set[str] = set()
         reused, dropped = [], 0
         for m in sorted(self.markers(), key=lambda m: m.chunk):
@@ -200,7 +202,11 @@ class Pieces:
                        written)
         marker = Marker(chunk.id, run_id, [f.key() for f in chunk.files],
                         [[n, f.size] for n, f in zip(names, written)], counts, round(seconds, 3))
-        hadoop.write_text(self.spark, self._marker(chunk.id), marker.to_json())
+        # Written aside and renamed, so that a marker is never seen half written.
+        aside = f"{self.root}/done/.{chunk.id}.json.tmp"
+        hadoop.write_text(self.spark, aside, marker.to_json())
+        hadoop.delete(self.spark, self._marker(chunk.id))
+        hadoop.rename(self.spark, aside, self._marker(chunk.id))
         hadoop.delete(self.spark, self.tmp(chunk))
         return marker
 

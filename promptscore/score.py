@@ -357,11 +357,10 @@ class ScoreProgress:
     def __init__(self, spark: SparkSession, total: int, chunks: int, resumed_rows: int, resumed_chunks: int):
         self.spark, self.total, self.chunks = spark, total, chunks
         self.done_rows, self.done_chunks = resumed_rows, resumed_chunks
-        self.resumed_rows, self.resumed_chunks = resumed_rows, resumed_chunks
+        self.resumed_rows = resumed_rows
         self.running: set[str] = set()
         self.lock = threading.Lock()
         self.rate = progress.Rate()
-        self.started = time.monotonic()
         self._live: progress.LiveRows | None = None
 
     def begin(self, group: str) -> None:
@@ -545,6 +544,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = output.Phases()
+    output.check_target(spark, opts.out, opts.inputs)
     plan = plan_score(spark, opts)
     out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp))
     try:

@@ -267,7 +267,7 @@ def test_help_exits_0(capsys):
 
 def test_progress_lines_while_writing(spark, tmp_path, capsys):
     src = tmp_path / "in"
-    for i in range(300):
+    for i in range(120):
         write_lines(src / f"d{i % 10}" / f"f{i:03d}.jsonl", records(*(f"prompt {i}-{j}" for j in range(50))))
     spark.conf.set("spark.promptscore.progress.interval", "0.2")
     try:
@@ -276,4 +276,4 @@ def test_progress_lines_while_writing(spark, tmp_path, capsys):
         spark.conf.set("spark.promptscore.progress.interval", "0")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("convert: ")]
-    assert lines and all(" of 300 files (" in line or "/ 300 files, " in line for line in lines), err
+    assert lines and all(" of 120 files (" in line or "/ 120 files, " in line for line in lines), err

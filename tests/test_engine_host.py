@@ -208,19 +208,22 @@ def test_another_spec_for_the_device_replaces_the_host(tiny_model):
     wait_for_socket(second["key"]).shutdown()
 
 
-def test_a_host_keeps_its_caches_in_the_cache_dir_and_says_when_they_are_warm(tiny_model, owner, tmp_path):
+def test_a_host_keeps_its_caches_in_the_cache_dir_and_says_when_they_are_warm(tiny_model, owner, tmp_path,
+                                                                                  monkeypatch):
     spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
     key = f"cpu-{owner.pid}"
     env = {"CUDA_VISIBLE_DEVICES": "", **engine_cache.engine_env(str(tmp_path))}
     mine = tmp_path / "engine-cache" / str(os.getuid())
-    for warm in (False, True):  # the second host of the same spec finds the first one's caches
-        host = engine_host._spawn(spec, key, owner.pid, env, paths_for(key))
-        client = wait_for_socket(key)
-        assert client.hello(engine_host.fingerprint(spec), owner.pid)
-        assert client.info["cache_dir"] == str(mine) and client.info["cache_warm"] is warm
-        assert client.info["cache_env"] == {name: str(mine / sub) for name, sub in engine_cache.ENV_DIRS.items()}
-        client.shutdown()
-        assert host.wait(timeout=30) == 0
+    # An engine of this spec started with this cache before (a cold start: test_score_job's URI test).
+    monkeypatch.setenv(engine_cache.ROOT_ENV, str(mine))
+    engine_cache.record_start(engine_host.fingerprint(spec), 1.0)
+    host = engine_host._spawn(spec, key, owner.pid, env, paths_for(key))
+    client = wait_for_socket(key)
+    assert client.hello(engine_host.fingerprint(spec), owner.pid)
+    assert client.info["cache_dir"] == str(mine) and client.info["cache_warm"] is True
+    assert client.info["cache_env"] == {name: str(mine / sub) for name, sub in engine_cache.ENV_DIRS.items()}
+    client.shutdown()
+    assert host.wait(timeout=30) == 0
     assert json.loads(Path(paths_for(key).starts).read_text().splitlines()[-1])["cache_warm"] is True
 
     # Compiled code is executed: a cache that others may write is refused.

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import ROOT, records, write_lines
+from conftest import kill_when as _kill_when, records, submit as _submit, write_lines
 from promptscore import publish
 from promptscore.publish import Publisher, work_dir
 
@@ -152,38 +148,6 @@ def test_target_states(spark, tmp_path, files, kind):
 # Real jobs, killed
 
 
-def _submit(args: list, env_extra: dict, pause: str | None, flag: Path) -> subprocess.Popen:
-    import pyspark
-
-    env = dict(os.environ, **env_extra)
-    env.pop("PROMPTSCORE_TEST_PAUSE_AT", None)
-    if pause:
-        env["PROMPTSCORE_TEST_PAUSE_AT"] = pause
-        env["PROMPTSCORE_TEST_PAUSE_FILE"] = str(flag)
-    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
-    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-           "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
-           "--conf", "spark.driver.memory=1g", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the job ended before the kill point (exit {proc.returncode}):\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the kill point was never reached")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _rows(out: Path) -> list[str] | None:
     if not (out / "_SUCCESS").exists():
         return None
@@ -242,51 +206,4 @@ def test_convert_killed_at_any_point_keeps_one_complete_output_and_the_same_comm
     assert report["recovered"] and "completed the publish" in report["recovered"][0]
 
 
-def test_score_killed_mid_run_keeps_the_old_scores_and_the_same_command_resumes(spark, tmp_path, tiny_model, capsys):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from chispa import assert_df_equality
-
-    from conftest import run_job
-
-    src = tmp_path / "prompts"
-    src.mkdir()
-    for i in range(8):
-        pq.write_table(pa.table({"id": [i * 1000 + j for j in range(75)],
-                                 "prompt": [f"prompt {i}-{j} " * 10 for j in range(75)]}), src / f"p{i}.parquet")
-    out = tmp_path / "scores"
-    flag = tmp_path / "paused"
-    args = ["jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
-            "--mode", "overwrite"]
-    # An earlier run's output (its contents do not matter to the publish step, only that it is ours).
-    out.mkdir()
-    pq.write_table(pa.table({"prompt": ["old"], "score": [0.5]}), out / "part-00000-old.parquet")
-    old = json.dumps({"job": "score", "run_id": "old"})
-    (out / "_report.json").write_text(old)
-    (out / "_SUCCESS").write_text("")
-
-    # Killed (the whole process group, engine host aside: it has a session of its own and goes
-    # when its executor does) once at least one chunk is committed.
-    proc = _submit(args, {}, None, flag)
-    _kill_when(proc, lambda: any(Path(work_dir(str(out))).glob("pieces-*/done/*.json")))
-    assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
-    done = sum(json.loads(p.read_text())["counts"]["rows"]
-               for p in Path(work_dir(str(out))).glob("pieces-*/done/*.json"))
-
-    again = _submit(["--conf", "spark.promptscore.progress.interval=1", *args], {}, None, flag)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-3000:]
-    report = json.loads((out / "_report.json").read_text())
-    assert report["run_id"] != json.loads(old)["run_id"] and report["rows"] == 600
-    assert report["resumed_rows"] >= done > 0
-    assert any(line.startswith("score: ") and "/ 600 rows" in line for line in err.splitlines())
-    assert not Path(work_dir(str(out))).exists()
-
-    # The same rows and scores as a run that was never killed.
-    whole = tmp_path / "whole"
-    code, _, err = run_job("score", ["--input", src, "--output", whole, "--model", tiny_model,
-                                     "--backend", "transformers"], capsys)
-    assert code == 0, err
-    cols = ["id", "prompt", "score", "score_error"]
-    assert_df_equality(spark.read.parquet(str(out)).select(*cols), spark.read.parquet(str(whole)).select(*cols),
-                       ignore_row_order=True)
+# The score job killed mid-run, and resumed: tests/test_resume.py.

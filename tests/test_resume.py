@@ -1,7 +1,8 @@
-"""Resuming the score job: a run that failed after committing some chunks is finished by the same
-command, which reuses them and scores only the rest; the output is the uninterrupted run's. Other
-options (another fingerprint) never reuse them. Progress lines and the --compare-sample check.
-(The same with SIGKILL, through spark-submit: tests/test_publish.py.)"""
+"""Resuming the score job: a run that failed (an error, or SIGKILL to its whole process group)
+after committing some chunks is finished by the same command, which reuses them and scores only
+the rest; the output is the uninterrupted run's, and the previous output stays readable until
+then. Other options (another fingerprint) never reuse them. Progress lines, and the
+--compare-sample check."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from conftest import run_job
+from conftest import kill_when, run_job, submit
 from promptscore import fingerprint, pieces, progress
 from promptscore.compare import compare_scores, spearman
 from promptscore.publish import work_dir
@@ -28,35 +29,54 @@ def six_files(spark, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(spark, six_files, tiny_model, tmp_path_factory):
+    """The output of a run that was never stopped, and what it printed on stderr (progress lines
+    every second)."""
+    import contextlib
+    import io
+
+    from conftest import load_job
+
+    out = tmp_path_factory.mktemp("whole") / "scores"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    spark.conf.set(progress.INTERVAL_CONF, "1")
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = load_job("score").main([str(a) for a in ("--input", six_files, "--output", out,
+                                                            "--model", tiny_model)])
+    finally:
+        spark.conf.set(progress.INTERVAL_CONF, "0")
+    err = stderr.getvalue()
+    assert code == 0, err
+    return out, err
+
+
 def scores(spark, out: Path):
     return spark.read.parquet(str(out)).select("id", "prompt", "score", "score_error")
 
 
-def test_a_failed_run_is_resumed_by_the_same_command_with_the_same_result(spark, six_files, tiny_model, tmp_path,
-                                                                         capsys, monkeypatch):
-    base = ["--input", six_files, "--model", tiny_model]
-    whole = tmp_path / "whole"
-    spark.conf.set(progress.INTERVAL_CONF, "1")
-    try:
-        code, _, err = run_job("score", [*base, "--output", whole], capsys)
-    finally:
-        spark.conf.set(progress.INTERVAL_CONF, "0")
-    assert code == 0, err
+def test_progress_lines_and_one_chunk_per_file(uninterrupted, six_files):
+    out, err = uninterrupted
     lines = [line for line in err.splitlines() if line.startswith("score: ")]
     assert lines and "/ 240 rows (" in lines[-1] and "rows/s, ETA" in lines[-1] and "engines up" in lines[-1]
-    report = json.loads((whole / "_report.json").read_text())
+    report = json.loads((out / "_report.json").read_text())
     assert report["resumed_rows"] == 0 and report["resume"]["chunks"] == 6
     # Each chunk's write reads its own file only (Spark prunes the listing by _metadata.file_path).
     per_file = sorted(pq.read_metadata(f).num_rows for f in six_files.glob("*.parquet"))
     assert sorted(t["rows"] for t in report["tasks"]) == per_file
 
+
+def test_a_failed_run_is_resumed_by_the_same_command_with_the_same_result(spark, six_files, tiny_model, tmp_path,
+                                                                         capsys, monkeypatch, uninterrupted):
+    base = ["--input", six_files, "--model", tiny_model]
     out = tmp_path / "resumed"
     monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "chunk-committed")
     code, _, err = run_job("score", [*base, "--output", out], capsys)
     monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
     assert code == 1 and "failure injected at chunk-committed" in err
     assert not out.exists()
-    done = list(Path(work_dir(str(out))).glob("pieces-*/done/*.json"))
+    done = list(Path(work_dir(str(out))).glob("pieces-*/done/[!.]*.json"))
     assert 1 <= len(done) < 6
     resumed = sum(json.loads(p.read_text())["counts"]["rows"] for p in done)
 
@@ -66,7 +86,39 @@ def test_a_failed_run_is_resumed_by_the_same_command_with_the_same_result(spark,
     assert report["resumed_rows"] == resumed > 0 and report["rows"] == 240
     assert report["resume"]["chunks_resumed"] == len(done) and report["resume"]["chunks_scored"] == 6 - len(done)
     assert f"({resumed:,} resumed from an earlier run)" in stdout
-    assert_df_equality(scores(spark, out), scores(spark, whole), ignore_row_order=True)
+    assert_df_equality(scores(spark, out), scores(spark, uninterrupted[0]), ignore_row_order=True)
+    assert not Path(work_dir(str(out))).exists()
+
+
+def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark, six_files, tiny_model, tmp_path,
+                                                                         uninterrupted):
+    import pyarrow as pa
+
+    out = tmp_path / "scores"
+    flag = tmp_path / "paused"
+    args = ["jobs/score.py", "--input", six_files, "--output", out, "--model", tiny_model, "--mode", "overwrite"]
+    # An earlier run's output (its contents do not matter to the publish step, only that it is ours).
+    out.mkdir()
+    pq.write_table(pa.table({"prompt": ["old"], "score": [0.5]}), out / "part-00000-old.parquet")
+    old = json.dumps({"job": "score", "run_id": "old"})
+    (out / "_report.json").write_text(old)
+    (out / "_SUCCESS").write_text("")
+
+    # SIGKILL to spark-submit's whole process group once a chunk is committed (the engine host has
+    # a session of its own and goes when its executor does).
+    proc = submit(args, {}, None, flag)
+    kill_when(proc, lambda: any(Path(work_dir(str(out))).glob("pieces-*/done/[!.]*.json")))
+    assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
+    done = [json.loads(p.read_text()) for p in Path(work_dir(str(out))).glob("pieces-*/done/[!.]*.json")]
+
+    again = submit(["--conf", f"{progress.INTERVAL_CONF}=1", *args], {}, None, flag)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["run_id"] != "old" and report["rows"] == 240
+    assert report["resumed_rows"] == sum(m["counts"]["rows"] for m in done) > 0
+    assert any(line.startswith("score: ") and "/ 240 rows" in line for line in err.splitlines())  # via the JVM
+    assert_df_equality(scores(spark, out), scores(spark, uninterrupted[0]), ignore_row_order=True)
     assert not Path(work_dir(str(out))).exists()
 
 
@@ -159,16 +211,18 @@ def test_progress_helpers():
 
 def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, six_files, tiny_model, tmp_path, capsys):
     out, copy = tmp_path / "out", tmp_path / "report.json"
+    # The reference is the options of the other tests here (dtype auto: float32 on the CPU), whose
+    # engine is up already.
     code, stdout, err = run_job("score", ["--input", six_files, "--output", out, "--model", tiny_model,
-                                          "--dtype", "bfloat16", "--compare-dtype", "float32",
+                                          "--dtype", "bfloat16", "--compare-dtype", "auto",
                                           "--compare-sample", "50", "--report", copy], capsys)
     assert code == 0, err
     assert not out.exists() and not Path(work_dir(str(out))).exists()
     report = json.loads(copy.read_text())
     assert report["mode"] == "compare-sample" and report["sample_rows"] == 50 == report["rows_compared"]
-    assert report["options"]["dtype"] == "bfloat16" and report["reference"]["dtype"] == "float32"
+    assert report["options"]["dtype"] == "bfloat16" and report["reference"]["dtype"] == "auto"
     assert 0.9 < report["spearman"] <= 1.0 and 0 < report["max_abs_diff"] < 0.5
-    assert stdout.startswith("score: compare-sample 50 rows, bfloat16 vs float32: Spearman ")
+    assert stdout.startswith("score: compare-sample 50 rows, bfloat16 vs auto: Spearman ")
 
     code, _, err = run_job("score", ["--input", six_files, "--output", out, "--model", tiny_model,
                                      "--compare-sample", "50"], capsys)
