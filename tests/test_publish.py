@@ -130,6 +130,35 @@ def test_a_journal_cut_short_while_written_means_the_publish_never_began(spark, 
     assert content(target) == old
 
 
+def test_recovery_keeps_what_its_hook_names_and_an_adopted_staging_outlives_a_failed_run(spark, tmp_path):
+    target = tmp_path / "out"
+    work = Path(work_dir(str(target)))
+    (work / "pieces-a" / "parts").mkdir(parents=True)
+    (work / "pieces-a" / "parts" / "p.parquet").write_text("scores")
+    (work / "pieces-b").mkdir()
+    (work / "staging-old").mkdir()
+    notes = Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    assert sorted(p.name for p in work.iterdir()) == ["pieces-a"]
+    assert "kept pieces-a to resume" in notes
+
+    pub = Publisher(spark, f"file:{target}")
+    pub.prepare_staging()
+    pub.adopt_staging(f"file:{work}/pieces-a/parts")
+    pub.discard()  # a failed run leaves its pieces for the next one
+    assert (work / "pieces-a" / "parts" / "p.parquet").exists()
+    (work / "pieces-a" / "parts" / "_report.json").write_text(json.dumps({"job": "score", "run_id": pub.run_id}))
+    pub.publish()
+    assert content(target) == {"p.parquet": "scores", "_report.json": json.dumps({"job": "score",
+                                                                               "run_id": pub.run_id})}
+    assert not work.exists()
+
+    # A publish that had to be completed consumed the pieces: nothing is kept after one.
+    target, old, new = _cut_short(spark, tmp_path / "again", "rename", "publish-journaled")
+    (Path(work_dir(str(target))) / "pieces-a").mkdir()
+    Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    assert content(target) == new and not Path(work_dir(str(target))).exists()
+
+
 @pytest.mark.parametrize("files, kind", [
     ({}, "absent"), ({"_temporary/0/x": ""}, "empty"), ({"data.csv": "1,2"}, "foreign"),
     ({"_report.json": '{"job": "convert"}', "_SUCCESS": "", "p.parquet": ""}, "complete"),
