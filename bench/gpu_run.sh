@@ -4,10 +4,13 @@
 #   bench/gpu_run.sh tests OUT             pytest -m gpu, log in OUT/
 #   bench/gpu_run.sh bench OUT [STEPS]     bench/score_bench.py all (STEPS: comma list, see --help)
 #   bench/gpu_run.sh lanes OUT STEPS0 STEPS1   two step lists at once, one per GPU (after prepare)
+#   bench/gpu_run.sh scale OUT [STEPS]     issue 11 on one GPU, ~8 min: cold/warm engine start, engine busy
+#                                          time vs bare LLM.classify, throughput at ~300 and ~1k tokens,
+#                                          --compare-sample fp8 vs bf16 (STEPS: prepare,start,bare,job,compare)
 #   bench/gpu_run.sh report OUT            the Markdown tables from OUT/*.json
 set -uo pipefail
-cd "$(dirname "$0")/.."
-what=${1:?tests, bench, lanes or report}; out=${2:?output directory}; steps=${3:-}; steps1=${4:-}
+cd "$(dirname "$0")/.." || exit 2
+what=${1:?tests, bench, lanes, scale or report}; out=${2:?output directory}; steps=${3:-}; steps1=${4:-}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYSPARK_PYTHON=$(command -v python3); export PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON=$PYSPARK_PYTHON
@@ -27,6 +30,13 @@ case "$what" in
     CUDA_VISIBLE_DEVICES=1 python3 bench/score_bench.py all --work /tmp/score-bench --out "$out" --steps "$steps1" &
     wait %1; rc0=$?; wait %2; rc1=$?
     exit $((rc0 + rc1)) ;;
+  scale)
+    python3 bench/score_bench.py scale --work /tmp/score-bench --out "$out" ${steps:+--steps "$steps"}
+    rc=$?
+    # Few files come back from a device call: the logs go in one archive.
+    tar -czf "$out/logs.tar.gz" -C "$out" bench-scale.log -C /tmp/score-bench/runtime . 2>/dev/null
+    rm -f "$out/bench-scale.log"
+    exit "$rc" ;;
   report)
     python3 bench/score_bench.py report --out "$out" ;;
   *) echo "unknown: $what" >&2; exit 2 ;;

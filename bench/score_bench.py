@@ -113,7 +113,7 @@ def prepare(a) -> None:
         texts.append(text)
         lengths.append(len(tok(text)["input_ids"]))
     # Several files, as the convert job writes them: Spark reads one per task, with no shuffle.
-    out = work / "prompts"
+    out = work / a.name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     table = pa.table({"id": list(range(a.prompts)), "prompt": texts})
@@ -227,6 +227,7 @@ def spark_run(a) -> None:
     runs = [("warm-up", a.warmup, tasks), ("timed", None, a.partitions)]
     if a.one_task_too:
         runs.append(("timed-one-task", None, 1))
+    runs += [(f"timed-{Path(more).name}", None, a.partitions) for more in a.more_prompts or []]
     results = {}
     for name, limit, partitions in runs:
         src = work / f"spark-in-{name}"
@@ -237,14 +238,14 @@ def spark_run(a) -> None:
             src.mkdir(parents=True)
             pq.write_table(pq.read_table(a.prompts).sort_by("id").slice(0, limit), src / "part-0.parquet")
         else:
-            src = Path(a.prompts)
+            src = Path(a.prompts) if not name.startswith("timed-prompts") else work / name.removeprefix("timed-")
         out = work / f"spark-out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         engine = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
                             max_model_len=a.max_model_len, max_num_batched_tokens=a.max_num_batched_tokens,
                             max_num_seqs=a.max_num_seqs)
         opts = score.ScoreOptions(inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), engine=engine,
-                                  partitions=partitions, max_bad_fraction=1.0)
+                                  partitions=partitions, max_bad_fraction=1.0, cache_dir=a.cache_dir)
         t0 = time.monotonic()
         report = score.run_score(spark, opts)
         report["wall_s"] = time.monotonic() - t0
@@ -262,6 +263,8 @@ def spark_run(a) -> None:
             "what": what, "model": a.model, "prompts": r["rows"], "tokens": r["tokens"], "seconds": write_s,
             "prompts_per_s": r["rows"] / write_s, "tokens_per_s": r["tokens"] / write_s,
             "mfu_estimate": r["tokens"] / write_s * flops_per_prompt(config, 1024) / 1024 / PEAK_BF16,
+            "engine_busy_s": r["engine_busy_s"], "engine_idle_s": r["engine_idle_s"],
+            "mean_tokens": r["tokens"] / max(1, r["rows"]),
             "engines": r["engines"], "tasks": r["tasks"],
             "report": {k: v for k, v in r.items() if k not in ("tasks", "score_histogram")},
         }
@@ -272,6 +275,8 @@ def spark_run(a) -> None:
     data["scores"] = [s for _, s in order]
     if "timed-one-task" in results:
         data["one_task"] = entry(results["timed-one-task"], f"{what}, 1 task (one GPU busy)")
+    data["more"] = {name.removeprefix("timed-"): entry(r, f"{what}, {name.removeprefix('timed-')}")
+                    for name, r in results.items() if name.startswith("timed-prompts")}
     write_json(a.json, data)
     spark.stop()
 
@@ -328,10 +333,63 @@ def probe(a) -> None:
     })
 
 
-def run_step(argv: list[str], log: Path) -> None:
+def engine_start(a) -> None:
+    """(a) One engine start through the engine host, as a Spark worker starts one, with its
+    compile caches in ``--cache-dir``: run twice in fresh processes on an empty cache, the first
+    start is cold, the second warm."""
+    from udfs import engine_host
+    from udfs.engines import EngineSpec
+
+    spec = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
+                      max_model_len=a.max_model_len, device=a.device)
+    t0 = time.monotonic()
+    client = engine_host.connect(spec, None, 1800.0, a.cache_dir)
+    wall = time.monotonic() - t0
+    info = client.stats()
+    client.score([[1, 2, 3]])
+    client.shutdown()
+    cache = Path(info["cache_dir"] or a.cache_dir)
+    write_json(a.json, {
+        "what": f"engine start, {a.label}", "model": a.model, "backend": a.backend, "device": info["device"],
+        "wall_s": wall, "engine_start_s": info["engine_start_s"], "cache_warm": info["cache_warm"],
+        "cache_dir": str(cache), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6,
+    })
+
+
+def _session(a, name: str):
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    return (SparkSession.builder.master(a.master).appName(name)
+            .config("spark.log.level", "WARN").config("spark.ui.showConsoleProgress", "false")
+            .config("spark.driver.memory", "8g")
+            .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(a.batch_rows)).getOrCreate())
+
+
+def compare_run(a) -> None:
+    """(c) The job's ``--compare-sample`` check: the options (e.g. ``--quantization fp8``) against
+    the reference (the same without quantization, ``--compare-dtype``) on a fixed sample."""
+    from promptscore import score
+    from promptscore.output import OutputSpec
+    from udfs.engines import EngineSpec
+
+    spark = _session(a, "score-bench-compare")
+    engine = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
+                        max_model_len=a.max_model_len, max_num_batched_tokens=a.max_num_batched_tokens,
+                        max_num_seqs=a.max_num_seqs, device=a.device)
+    opts = score.ScoreOptions(inputs=[a.prompts], out=OutputSpec(str(Path(a.json).with_suffix(".out"))),
+                              engine=engine, cache_dir=a.cache_dir, compare_sample=a.sample,
+                              compare_dtype=a.compare_dtype)
+    report = score.run_score(spark, opts)
+    print(report["summary"], flush=True)
+    write_json(a.json, {"what": f"--compare-sample {a.sample}", **report})
+    spark.stop()
+
+
+def run_step(argv: list[str], log: Path, env: dict | None = None) -> None:
     print(f"$ {' '.join(argv)}", flush=True)
     with open(log, "a") as f:
-        proc = subprocess.run([sys.executable, __file__, *argv], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, __file__, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         print(Path(log).read_text()[-4000:])
         raise SystemExit(f"step failed: {argv[0]}")
@@ -387,6 +445,95 @@ def run_all(a) -> None:
             engine_logs(runtime, out, name)
         print(f"  {name} done in {time.monotonic() - t0:.0f} s", flush=True)
     report(a)
+
+
+def run_scale(a) -> None:
+    """The device steps of issue 11, each a fresh process, JSON per step in ``--out``:
+    ``prepare`` (the model; prompts of ~1,000 and ~300 tokens), ``start`` (a cold and a warm engine
+    start), ``bare`` (bare vLLM ``LLM.classify`` on the ~1k-token prompts), ``job`` (the score job on
+    the same prompts, then on the ~300-token ones, in one Spark application), ``compare``
+    (``--compare-sample``, fp8 against bf16). ``--dry``: the tiny model, transformers on the CPU,
+    few prompts, float32 against bfloat16: every step's code runs without a GPU."""
+    work, out = Path(a.work), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = work / "runtime"
+    os.environ["PROMPTSCORE_RUNTIME_DIR"] = str(runtime)
+    log = out / "bench-scale.log"
+    cache = work / "cache"
+    if a.dry:
+        model, backend, device, dtype = str(work / "tiny"), "transformers", "cpu", "float32"
+        n1k, n300, sample, gpu = a.prompts or 64, 2 * (a.prompts or 64), a.sample or 32, "cpu"
+        compare = ["--dtype", "bfloat16", "--compare-dtype", "float32"]
+    else:
+        model, backend, device, dtype = str(work / "qwen1.5b"), "vllm", "auto", "bfloat16"
+        n1k, n300, sample, gpu = a.prompts or 3072, 2 * (a.prompts or 3072), a.sample or 1024, "cuda"
+        compare = ["--dtype", "bfloat16", "--quantization", "fp8"]
+    p1k, p300 = str(work / "prompts-1k"), str(work / "prompts-300")
+    common = ["--model", model, "--max-model-len", "2048", "--dtype", dtype]
+    steps = {
+        "prepare": [["prepare", "--work", str(work), "--prompts", str(n1k), "--min-tokens", "900",
+                     "--max-tokens", "1100", "--name", "prompts-1k", "--device", gpu, *(["--skip-big"] if a.dry else [])],
+                    ["prepare", "--work", str(work), "--prompts", str(n300), "--min-tokens", "250",
+                     "--max-tokens", "350", "--name", "prompts-300", "--device", gpu, "--skip-big"]],
+        "start": [["engine-start", *common, "--prompts", p1k, "--backend", backend, "--device", device,
+                   "--cache-dir", str(cache), "--label", label, "--json", str(out / f"start-{label}.json")]
+                  for label in ("cold", "warm")],
+        "bare": [["transformers", *common, "--prompts", p1k, "--device", "cpu", "--batch-tokens", "16384",
+                  "--json", str(out / "bare-1k.json")] if a.dry else
+                 ["vllm", *common, "--prompts", p1k, "--token-ids", "--json", str(out / "bare-1k.json")]],
+        "job": [["spark", *common, "--prompts", p1k, "--more-prompts", p300, "--work", str(work),
+                 "--backend", backend, "--cache-dir", str(cache), "--master", a.master, "--warmup", "64",
+                 "--json", str(out / "job.json")]],
+        "compare": [["compare", "--model", model, "--max-model-len", "2048", "--prompts", p1k, *compare,
+                     "--backend", backend, "--device", device, "--sample", str(sample), "--cache-dir", str(cache),
+                     "--master", a.master, "--json", str(out / "compare.json")]],
+    }
+    for name in a.steps.split(","):
+        t0 = time.monotonic()
+        if name == "start":
+            shutil.rmtree(cache, ignore_errors=True)
+        for argv in steps[name]:
+            shutil.rmtree(runtime, ignore_errors=True)
+            env = None
+            if name == "bare" and not a.dry:
+                from udfs.engine_cache import engine_env
+
+                env = {**os.environ, **engine_env(str(cache))}  # bare vLLM with the same warm cache
+            run_step(argv, log, env)
+        print(f"  {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    report_scale(a)
+
+
+def report_scale(a) -> None:
+    """The figures of the scale steps, as Markdown lines for bench/RESULTS.md (printed, and in
+    ``summary.md``)."""
+    out = Path(a.out)
+    lines: list[str] = []
+    print_ = lines.append
+
+    def load(name: str) -> dict | None:
+        p = out / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    cold, warm, bare, job, cmp = (load(n) for n in ("start-cold", "start-warm", "bare-1k", "job", "compare"))
+    if cold and warm:
+        print_(f"| engine start | cold {cold['engine_start_s']:.1f} s (wall {cold['wall_s']:.1f} s, cache_warm "
+              f"{cold['cache_warm']}) | warm {warm['engine_start_s']:.1f} s (wall {warm['wall_s']:.1f} s, cache_warm "
+              f"{warm['cache_warm']}) | {cold['engine_start_s'] / max(warm['engine_start_s'], 1e-9):.2f}x | "
+              f"cache {warm['cache_mb']:.0f} MB | {warm['device']} |")
+    if bare and job:
+        ratio = job["engine_busy_s"] / bare["seconds"]
+        print_(f"| engine busy, job vs bare | bare {bare['seconds']:.2f} s ({bare['prompts']:,} prompts, "
+              f"{bare['prompts_per_s']:.1f}/s) | job busy {job['engine_busy_s']:.2f} s, idle {job['engine_idle_s']:.2f} s, "
+              f"write {job['seconds']:.2f} s | **{ratio:.4f}x** (goal at most 1.02x: {'met' if ratio <= 1.02 else 'NOT met'}) |")
+    if job:
+        for name, r in [("prompts-1k", job), *job.get("more", {}).items()]:
+            print_(f"| throughput {name} | {r['prompts']:,} prompts, mean {r['mean_tokens']:.0f} tokens | "
+                  f"{r['prompts_per_s']:.1f} prompts/s | {r['tokens_per_s']:,.0f} tokens/s | busy {r['engine_busy_s']:.1f} s |")
+    if cmp:
+        print_(f"| compare-sample | {cmp['summary']} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
 
 
 def report(a) -> None:
@@ -449,6 +596,7 @@ def main() -> int:
     s.add_argument("--max-tokens", type=int, default=1792)
     s.add_argument("--device", default="cuda")
     s.add_argument("--skip-big", action="store_true")
+    s.add_argument("--name", default="prompts", help="the prompts' directory under --work")
     s.set_defaults(fn=prepare)
     s = sub.add_parser("vllm")
     engine_flags(s)
@@ -469,7 +617,27 @@ def main() -> int:
     s.add_argument("--batch-rows", type=int, default=512)
     s.add_argument("--backend", default="vllm", help="transformers: a dry run without a GPU")
     s.add_argument("--one-task-too", action="store_true", help="also time one task alone (one GPU busy)")
+    s.add_argument("--more-prompts", action="append", help="also time the job on this prompts directory "
+                   "(under --work, named prompts*), in the same Spark application")
+    s.add_argument("--cache-dir", default="/tmp/promptscore-models", help="the job's --cache-dir")
     s.set_defaults(fn=spark_run)
+    s = sub.add_parser("engine-start")
+    engine_flags(s)
+    s.add_argument("--backend", default="vllm")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--cache-dir", required=True)
+    s.add_argument("--label", default="start")
+    s.set_defaults(fn=engine_start)
+    s = sub.add_parser("compare")
+    engine_flags(s)
+    s.add_argument("--backend", default="vllm")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--cache-dir", default="/tmp/promptscore-models")
+    s.add_argument("--sample", type=int, default=1024)
+    s.add_argument("--compare-dtype")
+    s.add_argument("--master", default="local[4]")
+    s.add_argument("--batch-rows", type=int, default=512)
+    s.set_defaults(fn=compare_run)
     s = sub.add_parser("accuracy")
     engine_flags(s)
     s.add_argument("--vllm-json", required=True)
@@ -487,6 +655,15 @@ def main() -> int:
     s.add_argument("--steps", default="prepare,vllm-ids,spark,vllm-bf16,vllm-fp8,transformers,accuracy-big,"
                    "vllm-tiny,accuracy-tiny,probe-tiny")
     s.set_defaults(fn=run_all)
+    s = sub.add_parser("scale", help="the device steps of issue 11 (see run_scale)")
+    s.add_argument("--work", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--dry", action="store_true", help="tiny model, transformers on the CPU, few prompts")
+    s.add_argument("--prompts", type=int, help="~1k-token prompts (twice as many of ~300 tokens)")
+    s.add_argument("--sample", type=int, help="rows of --compare-sample")
+    s.add_argument("--master", default="local[4]")
+    s.add_argument("--steps", default="prepare,start,bare,job,compare")
+    s.set_defaults(fn=run_scale)
     s = sub.add_parser("report")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=report)

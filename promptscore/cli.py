@@ -29,7 +29,8 @@ EXIT_DATA = 3
 
 EXIT_CODES_HELP = """exit codes:
   0  success: output published with _SUCCESS
-  1  unexpected failure (cause on the last line); rerun the same command as is
+  1  unexpected failure (cause on the last line); rerun the same command as is (the score
+     job then resumes from the chunks it committed)
   2  fix the call: bad flags, input missing, output exists (--mode error), input and output
      overlap, a URI with keys in it, an unsubstituted ${...} scheduling parameter
   3  data quality: more rejects than --max-bad-fraction; output, rejects and report published
@@ -160,7 +161,7 @@ def cause_chain(exc: BaseException) -> list[tuple[str, str]]:
                 java = java.getCause()
             except Exception:  # noqa: BLE001 - the gateway is gone
                 break
-            chain.append((name, _first_line(msg)))
+            chain.append((name, gist(msg)))
             seen += 1
         if chain:
             return chain
@@ -221,6 +222,21 @@ def run(
         return EXIT_UNEXPECTED
     print(report["summary"], flush=True)
     return EXIT_OK
+
+
+_PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def gist(text: str) -> str:
+    """The line of an error message that says what went wrong: for a Spark task that failed in
+    Python (its message holds the worker's traceback) the traceback's last ``SomeError: ...``
+    line, else the first line."""
+    if "Traceback (most recent call last)" in text:
+        lines = [line.strip() for line in text.splitlines()]
+        for line in reversed(lines[:next((i for i, x in enumerate(lines) if x.startswith("at ")), len(lines))]):
+            if _PY_ERROR.match(line):
+                return line
+    return _first_line(text)
 
 
 def _first_line(text: str) -> str:

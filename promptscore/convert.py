@@ -24,7 +24,8 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import cli, filelist, hadoop, inputs, jsonl, ledger, output, publish, schema_sample, sizing
+from promptscore import (cli, filelist, hadoop, inputs, jsonl, ledger, output, progress, publish, schema_sample,
+                         sizing)
 from promptscore.filelist import InputFile
 from promptscore.inputs import BadFile, InputIndex
 from promptscore.output import Output, OutputSpec
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.JobParser(
         prog="convert.py",
         description="Convert a prefix of small JSONL files (*.jsonl, *.jsonl.gz, any depth) into a "
-        "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.",
+        "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.\n"
+        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS; 0: off).",
     )
     p.add_argument("--input", action="append", metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")
@@ -355,29 +357,35 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
         return result
     bad: dict[str, BadFile] = {}
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
-    while True:
-        lines = inputs.input_lines(plan.lines, bad)
-        parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
-                                   opts.strict_schema)
-        obs = Observation(f"convert-{result.attempts}")
-        observed = parsed.observe(obs, *_metrics())
-        group = output.new_group("convert")
-        try:
-            output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
-                                 out.staging, opts.out.compression, group, plan.writer_options)
-            break
-        except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
-            if not inputs.is_read_failure(e):
-                raise
-            found = [b for b in inputs.find_bad_files(spark, roots, e) if b.uri not in bad]
-            if not found:
-                raise
-            bad.update((b.uri, b) for b in found)
-            if len(bad) > MAX_BAD_FILES:
-                raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
-                                     f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
-            hadoop.delete(spark, out.staging)
-            result.attempts += 1
+    state = ConvertProgress(spark, plan.index)
+    reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
+    try:
+        while True:
+            lines = inputs.input_lines(plan.lines, bad)
+            parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
+                                       opts.strict_schema)
+            obs = Observation(f"convert-{result.attempts}")
+            observed = parsed.observe(obs, *_metrics())
+            group = output.new_group("convert")
+            state.group = group
+            try:
+                output.write_parquet(spark, jsonl.good_rows(observed, plan.schema, opts.with_source_file),
+                                     out.staging, opts.out.compression, group, plan.writer_options)
+                break
+            except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
+                if not inputs.is_read_failure(e):
+                    raise
+                found = [b for b in inputs.find_bad_files(spark, roots, e) if b.uri not in bad]
+                if not found:
+                    raise
+                bad.update((b.uri, b) for b in found)
+                if len(bad) > MAX_BAD_FILES:
+                    raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
+                                         f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
+                hadoop.delete(spark, out.staging)
+                result.attempts += 1
+    finally:
+        reporter.stop()
     result.tasks = output.tasks_of_group(spark, group)
     m = obs.get
     result.lines, result.blank, result.rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
@@ -391,6 +399,37 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
         ledger.write(spark, plan.files, out.run_id, out.staging)
     result.output_files = hadoop.list_data_files(spark, out.staging)
     return result
+
+
+class ConvertProgress:
+    """The progress line of the write: lines read (live), and bytes and files from the tasks that
+    ended (Spark reports a task's bytes when it ends), spread over the live lines at the bytes per
+    line those tasks read."""
+
+    def __init__(self, spark: SparkSession, index: InputIndex):
+        self.spark, self.index = spark, index
+        self.group: str | None = None
+        self.rate = progress.Rate()
+        self._live: progress.LiveRows | None = None
+
+    def line(self) -> str | None:
+        if self.group is None:
+            return None
+        if self._live is None:
+            self._live = progress.LiveRows(self.spark)
+        group = self.group
+        read = self._live.rows(group)
+        done_bytes, done_lines = progress.stage_input(self.spark, group)
+        total, files = self.index.bytes, self.index.files
+        if not done_lines:
+            return (f"convert: {read:,} lines read of {files:,} files ({human_bytes(total)}); bytes, rate and ETA "
+                    "once the first task ends")
+        est = min(total, done_bytes + max(0, read - done_lines) * done_bytes / done_lines)
+        rate = self.rate.add(time.monotonic(), est)
+        pct = est / total if total else 1.0
+        return (f"convert: {human_bytes(est)} / {human_bytes(total)} ({pct:.1%}), ~{round(files * pct):,} / "
+                f"{files:,} files, {read:,} lines, {human_bytes(rate or 0)}/s, "
+                f"ETA {progress.duration(progress.eta(est, total, rate))}")
 
 
 def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult, header: dict,

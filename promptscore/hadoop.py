@@ -124,6 +124,20 @@ def read_bytes(spark, uri: str) -> bytes:
         stream.close()
 
 
+def read_range(spark, uri: str, offset: int, length: int) -> bytes:
+    """Read ``length`` bytes of the file at ``uri`` from ``offset``, which must lie inside it."""
+    jvm = _jvm(spark)
+    p = _path(spark, uri)
+    stream = _fs(spark, p).open(p)
+    try:
+        stream.seek(offset)
+        buf = jvm.java.io.ByteArrayOutputStream()
+        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, length, False)
+        return bytes(buf.toByteArray())
+    finally:
+        stream.close()
+
+
 def read_text(spark, uri: str) -> str:
     """Read a small UTF-8 file from ``uri``."""
     return read_bytes(spark, uri).decode("utf-8")
@@ -170,6 +184,36 @@ def list_data_files(spark, uri: str) -> list[FileInfo]:
         if st.isFile() and not name.startswith(("_", ".")):
             files.append(FileInfo(st.getPath().toString(), int(st.getLen())))
     return sorted(files, key=lambda f: f.path)
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """A file's name, size and modification time (ms since the epoch), as its directory lists it."""
+
+    name: str
+    size: int
+    mtime: int
+
+
+def list_status(spark, uri: str) -> dict[str, FileStatus]:
+    """The files directly under the directory ``uri`` by name (one listing request), or {}."""
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    if not fs.exists(p) or not fs.getFileStatus(p).isDirectory():
+        return {}
+    out = {}
+    for st in fs.listStatus(p):
+        if st.isFile():
+            name = str(st.getPath().getName())
+            out[name] = FileStatus(name, int(st.getLen()), int(st.getModificationTime()))
+    return out
+
+
+def file_status(spark, uri: str) -> FileStatus:
+    """The status of the one file at ``uri``."""
+    p = _path(spark, uri)
+    st = _fs(spark, p).getFileStatus(p)
+    return FileStatus(str(st.getPath().getName()), int(st.getLen()), int(st.getModificationTime()))
 
 
 def list_names(spark, uri: str) -> list[str]:

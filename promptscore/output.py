@@ -15,6 +15,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -144,16 +145,25 @@ class Output:
         return self.publisher.run_id
 
 
-def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> Output:
-    """Check the target against the inputs and the mode, finish or clear what earlier runs left,
-    and make this run's staging directory. Raises UsageError before anything is touched."""
+def check_target(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> str:
+    """The qualified target, after refusing (UsageError) a file system root and an overlap with
+    the inputs. Touches nothing."""
     target = hadoop.qualify(spark, out.target())
     if hadoop.is_root(spark, target):
         raise cli.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
     check_overlap(spark, target, inputs)
+    return target
+
+
+def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str],
+                keep: Callable[[str], bool] | None = None) -> Output:
+    """Check the target against the inputs and the mode, finish or clear what earlier runs left
+    (but the work-directory entries ``keep`` names), and make this run's staging directory.
+    Raises UsageError before anything is touched."""
+    target = check_target(spark, out, inputs)
     mode = out.resolved_mode()
     pub = publish.Publisher(spark, target)
-    notes = pub.recover()
+    notes = pub.recover(keep)
     state = pub.state()
     if state.kind == "foreign":
         raise cli.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "

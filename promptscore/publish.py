@@ -15,7 +15,9 @@ does the publish step put it in the target's place:
 The publish step is journaled: ``_publish.json`` in the work directory is written before the
 first change and removed after the last. Every run of either job on a target first rolls a
 journaled publish forward, so a publish cut short by a kill is completed by the next run of the
-same command, before it does anything else. Downstream readers that wait for ``_SUCCESS`` never
+same command, before it does anything else; then it removes what earlier runs left, but what its
+``keep`` hook names (the score job keeps the pieces it can resume, and publishes them as its
+staging directory: ``adopt_staging``). Downstream readers that wait for ``_SUCCESS`` never
 see a half-published output. ``spark.promptscore.publish`` (``exchange``, ``rename``, ``copy``)
 overrides the choice, e.g. ``rename`` for OSS-HDFS buckets, whose renames are atomic.
 """
@@ -31,6 +33,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from promptscore import hadoop
 from udfs.uris import redact
@@ -91,14 +94,18 @@ class Publisher:
         self.work = work_dir(self.target)
         self.run_id = run_id or new_run_id()
         self.staging = f"{self.work}/staging-{self.run_id}"
+        self.adopted = False
         self.strategy = strategy or self._strategy()
 
     # ------------------------------------------------------------------------------------------
     # Before a run
 
-    def recover(self) -> list[str]:
+    def recover(self, keep: Callable[[str], bool] | None = None) -> list[str]:
         """Finish a journaled publish of an earlier run and remove what earlier runs left behind.
 
+        ``keep(name)`` says which entries of the work directory to leave in place (the score job
+        keeps the pieces of an unfinished run whose fingerprint matches its own, to resume them);
+        a publish that had to be completed consumed everything, so nothing is kept after one.
         Returns one note per thing done, for the report. Everything under the work directory
         was written by runs of this package, so removing it deletes nothing of anyone else's.
         """
@@ -109,10 +116,19 @@ class Publisher:
         if journal is not None:
             self._roll_forward(journal)
             notes.append(f"completed the publish of run {journal['run']}, cut short earlier")
-        left = [n for n in hadoop.list_names(self.spark, self.work) if not n.startswith(".")]
+            keep = None
+        names = hadoop.list_names(self.spark, self.work)
+        kept = [n for n in names if keep is not None and keep(n)]
+        left = [n for n in names if n not in kept and not n.startswith(".")]
         if left:
             notes.append(f"removed {len(left)} leftover(s) of unfinished runs: {', '.join(left[:5])}")
-        hadoop.delete(self.spark, self.work)
+        if kept:
+            notes.append(f"kept {', '.join(kept)} to resume")
+            for name in names:
+                if name not in kept:
+                    hadoop.delete(self.spark, f"{self.work}/{name}")
+        else:
+            hadoop.delete(self.spark, self.work)
         return notes
 
     def state(self) -> TargetState:
@@ -130,12 +146,24 @@ class Publisher:
         return TargetState("empty" if not data else "foreign")
 
     def prepare_staging(self) -> None:
-        """An empty staging directory for this run."""
-        hadoop.delete(self.spark, self.staging)
+        """An empty staging directory for this run (an adopted one is left as it is)."""
+        if not self.adopted:
+            hadoop.delete(self.spark, self.staging)
         hadoop.mkdirs(self.spark, self.work)
 
+    def adopt_staging(self, path: str) -> None:
+        """Publish ``path`` (a directory inside the work directory that outlives a failed run,
+        such as the score job's resumable pieces) instead of this run's own staging directory."""
+        if not path.startswith(self.work + "/"):
+            raise ValueError(f"a staging directory must lie inside {self.work}: {path}")
+        self.staging = path
+        self.adopted = True
+
     def discard(self) -> None:
-        """Remove this run's staging (a failed run); the target is untouched."""
+        """Remove this run's staging (a failed run); the target is untouched. An adopted staging
+        directory stays, for the next run to resume."""
+        if self.adopted:
+            return
         try:
             hadoop.delete(self.spark, self.staging)
             if not hadoop.list_names(self.spark, self.work):

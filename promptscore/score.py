@@ -2,8 +2,13 @@
 
 The driver checks the model and the columns, builds the pandas UDF of ``udfs.reward`` and writes
 every input column plus ``score`` (float, null when not scorable) and ``score_error`` (string,
-null when scored). Counts, token totals, score quantiles and a histogram are observed metrics of
-the same write; each task's timings come back through an accumulator.
+null when scored). The input is cut into chunks of whole files (``promptscore.pieces``), each
+scored by a Spark write of its own and committed when done, several at a time from driver
+threads, so that a rerun of the same command after a kill resumes: it reuses every chunk an
+earlier run with the same fingerprint (``promptscore.fingerprint``) committed. Counts and token
+totals are observed metrics of each chunk's write; score quantiles and the histogram come from
+one read of the ``score`` column at the end; each task's timings come back through an
+accumulator. A progress line goes to stderr every few seconds (``promptscore.progress``).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import argparse
 import dataclasses
 import json
 import os
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pyspark.accumulators import AccumulatorParam
@@ -21,12 +28,12 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from promptscore import cli, hadoop, output
+from promptscore import cli, fingerprint, hadoop, output, pieces, progress, publish
 from promptscore.output import OutputSpec
+from promptscore.report import human_bytes, redact_uri
 from udfs.engines import EngineSpec
 from udfs.reasons import REASONS
 from udfs.uris import has_scheme
-from promptscore.report import human_bytes, redact_uri
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_PNG = "_score_histogram.png"
@@ -45,6 +52,8 @@ class ScoreOptions:
     max_bad_fraction: float = 0.001
     cache_dir: str = "/tmp/promptscore-models"
     partitions: int | None = None
+    compare_sample: int | None = None
+    compare_dtype: str | None = None
 
     @property
     def model(self) -> str:
@@ -53,8 +62,14 @@ class ScoreOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``jobs/score.py``."""
-    p = cli.JobParser(prog="score.py", description="Score every row of a Parquet dataset with a reward model "
-                      "(one-label sequence classifier; the raw logit is the score).")
+    p = cli.JobParser(prog="score.py", description=(
+        "Score every row of a Parquet dataset with a reward model (one-label sequence classifier;\n"
+        "the raw logit is the score).\n\n"
+        "Resume: the input is scored in chunks of whole files, each committed when done; the same\n"
+        "command run again after a kill or exit 1 reuses them when the model and every option that\n"
+        "changes a score are the same (_report.json: resumed_rows).\n"
+        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS;\n"
+        "0: off). Engines keep their compile caches in <--cache-dir>/engine-cache/."))
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="Parquet input (e.g. the convert job's output); repeatable")
     output.add_args(p)
@@ -83,9 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=cli.fraction, default=0.001, metavar="F",
                    help="exit 3 if more than this fraction of rows gets no score (default 0.001)")
     p.add_argument("--cache-dir", default="/tmp/promptscore-models",
-                   help="local directory on each node for models given as URIs")
+                   help="local directory on each node for models given as URIs, and (in "
+                   "engine-cache/) the engines' compile caches, kept across runs")
     p.add_argument("--partitions", type=int, metavar="N",
-                   help="repartition the input into N tasks first (spread a small input over GPUs)")
+                   help="repartition the input into about N tasks in all (spread a small input over GPUs)")
+    p.add_argument("--compare-sample", type=int, metavar="N",
+                   help="check instead of scoring: score a fixed sample of N rows with these options and "
+                   "with the reference options (no --quantization, --compare-dtype), report Spearman and "
+                   "the largest score difference; writes no output (only --report)")
+    p.add_argument("--compare-dtype", metavar="DTYPE",
+                   help="the reference's --dtype for --compare-sample (default: --dtype)")
     return p
 
 
@@ -106,6 +128,14 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         raise cli.UsageError("--gpu-memory-utilization must be in (0, 1]")
     if args.partitions is not None and args.partitions < 1:
         raise cli.UsageError("--partitions must be at least 1")
+    if args.compare_sample is not None:
+        if args.compare_sample < 2:
+            raise cli.UsageError("--compare-sample must be at least 2 (rows)")
+        if not args.quantization and (args.compare_dtype or args.dtype) == args.dtype:
+            raise cli.UsageError("--compare-sample has nothing to compare: pass --quantization fp8, or a "
+                                 "--compare-dtype other than --dtype")
+    elif args.compare_dtype:
+        raise cli.UsageError("--compare-dtype goes with --compare-sample")
     engine = EngineSpec(
         model_dir=args.model, backend=args.backend, max_model_len=args.max_model_len, dtype=args.dtype,
         quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
@@ -115,7 +145,8 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
     return ScoreOptions(
         inputs=list(args.input), out=output.from_args(args), engine=engine, text_col=args.text_col,
         response_col=args.response_col, template=args.template, max_bad_fraction=args.max_bad_fraction,
-        cache_dir=args.cache_dir, partitions=args.partitions,
+        cache_dir=args.cache_dir, partitions=args.partitions, compare_sample=args.compare_sample,
+        compare_dtype=args.compare_dtype,
     )
 
 
@@ -173,8 +204,11 @@ def final_rows(scored: DataFrame) -> DataFrame:
                          F.col("_score.score_error").alias("score_error"))
 
 
+COUNTS = ("rows", "scored", "truncated", "tokens", "max_tokens", *(f"err_{r}" for r in REASONS))
+
+
 def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
-    """Counts, tokens, quantiles and a histogram of the scores, collected by the write itself."""
+    """Counts and tokens (``COUNTS``), collected by the write itself."""
     s = F.col("_score")
     err = s["score_error"]
     reason = F.split(err, ":")[0]
@@ -184,12 +218,37 @@ def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
         _count(s["truncated"]).alias("truncated"),
         F.sum(s["n_tokens"]).alias("tokens"),
         F.max(s["n_tokens"]).alias("max_tokens"),
-        F.avg(s["score"]).alias("mean"),
-        F.to_json(F.percentile_approx(s["score"], list(QUANTILES))).alias("quantiles"),
-        F.to_json(F.histogram_numeric(s["score"], F.lit(30))).alias("histogram"),
     ]
     metrics += [_count(reason == r).alias(f"err_{r}") for r in REASONS]
     return scored.observe(obs, *metrics)
+
+
+def merge_counts(counts: list[dict]) -> dict:
+    """The counts of several chunks as one (sums; the largest ``max_tokens``)."""
+    out = {k: 0 for k in COUNTS}
+    out["max_tokens"] = None
+    for c in counts:
+        for k in COUNTS:
+            v = c.get(k)
+            if v is None:
+                continue
+            if k == "max_tokens":
+                out[k] = v if out[k] is None else max(out[k], v)
+            else:
+                out[k] += int(v)
+    return out
+
+
+def score_stats(spark: SparkSession, parts: str) -> dict:
+    """Mean, quantiles and a 30-bin histogram of the ``score`` column of the Parquet files in
+    ``parts`` (a read of that one column)."""
+    df = spark.read.schema("score float").parquet(hadoop.escape_glob(parts))
+    row = df.agg(
+        F.avg("score").alias("mean"),
+        F.to_json(F.percentile_approx("score", list(QUANTILES))).alias("quantiles"),
+        F.to_json(F.histogram_numeric("score", F.lit(30))).alias("histogram"),
+    ).collect()[0]
+    return row.asDict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,26 +266,32 @@ class _ListParam(AccumulatorParam):
 
 @dataclass
 class ScorePlan:
-    """What the job settled before scoring: the model, the engine, the input."""
+    """What the job settled before scoring: the model, the engine, the input, the fingerprint."""
 
     config: dict
     manifest: list[tuple[str, int]] | None
     engine: EngineSpec
     df: DataFrame
+    basis: dict
+    fp: str
+    input_rows: int
 
 
 @dataclass
 class ScoreResult:
-    """What the scoring write observed."""
+    """What the chunk writes committed (this run's and the reused ones) and what they observed."""
 
     metrics: dict
     tasks: list[dict]
     write_s: float
     output_files: list[hadoop.FileInfo]
+    resume: dict = field(default_factory=dict)
+    this_run: dict = field(default_factory=dict)
 
 
 def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
-    """Check the model and the input columns; choose the backend. Writes nothing."""
+    """Check the model and the input columns; choose the backend; fingerprint the model and the
+    options. Writes nothing."""
     from pyspark.errors import AnalysisException
 
     config, manifest = model_manifest(spark, opts.model)
@@ -246,32 +311,175 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     clash = [c for c in ("score", "score_error") if c in df.columns]
     if clash:
         raise cli.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
-    if opts.partitions:
-        df = df.repartition(opts.partitions)
-    return ScorePlan(config, manifest, engine, df)
+    basis = fingerprint.score_basis(fingerprint.model_digest(spark, opts.model, manifest), engine.backend,
+                                    opts.template, opts.text_col, opts.response_col, engine, opts.out.compression,
+                                    df.schema.json())
+    return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
 
 
-def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out: output.Output) -> ScoreResult:
-    """Score every row into the staging directory; collect the observed metrics and task stats."""
+def score_slots(spark: SparkSession) -> int:
+    """Tasks the cluster runs at once for this job: GPUs (executors x GPUs per executor / GPUs
+    per task) under GPU scheduling, as many as the configuration says; else Spark's default
+    parallelism."""
+    sc = spark.sparkContext
+    conf = sc.getConf()
+    task_gpus = float(conf.get("spark.task.resource.gpu.amount", "0") or 0)
+    if task_gpus > 0:
+        per = max(1, int(float(conf.get("spark.executor.resource.gpu.amount", "1") or 1) // task_gpus))
+        key = ("spark.dynamicAllocation.maxExecutors" if conf.get("spark.dynamicAllocation.enabled", "false") == "true"
+               else "spark.executor.instances")
+        try:
+            executors = int(conf.get(key, "0") or 0)
+        except ValueError:
+            executors = 0
+        if 0 < executors < 100_000:
+            return executors * per
+    return max(1, sc.defaultParallelism)
+
+
+def _conf_int(spark: SparkSession, key: str, default: int) -> int:
+    raw = spark.conf.get(key, None)
+    if raw in (None, ""):
+        return default
+    try:
+        value = cli.parse_size(raw) if key == pieces.MAX_CHUNK_BYTES_CONF else int(raw)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise cli.UsageError(f"{key} must be a positive number, got {raw!r}") from None
+    if value < 1:
+        raise cli.UsageError(f"{key} must be a positive number, got {raw!r}")
+    return value
+
+
+class ScoreProgress:
+    """The numbers behind the progress line: rows of committed chunks (this run's and reused
+    ones) plus the live rows of the chunks being written."""
+
+    def __init__(self, spark: SparkSession, total: int, chunks: int, resumed_rows: int, resumed_chunks: int):
+        self.spark, self.total, self.chunks = spark, total, chunks
+        self.done_rows, self.done_chunks = resumed_rows, resumed_chunks
+        self.resumed_rows = resumed_rows
+        self.running: set[str] = set()
+        self.lock = threading.Lock()
+        self.rate = progress.Rate()
+        self._live: progress.LiveRows | None = None
+
+    def begin(self, group: str) -> None:
+        with self.lock:
+            self.running.add(group)
+
+    def end(self, group: str, rows: int | None) -> None:
+        with self.lock:
+            self.running.discard(group)
+            if rows is not None:
+                self.done_rows += rows
+                self.done_chunks += 1
+        if self._live is not None:
+            self._live.forget(group)
+
+    def rows_now(self) -> int:
+        """Rows scored or being scored now (see ``progress.LiveRows``)."""
+        if self._live is None:
+            self._live = progress.LiveRows(self.spark)
+        with self.lock:
+            done, running = self.done_rows, list(self.running)
+        live = 0
+        for group in running:
+            try:
+                live += self._live.rows(group)
+            except Exception:  # noqa: BLE001 - the status store of a job that just ended
+                pass
+        return min(self.total, done + live) if self.total else done + live
+
+    def line(self) -> str:
+        now = self.rows_now()
+        rate = self.rate.add(time.monotonic(), now - self.resumed_rows)
+        try:
+            engines = progress.busy_engines(self.spark)
+        except Exception:  # noqa: BLE001
+            engines = None
+        pct = f"{100 * now / self.total:.1f}%" if self.total else "-"
+        resumed = f", {self.resumed_rows:,} resumed" if self.resumed_rows else ""
+        return (f"score: {now:,} / {self.total:,} rows ({pct}){resumed}, "
+                f"{rate or 0:,.0f} rows/s, ETA {progress.duration(progress.eta(now, self.total, rate))}, "
+                f"{'?' if engines is None else engines} engines up; "
+                f"chunks {self.done_chunks:,} / {self.chunks:,} done")
+
+
+def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out: output.Output,
+                  pcs: pieces.Pieces, rp: pieces.ResumePlan) -> ScoreResult:
+    """Score every chunk not committed yet into the pieces (several at a time), then gather the
+    counts of all of them and list the output files."""
     from udfs.reward import ScoreSpec, make_udf
 
     spec = ScoreSpec(engine=plan.engine, template=opts.template, model_manifest=plan.manifest,
                      cache_dir=opts.cache_dir)
     tasks_acc = spark.sparkContext.accumulator([], _ListParam())
     udf = make_udf(spec, tasks_acc, with_response=opts.response_col is not None)
-    scored = score_rows(plan.df, udf, opts.text_col, opts.response_col)
-    obs = Observation("score")
-    group = output.new_group("score")
+    total_bytes = sum(c.bytes for c in rp.todo) or 1
+    resumed_rows = sum(int(m.counts.get("rows", 0)) for m in rp.reused)
+    state = ScoreProgress(spark, plan.input_rows, len(rp.reused) + len(rp.todo), resumed_rows, len(rp.reused))
+    markers: list[pieces.Marker] = []
+    cancel = threading.Event()
+
+    def score_chunk(chunk: pieces.Chunk) -> None:
+        if cancel.is_set():
+            return
+        paths = [hadoop.encoded_uri(spark, f.uri) for f in chunk.files]
+        df = plan.df.where(F.col("_metadata.file_path").isin(paths))
+        if opts.partitions:
+            df = df.repartition(max(1, round(opts.partitions * chunk.bytes / total_bytes)))
+        obs = Observation(f"chunk-{chunk.id}-{out.run_id}")
+        group = f"{output.new_group('score')}-{chunk.id}"
+        state.begin(group)
+        rows = None
+        try:
+            start = time.monotonic()
+            hadoop.delete(spark, pcs.tmp(chunk))
+            output.write_parquet(spark, final_rows(observed_metrics(score_rows(df, udf, opts.text_col,
+                                                                               opts.response_col), obs)),
+                                 pcs.tmp(chunk), opts.out.compression, group)
+            counts = {k: obs.get[k] for k in COUNTS}
+            marker = pcs.commit(chunk, out.run_id, counts, time.monotonic() - start)
+            markers.append(marker)
+            rows = int(counts["rows"])
+        finally:
+            state.end(group, rows)
+        publish.pause_point("chunk-committed")
+
     start = time.monotonic()
-    output.write_parquet(spark, final_rows(observed_metrics(scored, obs)), out.staging, opts.out.compression, group)
+    concurrency = _conf_int(spark, pieces.CONCURRENT_CONF, score_slots(spark))
+    if rp.todo:
+        with progress.Reporter(state.line, progress.interval_s(spark)), \
+                ThreadPoolExecutor(max_workers=min(concurrency, len(rp.todo)),
+                                   thread_name_prefix="promptscore-chunk") as pool:
+            futures = [pool.submit(score_chunk, c) for c in rp.todo]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+            if failed is not None:
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+                for group in list(state.running):
+                    spark.sparkContext.cancelJobGroup(group)
+                wait(futures)
+                raise failed.exception()
     write_s = time.monotonic() - start
     tasks = sorted(tasks_acc.value, key=lambda t: (t["partition"] is None, t["partition"], t["attempt"]))
-    return ScoreResult(dict(obs.get), tasks, write_s, hadoop.list_data_files(spark, out.staging))
+    every = rp.reused + markers
+    metrics = merge_counts([m.counts for m in every])
+    this_run = merge_counts([m.counts for m in markers])
+    resume = {
+        "fingerprint": plan.fp, "chunks": len(every), "chunks_resumed": len(rp.reused),
+        "chunks_scored": len(markers), "resumed_rows": resumed_rows, "chunks_dropped": rp.dropped,
+        "orphan_files_removed": rp.orphans, "concurrent_chunks": concurrency,
+        "chunk_bytes": rp.target_bytes, "basis": {k: v for k, v in plan.basis.items() if k != "schema"},
+    }
+    return ScoreResult(metrics, tasks, write_s, hadoop.list_data_files(spark, pcs.parts), resume, this_run)
 
 
-def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, header: dict, spark_info: dict,
-                 phases: dict[str, float]) -> dict:
-    """The job's report (pure: everything comes from the plan and the result)."""
+def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats: dict, header: dict,
+                 spark_info: dict, phases: dict[str, float]) -> dict:
+    """The job's report (pure: everything comes from the plan, the result and the stats)."""
     m = result.metrics
     rows, scored_n = int(m["rows"]), int(m["scored"] or 0)
     errors = {r: int(m[f"err_{r}"] or 0) for r in REASONS if m[f"err_{r}"]}
@@ -279,9 +487,10 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, heade
     bad_fraction = error_rows / rows if rows else 0.0
     tokens = int(m["tokens"] or 0)
     engines = engine_summaries(result.tasks)
-    quantiles = json.loads(m["quantiles"]) if m["quantiles"] else None
-    histogram = [[b["x"], b["y"]] for b in json.loads(m["histogram"])] if m["histogram"] else []
+    quantiles = json.loads(stats["quantiles"]) if stats.get("quantiles") else None
+    histogram = [[b["x"], b["y"]] for b in json.loads(stats["histogram"])] if stats.get("histogram") else []
     write_s = result.write_s
+    run_rows, run_tokens = int(result.this_run.get("rows") or 0), int(result.this_run.get("tokens") or 0)
     report = {
         **header,
         "status": "too_many_errors" if bad_fraction > opts.max_bad_fraction else "ok",
@@ -293,6 +502,8 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, heade
         "response_col": opts.response_col,
         "engine": {k: v for k, v in plan.engine.__dict__.items() if k != "model_dir"},
         "rows": rows,
+        "input_rows": plan.input_rows,
+        "resumed_rows": result.resume.get("resumed_rows", 0),
         "scored": scored_n,
         "error_rows": error_rows,
         "errors": errors,
@@ -301,17 +512,19 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, heade
         "truncated": int(m["truncated"] or 0),
         "tokens": tokens,
         "max_tokens": m["max_tokens"],
-        "prompts_per_s": round(rows / write_s, 2) if write_s else None,
-        "tokens_per_s": round(tokens / write_s, 1) if write_s else None,
+        # Rates of this run's own scoring: resumed rows took no time here.
+        "prompts_per_s": round(run_rows / write_s, 2) if write_s and run_rows else None,
+        "tokens_per_s": round(run_tokens / write_s, 1) if write_s and run_rows else None,
         "engines": engines,
         "engine_start_s": max((e["start_s"] or 0 for e in engines), default=None),
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
         "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
         "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
-        "score_mean": m["mean"],
+        "score_mean": stats.get("mean"),
         "score_quantiles": dict(zip((f"p{int(q * 100)}" for q in QUANTILES), quantiles)) if quantiles else None,
         "score_histogram": histogram,
         "histogram_png": None,
+        "resume": result.resume,
         "tasks": result.tasks,
         "output_files": len(result.output_files),
         "output_bytes": sum(f.size for f in result.output_files),
@@ -324,18 +537,37 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, heade
 
 def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     """Run the whole job; return the report. Raises UsageError / DataQualityError."""
+    if opts.compare_sample:
+        from promptscore import compare
+
+        return compare.run_compare(spark, opts)
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = output.Phases()
-    out = output.open_output(spark, opts.out, opts.inputs)
+    output.check_target(spark, opts.out, opts.inputs)
+    plan = plan_score(spark, opts)
+    out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp))
     try:
-        plan = plan_score(spark, opts)
+        pcs = pieces.Pieces(spark, out.publisher.work, plan.fp)
+        pcs.prepare(plan.basis)
+        out.publisher.adopt_staging(pcs.parts)
+        files = pieces.list_input_files(spark, plan.df)
+        target = pieces.chunk_bytes(sum(f.size for f in files), score_slots(spark),
+                                    _conf_int(spark, pieces.CHUNKS_PER_SLOT_CONF, pieces.DEFAULT_CHUNKS_PER_SLOT),
+                                    _conf_int(spark, pieces.MAX_CHUNK_BYTES_CONF, pieces.DEFAULT_MAX_CHUNK_BYTES))
+        rp = pcs.plan(files, target)
+        plan.input_rows = plan.df.count()
         clock.lap("plan")
-        result = execute_score(spark, opts, plan, out)
+        result = execute_score(spark, opts, plan, out, pcs, rp)
+        if result.metrics["rows"] != plan.input_rows:
+            raise RuntimeError(f"the chunks hold {result.metrics['rows']:,} rows but the input has "
+                               f"{plan.input_rows:,}: the input changed during the run; run the same command again")
         clock.lap("write")
+        stats = score_stats(spark, pcs.parts) if result.output_files else {}
+        clock.lap("stats")
         header = output.report_header("score", "ok", started_at, opts.inputs, out, opts.out)
         spark_info = {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
-        report = build_report(opts, plan, result, header, spark_info, clock.phases)
+        report = build_report(opts, plan, result, stats, header, spark_info, clock.phases)
         png = histogram_png(report["score_histogram"], f"{report['rows']:,} rows, {report['scored']:,} scored; "
                             f"model {os.path.basename(opts.model.rstrip('/'))}")
         if png is not None:
@@ -356,7 +588,8 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
 
 
 def engine_summaries(tasks: list[dict]) -> list[dict]:
-    """One entry per engine the tasks used: its device, start seconds, tasks, and the seconds it
+    """One entry per engine the tasks used: its device, start seconds, its compile cache (where,
+    and whether an engine of the same spec had started with it before), tasks, and the seconds it
     spent computing (``busy_s``) and waiting for rows (``idle_s``) between the first of these
     tasks' connections and the last one's end. A high ``idle_s`` means the engine waited on Spark
     (reads, tokenizing): give the executor more task slots per GPU."""
@@ -367,6 +600,7 @@ def engine_summaries(tasks: list[dict]) -> list[dict]:
     out = []
     for (key, pid), spans in by_engine.items():
         e = {"key": key, "pid": pid, "device": spans[0]["engine_device"], "start_s": spans[0]["engine_start_s"],
+             "cache_dir": spans[0].get("engine_cache_dir"), "cache_warm": spans[0].get("engine_cache_warm"),
              "tasks": len(spans)}
         for name in ("busy", "idle"):
             starts = [t[f"engine_{name}_start_s"] for t in spans if t.get(f"engine_{name}_start_s") is not None]
@@ -405,7 +639,8 @@ def histogram_png(histogram: list[list[float]], title: str) -> bytes | None:
 def summary_line(r: dict) -> str:
     """The one line the job prints on stdout."""
     rate = f"{r['prompts_per_s']:,.1f} prompts/s" if r["prompts_per_s"] else "-"
-    return (f"score: {r['rows']:,} rows -> {r['scored']:,} scored, {r['error_rows']:,} not "
+    resumed = f" ({r['resumed_rows']:,} resumed from an earlier run)" if r.get("resumed_rows") else ""
+    return (f"score: {r['rows']:,} rows{resumed} -> {r['scored']:,} scored, {r['error_rows']:,} not "
             f"({', '.join(f'{k} {v:,}' for k, v in r['errors'].items()) or 'no errors'}), "
             f"{r['truncated']:,} truncated; {r['backend']} on {len(r['engines'])} engine(s), {rate}, "
             f"{r['output_files']} files ({human_bytes(r['output_bytes'])}); {r['elapsed_s']:.1f} s; "

@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,8 @@ def spark(fake_oss_store):
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
+        # No progress lines unless a test asks for them.
+        .config("spark.promptscore.progress.interval", "0")
         .getOrCreate()
     )
     yield session
@@ -139,6 +144,41 @@ def run_job(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
     code = load_job(name).main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def submit(args: list, env_extra: dict, pause: str | None, flag: Path) -> subprocess.Popen:
+    """``spark-submit --master local[2] ARGS`` in a process group of its own (to kill it whole), with
+    ``PROMPTSCORE_TEST_PAUSE_AT=pause`` (the job writes ``flag`` and waits there) unless None."""
+    import pyspark
+
+    env = dict(os.environ, **env_extra)
+    env.pop("PROMPTSCORE_TEST_PAUSE_AT", None)
+    if pause:
+        env["PROMPTSCORE_TEST_PAUSE_AT"] = pause
+        env["PROMPTSCORE_TEST_PAUSE_FILE"] = str(flag)
+    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
+    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
+           "--conf", "spark.driver.memory=1g", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    """SIGKILL the process group of ``proc`` as soon as ``ready()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the job ended before the kill point (exit {proc.returncode}):\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the kill point was never reached")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def pytest_configure(config):

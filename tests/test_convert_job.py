@@ -263,3 +263,17 @@ def test_help_exits_0(capsys):
         load_job("convert").main(["--help"])
     assert e.value.code == 0
     assert "--target-file-size" in capsys.readouterr().out
+
+
+def test_progress_lines_while_writing(spark, tmp_path, capsys):
+    src = tmp_path / "in"
+    for i in range(120):
+        write_lines(src / f"d{i % 10}" / f"f{i:03d}.jsonl", records(*(f"prompt {i}-{j}" for j in range(50))))
+    spark.conf.set("spark.promptscore.progress.interval", "0.2")
+    try:
+        code, _, err = run_job("convert", ["--input", src, "--output", tmp_path / "out"], capsys)
+    finally:
+        spark.conf.set("spark.promptscore.progress.interval", "0")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("convert: ")]
+    assert lines and all(" of 120 files (" in line or "/ 120 files, " in line for line in lines), err

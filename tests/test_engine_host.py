@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from udfs import engine_host
+from udfs import engine_cache, engine_host
 from udfs.engine_host import EngineClient, RowError, paths_for
 from udfs.engines import EngineError, EngineSpec
 
@@ -206,3 +206,35 @@ def test_another_spec_for_the_device_replaces_the_host(tiny_model):
             time.sleep(0.1)
     assert len(Path(paths_for(second["key"]).starts).read_text().splitlines()) == 2
     wait_for_socket(second["key"]).shutdown()
+
+
+def test_a_host_keeps_its_caches_in_the_cache_dir_and_says_when_they_are_warm(tiny_model, owner, tmp_path,
+                                                                                  monkeypatch):
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = f"cpu-{owner.pid}"
+    env = {"CUDA_VISIBLE_DEVICES": "", **engine_cache.engine_env(str(tmp_path))}
+    mine = tmp_path / "engine-cache" / str(os.getuid())
+    # An engine of this spec started with this cache before (a cold start: test_score_job's URI test).
+    monkeypatch.setenv(engine_cache.ROOT_ENV, str(mine))
+    engine_cache.record_start(engine_host.fingerprint(spec), 1.0)
+    host = engine_host._spawn(spec, key, owner.pid, env, paths_for(key))
+    client = wait_for_socket(key)
+    assert client.hello(engine_host.fingerprint(spec), owner.pid)
+    assert client.info["cache_dir"] == str(mine) and client.info["cache_warm"] is True
+    assert client.info["cache_env"] == {name: str(mine / sub) for name, sub in engine_cache.ENV_DIRS.items()}
+    client.shutdown()
+    assert host.wait(timeout=30) == 0
+    assert json.loads(Path(paths_for(key).starts).read_text().splitlines()[-1])["cache_warm"] is True
+
+    # Compiled code is executed: a cache that others may write is refused.
+    os.chmod(mine, 0o777)
+    with pytest.raises(EngineError, match="is not this user's own"):
+        engine_cache.engine_env(str(tmp_path))
+
+
+def test_a_vllm_without_the_public_api_fails_the_start_in_one_line(tiny_model):
+    with pytest.raises(EngineError) as e:
+        engine_host.connect(EngineSpec(model_dir=str(tiny_model), backend="vllm"), ["0"], start_timeout_s=120)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("the engine host for gpu0 could not start: vLLM ")
+    assert "vLLM 0.25.0" in message

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import ROOT, records, write_lines
+from conftest import kill_when as _kill_when, records, submit as _submit, write_lines
 from promptscore import publish
 from promptscore.publish import Publisher, work_dir
 
@@ -134,6 +130,35 @@ def test_a_journal_cut_short_while_written_means_the_publish_never_began(spark, 
     assert content(target) == old
 
 
+def test_recovery_keeps_what_its_hook_names_and_an_adopted_staging_outlives_a_failed_run(spark, tmp_path):
+    target = tmp_path / "out"
+    work = Path(work_dir(str(target)))
+    (work / "pieces-a" / "parts").mkdir(parents=True)
+    (work / "pieces-a" / "parts" / "p.parquet").write_text("scores")
+    (work / "pieces-b").mkdir()
+    (work / "staging-old").mkdir()
+    notes = Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    assert sorted(p.name for p in work.iterdir()) == ["pieces-a"]
+    assert "kept pieces-a to resume" in notes
+
+    pub = Publisher(spark, f"file:{target}")
+    pub.prepare_staging()
+    pub.adopt_staging(f"file:{work}/pieces-a/parts")
+    pub.discard()  # a failed run leaves its pieces for the next one
+    assert (work / "pieces-a" / "parts" / "p.parquet").exists()
+    (work / "pieces-a" / "parts" / "_report.json").write_text(json.dumps({"job": "score", "run_id": pub.run_id}))
+    pub.publish()
+    assert content(target) == {"p.parquet": "scores", "_report.json": json.dumps({"job": "score",
+                                                                               "run_id": pub.run_id})}
+    assert not work.exists()
+
+    # A publish that had to be completed consumed the pieces: nothing is kept after one.
+    target, old, new = _cut_short(spark, tmp_path / "again", "rename", "publish-journaled")
+    (Path(work_dir(str(target))) / "pieces-a").mkdir()
+    Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    assert content(target) == new and not Path(work_dir(str(target))).exists()
+
+
 @pytest.mark.parametrize("files, kind", [
     ({}, "absent"), ({"_temporary/0/x": ""}, "empty"), ({"data.csv": "1,2"}, "foreign"),
     ({"_report.json": '{"job": "convert"}', "_SUCCESS": "", "p.parquet": ""}, "complete"),
@@ -150,38 +175,6 @@ def test_target_states(spark, tmp_path, files, kind):
 
 # ---------------------------------------------------------------------------------------------
 # Real jobs, killed
-
-
-def _submit(args: list, env_extra: dict, pause: str | None, flag: Path) -> subprocess.Popen:
-    import pyspark
-
-    env = dict(os.environ, **env_extra)
-    env.pop("PROMPTSCORE_TEST_PAUSE_AT", None)
-    if pause:
-        env["PROMPTSCORE_TEST_PAUSE_AT"] = pause
-        env["PROMPTSCORE_TEST_PAUSE_FILE"] = str(flag)
-    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
-    env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-           "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
-           "--conf", "spark.driver.memory=1g", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the job ended before the kill point (exit {proc.returncode}):\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the kill point was never reached")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def _rows(out: Path) -> list[str] | None:
@@ -242,33 +235,4 @@ def test_convert_killed_at_any_point_keeps_one_complete_output_and_the_same_comm
     assert report["recovered"] and "completed the publish" in report["recovered"][0]
 
 
-def test_score_killed_mid_write_keeps_the_old_scores_and_the_same_command_finishes(tmp_path, tiny_model):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    src = tmp_path / "prompts"
-    src.mkdir()
-    for i in range(4):
-        pq.write_table(pa.table({"prompt": [f"prompt {i}-{j} " * 20 for j in range(300)]}), src / f"p{i}.parquet")
-    out = tmp_path / "scores"
-    flag = tmp_path / "paused"
-    args = ["jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
-            "--mode", "overwrite"]
-    # An earlier run's output (its contents do not matter to the publish step, only that it is ours).
-    out.mkdir()
-    pq.write_table(pa.table({"prompt": ["old"], "score": [0.5]}), out / "part-00000-old.parquet")
-    old = json.dumps({"job": "score", "run_id": "old"})
-    (out / "_report.json").write_text(old)
-    (out / "_SUCCESS").write_text("")
-
-    proc = _submit(args, {}, None, flag)
-    _kill_when(proc, _staging_writes(out))
-    assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
-
-    again = _submit(args, {}, None, flag)
-    _, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-3000:]
-    table = ds.dataset(str(out), format="parquet", ignore_prefixes=["_", "."]).to_table()
-    assert table.num_rows == 1200 and table.column("score").null_count == 0
-    assert json.loads((out / "_report.json").read_text())["run_id"] != json.loads(old)["run_id"]
-    assert not Path(work_dir(str(out))).exists()
+# The score job killed mid-run, and resumed: tests/test_resume.py.

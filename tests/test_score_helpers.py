@@ -28,6 +28,7 @@ def task(key: str | None, pid: int | None, busy: tuple[float, float] | None, idl
          device: str = "NVIDIA H100", start_s: float = 30.0) -> dict:
     """One task's entry of the report, as ``udfs.reward.TaskStats.as_dict`` writes it."""
     return {"engine_key": key, "engine_pid": pid, "engine_device": device, "engine_start_s": start_s,
+            "engine_cache_dir": "/c" if key else None, "engine_cache_warm": key == "gpu0" if key else None,
             "engine_busy_start_s": busy[0] if busy else None, "engine_busy_s": busy[1] if busy else None,
             "engine_idle_start_s": idle[0] if idle else None, "engine_idle_s": idle[1] if idle else None}
 
@@ -41,11 +42,23 @@ def test_engine_summaries_group_tasks_by_engine_and_span_their_counters():
         task(None, None, busy=None, idle=None),  # an empty partition never connected
     ]
     assert engine_summaries(tasks) == [
-        {"key": "gpu0", "pid": 101, "device": "NVIDIA H100", "start_s": 30.0, "tasks": 2, "busy_s": 10.0,
-         "idle_s": 1.0},
-        {"key": "gpu1", "pid": 202, "device": "NVIDIA H200", "start_s": 41.0, "tasks": 1, "busy_s": 5.0,
-         "idle_s": 0.25},
-        {"key": "gpu1", "pid": 303, "device": "NVIDIA H100", "start_s": 30.0, "tasks": 1, "busy_s": 1.0,
-         "idle_s": None},
+        {"key": "gpu0", "pid": 101, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": True,
+         "tasks": 2, "busy_s": 10.0, "idle_s": 1.0},
+        {"key": "gpu1", "pid": 202, "device": "NVIDIA H200", "start_s": 41.0, "cache_dir": "/c", "cache_warm": False,
+         "tasks": 1, "busy_s": 5.0, "idle_s": 0.25},
+        {"key": "gpu1", "pid": 303, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": False,
+         "tasks": 1, "busy_s": 1.0, "idle_s": None},
     ]
     assert engine_summaries([]) == []
+
+
+def test_a_task_that_failed_in_python_is_named_by_the_last_line_of_its_traceback():
+    from promptscore.cli import gist
+
+    message = ("Job aborted due to stage failure: Task 0 in stage 3.0 failed 4 times, most recent failure: "
+               "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+               '  File "worker.py", line 1, in main\n'
+               "udfs.engines.EngineError: the engine host for gpu0 could not start: vLLM 0.30.0 lacks X\n\n"
+               "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:572)\n")
+    assert gist(message) == "udfs.engines.EngineError: the engine host for gpu0 could not start: vLLM 0.30.0 lacks X"
+    assert gist("one line\nand another") == "one line"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from chispa import assert_df_equality
 
 from conftest import direct_scores, has_gpu_and_vllm, run_job
+from udfs import engine_cache
 from udfs.engine_host import paths_for
 
 SCHEMA = "id int, prompt string, response string, meta struct<lang:string,n:bigint>"
@@ -201,10 +203,22 @@ def test_model_as_a_uri_is_copied_once_and_checked(spark, prompts, tiny_model, t
     code, _, err = run_job("score", ["--input", prompts, "--output", out, "--model", f"file://{tiny_model}",
                                      "--cache-dir", cache, "--max-bad-fraction", "1"], capsys)
     assert code == 0, err
-    copies = [p for p in cache.iterdir() if p.is_dir()]
+    copies = [p for p in cache.iterdir() if p.is_dir() and p.name != "engine-cache"]
     assert len(copies) == 1 and (copies[0] / "model.safetensors").stat().st_size == \
         (tiny_model / "model.safetensors").stat().st_size
-    assert json.loads((out / "_report.json").read_text())["scored"] == 5
+    report = json.loads((out / "_report.json").read_text())
+    assert report["scored"] == 5
+
+    # The engine (a new one: another model path) keeps its compile caches beside the model's copy,
+    # in a directory of this user's own.
+    mine = cache / "engine-cache" / str(os.getuid())
+    assert mine.stat().st_mode & 0o777 == 0o700 and (cache / "engine-cache").stat().st_mode & 0o7777 == 0o1777
+    (engine,) = report["engines"]
+    assert engine["cache_dir"] == str(mine) and engine["cache_warm"] is False
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{engine['pid']}/environ").read_text().split("\0") if "=" in item)
+    for name, sub in engine_cache.ENV_DIRS.items():
+        assert environ[name] == str(mine / sub) and (mine / sub).is_dir()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,10 @@ pool, which
 Workers reach it with ``connect()``. Files, by device key, in the runtime directory
 (``runtime_dir()``): ``<key>.sock``, ``<key>.lock`` (held by the running host), ``<key>.spawn.lock``
 (held by the worker starting one), ``<key>.spec.json`` (the spec it was started with) and
-``<key>.starts`` (one line per engine start). Its log is ``promptscore-engine-<key>.log`` in the
+``<key>.starts`` (one line per engine start, with its seconds and whether its compile cache was
+warm). A host started by ``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches
+in that directory's engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
+Its log is ``promptscore-engine-<key>.log`` in the
 YARN container's log directory (the first of ``$LOG_DIRS``), else in the runtime directory. A host
 keyed by an executor (``cpu-…``) removes its files but the log when that executor is gone; a GPU's
 lock files stay for the next executor on that GPU.
@@ -47,6 +50,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from udfs import engine_cache
 from udfs.devices import device_key
 from udfs.engines import EngineError, EngineSpec
 from udfs.locks import LockHeld, file_lock
@@ -54,6 +58,10 @@ from udfs.locks import LockHeld, file_lock
 
 class RowError(Exception):
     """The engine refused the rows of one request (a bad row among them)."""
+
+
+# A host that cannot build its engine says why in one line of its log starting with this.
+ERROR_PREFIX = "engine host: error: "
 
 
 def runtime_dir() -> Path:
@@ -161,8 +169,10 @@ class _Link:
 class Host:
     """The engine and the socket that feeds it."""
 
-    def __init__(self, engine, spec: EngineSpec, key: str, owner: int, fp: str, start_s: float):
+    def __init__(self, engine, spec: EngineSpec, key: str, owner: int, fp: str, start_s: float,
+                 cache: tuple[str | None, bool | None] = (None, None)):
         self.engine, self.spec, self.key, self.owner, self.fp = engine, spec, key, owner, fp
+        self.cache_dir, self.cache_warm = cache
         self.requests: queue.Queue[_Request] = queue.Queue()
         self._stop = threading.Event()
         self.reason = ""
@@ -173,12 +183,18 @@ class Host:
         self.idle_s = 0.0  # the engine waiting for rows (with none of its own left to compute)
 
     def info(self) -> dict[str, Any]:
+        # An engine that schedules rows itself (vLLM) knows best when it had none; else the
+        # host's own count of waits on an empty queue.
+        idle = getattr(self.engine, "idle_s", None)
         return {
             "pid": os.getpid(), "key": self.key, "owner": self.owner, "fingerprint": self.fp,
             "backend": self.spec.backend, "device": getattr(self.engine, "device_name", "?"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine_start_s": round(self.start_s, 3), "started_at": self.started_at,
-            "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3), "idle_s": round(self.idle_s, 3), **self.stats,
+            "cache_dir": self.cache_dir, "cache_warm": self.cache_warm,
+            "cache_env": {name: os.environ.get(name) for name in engine_cache.ENV_DIRS},
+            "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3),
+            "idle_s": round(self.idle_s if idle is None else idle, 3), **self.stats,
         }
 
     def stop(self, reason: str) -> None:
@@ -268,14 +284,22 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
     from udfs import engines
 
     fp = fingerprint(spec)
+    cache = engine_cache.was_warm(fp)
     print(f"engine host {os.getpid()}: loading {spec.backend} engine for {spec.model_dir} on {key} "
-          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, owner {owner})", flush=True)
+          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, owner {owner}, "
+          f"cache {cache[0]}, {'warm' if cache[1] else 'cold'})", flush=True)
     t0 = time.monotonic()
-    engine = engines.build(spec)
+    try:
+        engine = engines.build(spec)
+    except EngineError as e:
+        print(f"{ERROR_PREFIX}{e}", flush=True)
+        return 4
     start_s = time.monotonic() - t0
+    engine_cache.record_start(fp, start_s)
     with open(paths.starts, "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "at": time.time(), "fingerprint": fp, "start_s": start_s}) + "\n")
-    host = Host(engine, spec, key, owner, fp, start_s)
+        f.write(json.dumps({"pid": os.getpid(), "at": time.time(), "fingerprint": fp, "start_s": start_s,
+                            "cache_warm": cache[1]}) + "\n")
+    host = Host(engine, spec, key, owner, fp, start_s, cache)
     if os.path.exists(paths.sock):
         os.unlink(paths.sock)
     listener = Listener(paths.sock, family="AF_UNIX")
@@ -405,11 +429,14 @@ def _log_tail(path: str, lines: int = 15) -> str:
         return "(no log)"
 
 
-def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: float = 1800.0) -> EngineClient:
+def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: float = 1800.0,
+            cache_dir: str | None = None) -> EngineClient:
     """The engine client for this worker's device, starting the engine host if there is none.
 
     Reuses the worker's connection across tasks; replaces a host that runs another spec or
-    belongs to another executor; serialises concurrent starts with a lock.
+    belongs to another executor; serialises concurrent starts with a lock. A host it starts
+    keeps its compile caches in ``cache_dir``'s engine cache (``udfs.engine_cache``); a running
+    host is reused whatever cache it started with.
     """
     owner = owner_pid()
     key, env = device_key(gpus, spec, owner)
@@ -431,6 +458,8 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
             except EngineError:
                 pass  # a host on its way out: a new one starts once it has released the device
         _wait_unlocked(paths.lock, timeout=120)
+        if cache_dir:
+            env = {**env, **engine_cache.engine_env(cache_dir)}
         _spawn(spec, key, owner, env, paths)
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -443,8 +472,12 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
                 return client
             proc = _SPAWNED.get(key)
             if proc is not None and proc.poll() is not None:
+                tail = _log_tail(paths.log)
+                said = [line[len(ERROR_PREFIX):] for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
+                if said:
+                    raise EngineError(f"the engine host for {key} could not start: {said[-1]}")
                 raise EngineError(f"the engine host for {key} exited with code {proc.returncode} while "
-                                  f"starting; its log {paths.log} ends with:\n{_log_tail(paths.log)}")
+                                  f"starting; its log {paths.log} ends with:\n{tail}")
             if time.monotonic() > deadline:
                 raise EngineError(f"the engine host for {key} did not start in {start_timeout_s:.0f} s; "
                                   f"see {paths.log}")

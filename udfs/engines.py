@@ -1,7 +1,9 @@
 """Reward-model engines: token ids in, one raw logit per row out.
 
 ``TransformersEngine`` runs anywhere (CPU or GPU) and is the numerical reference;
-``VllmEngine`` is the GPU engine (vLLM's pooling runner, classify task, no activation).
+``VllmEngine`` is the GPU engine (vLLM's pooling runner, classify task, no activation), driven
+through vLLM's public ``AsyncLLMEngine.encode``; it checks at start that the vLLM it finds has that
+API (``check_vllm``) and fails in one line naming the version otherwise.
 Both take the same token ids, so they score exactly the same input.
 
 An engine runs inside the engine host (``udfs.engine_host``), one per GPU, and is driven by
@@ -10,8 +12,10 @@ An engine runs inside the engine host (``udfs.engine_host``), one per GPU, and i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -164,15 +168,51 @@ class TransformersEngine(_BatchLoop):
         self.model = None
 
 
-class VllmEngine(_BatchLoop):
-    """vLLM's pooling runner: ``classify`` with no activation, so the raw logit is the reward.
+VLLM_VERSION = "0.25.0"
 
-    ``run`` streams: requests (slices of a batch) are added to the running engine as they arrive,
-    so the GPU does not wait at the boundary between two requests, batches or tasks.
+
+def check_vllm() -> None:
+    """Fail with one line, naming the vLLM found and the one expected, unless vLLM's public API
+    that ``VllmEngine`` uses is there: ``vllm.AsyncEngineArgs``, ``vllm.AsyncLLMEngine`` (vLLM's
+    ``AsyncLLM``) with ``from_engine_args`` and ``encode``, ``vllm.PoolingParams`` with ``task``
+    and ``use_activation``, and ``vllm.inputs.tokens_input``."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise EngineError(f"vLLM is not installed ({e}); the vllm backend needs vLLM {VLLM_VERSION} "
+                          "(pip install 'promptscore[gpu]')") from None
+    found = getattr(vllm, "__version__", "of unknown version")
+    missing: list[str] = []
+    try:
+        from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams  # noqa: F401
+        from vllm.inputs import tokens_input  # noqa: F401
+    except ImportError as e:
+        missing.append(str(e))
+    else:
+        missing += [f"AsyncLLMEngine.{name}" for name in ("from_engine_args", "encode", "shutdown")
+                    if not hasattr(AsyncLLMEngine, name)]
+        fields = getattr(PoolingParams, "__struct_fields__", None) or ()
+        missing += [f"PoolingParams.{name}" for name in ("task", "use_activation") if name not in fields]
+    if missing:
+        raise EngineError(f"vLLM {found} lacks {', '.join(missing)}, which the vllm backend uses; "
+                          f"install vLLM {VLLM_VERSION} (pip install 'promptscore[gpu]')")
+
+
+class VllmEngine:
+    """vLLM's pooling runner through its public asynchronous API: each row is one request,
+    ``AsyncLLMEngine.encode(tokens_input(ids), PoolingParams(task="classify", use_activation=False))``,
+    whose one output value is the raw logit (no activation: the reward).
+
+    Rows stream in as the host's requests (slices of a batch) arrive, from any worker, and vLLM's
+    scheduler batches every row it holds into each step, so the GPU does not wait at the boundary
+    between two slices, batches or tasks. A row vLLM refuses (a ``ValueError``: bad token ids,
+    too long) fails alone; the engine failing as a whole (``AsyncLLM.errored``) ends the host.
+    ``busy_s`` counts the seconds with at least one row in vLLM, ``idle_s`` those without.
     """
 
     def __init__(self, spec: EngineSpec):
-        from vllm import LLM, PoolingParams
+        check_vllm()
+        from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
 
         kwargs: dict[str, Any] = dict(
             model=spec.model_dir,
@@ -185,95 +225,110 @@ class VllmEngine(_BatchLoop):
             max_num_seqs=spec.max_num_seqs,
             # Every prompt is different; there is no prefix worth caching.
             enable_prefix_caching=False,
+            disable_log_stats=True,
         )
         if spec.quantization:
             kwargs["quantization"] = spec.quantization
         kwargs.update(spec.engine_args)
-        self.llm = LLM(**kwargs)
-        self.PoolingParams = PoolingParams
+        # Made inside the loop that later serves it, as vLLM's own server makes it.
+        self.loop = asyncio.new_event_loop()
+
+        async def make():
+            return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+
+        self.llm = self.loop.run_until_complete(make())
+        self.params = PoolingParams(task="classify", use_activation=False)
+        self.vocab_size = self.llm.model_config.get_vocab_size()
+        self._ids = itertools.count()
+        self._rows = 0  # rows inside vLLM now
+        self._busy = self._idle = 0.0
+        self._since = time.monotonic()
+        self.fatal: BaseException | None = None
         import torch
 
         self.device_name = torch.cuda.get_device_name(0)
 
-    def _prompts(self, batch: list[list[int]]):
-        from vllm.inputs import TokensPrompt
+    @property
+    def busy_s(self) -> float:
+        return self._busy + (time.monotonic() - self._since if self._rows else 0.0)
 
-        return [TokensPrompt(prompt_token_ids=ids) for ids in batch]
+    @property
+    def idle_s(self) -> float:
+        return self._idle + (0.0 if self._rows else time.monotonic() - self._since)
 
-    def score(self, batch: list[list[int]]) -> list[float]:
-        outs = self.llm.classify(self._prompts(batch), pooling_params=self.PoolingParams(use_activation=False),
-                                 use_tqdm=False)
-        return [float(o.outputs.probs[0]) for o in outs]
+    def _count(self, n: int) -> None:
+        now = time.monotonic()
+        if self._rows:
+            self._busy += now - self._since
+        else:
+            self._idle += now - self._since
+        self._since = now
+        self._rows += n
+
+    async def _one(self, ids: list[int]) -> float:
+        from vllm.inputs import tokens_input
+
+        bad = next((t for t in ids if t < 0 or t >= self.vocab_size), None)
+        if bad is not None:
+            # vLLM's own check allows ids up to the tokenizer's size, which may exceed the model's.
+            raise ValueError(f"token id {bad} is out of vocabulary (size {self.vocab_size})")
+        out = None
+        async for out in self.llm.encode(tokens_input(ids), self.params.clone(), f"ps-{next(self._ids)}"):
+            pass
+        return float(out.outputs.data.reshape(-1)[0])
+
+    async def _request(self, req, deliver: Deliver) -> None:
+        from udfs.reasons import ENGINE_REJECTED
+
+        self._count(len(req.ids))
+        try:
+            results = await asyncio.gather(*(self._one(ids) for ids in req.ids), return_exceptions=True)
+        except asyncio.CancelledError:
+            deliver(req, EngineError("engine host stopped"))
+            raise
+        finally:
+            self._count(-len(req.ids))
+        values: list[float | str] = []
+        for r in results:
+            if isinstance(r, (ValueError, TypeError)) and not self.llm.errored:
+                values.append(f"{ENGINE_REJECTED}: {type(r).__name__}: {r}".splitlines()[0][:500])
+            elif isinstance(r, BaseException):
+                if self.llm.errored and self.fatal is None:
+                    self.fatal = r
+                deliver(req, EngineError(f"{type(r).__name__}: {r}"))
+                return
+            else:
+                values.append(r)
+        deliver(req, values)
 
     def run(self, next_request: NextRequest, deliver: Deliver, stopping: Callable[[], bool]) -> None:
-        llm = self.llm
-        try:
-            from vllm.entrypoints.pooling.typing import OfflineInputsContext
+        self.loop.run_until_complete(self._serve(next_request, deliver, stopping))
+        if self.fatal is not None:
+            raise EngineError(f"vLLM failed: {type(self.fatal).__name__}: {self.fatal}")
 
-            processor = llm.pooling_io_processors["classify"]
-            engine = llm.llm_engine
-        except (ImportError, AttributeError, KeyError):
-            return super().run(next_request, deliver, stopping)
+    async def _serve(self, next_request: NextRequest, deliver: Deliver, stopping: Callable[[], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        incoming: asyncio.Queue = asyncio.Queue()
 
-        counter = itertools.count()
+        def feed() -> None:
+            while not stopping() and self.fatal is None:
+                req = next_request(True)
+                if req is not None:
+                    loop.call_soon_threadsafe(incoming.put_nowait, req)
+            loop.call_soon_threadsafe(incoming.put_nowait, None)
 
-        def add(req) -> list[str]:
-            """Add a request's rows to the running engine; returns their (external) ids."""
-            ctx = OfflineInputsContext(prompts=self._prompts(req.ids),
-                                       pooling_params=self.PoolingParams(use_activation=False))
-            internal, external = [], []
-            try:
-                for prompt in processor.pre_process_offline(ctx):
-                    rid = f"ps{next(counter)}"
-                    params = self.PoolingParams(use_activation=False, task="classify")
-                    internal.append(engine.add_request(rid, prompt, params))
-                    external.append(rid)
-            except Exception:
-                if internal:
-                    engine.abort_request(internal, internal=True)
-                raise
-            return external
-
-        owner: dict[str, tuple[Any, int]] = {}  # vLLM request id -> (our request, row)
-        open_: dict[int, list] = {}  # id(our request) -> [request, scores, rows left]
-        while not stopping():
-            req = next_request(not engine.has_unfinished_requests())
-            while req is not None:
-                try:
-                    rids = add(req)
-                except Exception as e:  # noqa: BLE001 - a bad row: the caller isolates it
-                    deliver(req, e)
-                else:
-                    if not rids:
-                        deliver(req, [])
-                    else:
-                        open_[id(req)] = [req, [0.0] * len(rids), len(rids)]
-                        for k, rid in enumerate(rids):
-                            owner[rid] = (req, k)
-                req = next_request(False)
-            if not engine.has_unfinished_requests():
-                continue
-            start = time.monotonic()
-            try:
-                outputs = engine.step()
-            except Exception as e:  # noqa: BLE001 - the engine is gone: fail every open request
-                for r, _, _ in list(open_.values()):
-                    deliver(r, EngineError(f"{type(e).__name__}: {e}"))
-                raise
-            self.busy_s += time.monotonic() - start
-            for out in outputs:
-                if not out.finished or out.request_id not in owner:
-                    continue
-                r, k = owner.pop(out.request_id)
-                entry = open_[id(r)]
-                entry[1][k] = float(out.outputs.data.reshape(-1)[0])
-                entry[2] -= 1
-                if entry[2] == 0:
-                    del open_[id(r)]
-                    deliver(r, entry[1])
+        threading.Thread(target=feed, name="engine-feed", daemon=True).start()
+        running: set[asyncio.Task] = set()
+        while (req := await incoming.get()) is not None:
+            task = asyncio.create_task(self._request(req, deliver))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        for task in list(running):
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def close(self) -> None:
-        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if engine_core is not None:
-            engine_core.shutdown()
+        if self.llm is not None:
+            self.llm.shutdown()
         self.llm = None
+        self.loop.close()

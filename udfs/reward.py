@@ -111,6 +111,8 @@ class TaskStats:
             "engine_device": self.host.get("device"),
             "engine_key": self.host.get("key"),
             "engine_start_s": self.host.get("engine_start_s"),
+            "engine_cache_dir": self.host.get("cache_dir"),
+            "engine_cache_warm": self.host.get("cache_warm"),
             "rows": self.rows,
             "scored": self.scored,
             "tokens": self.tokens,
@@ -179,7 +181,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             # Connect (and start the engine host, if this is the executor's first task) before
             # the tokenizer's threads run: a process that forks after them loses them.
             t0 = time.monotonic()
-            client = engine_host.connect(engine, gpus, spec.start_timeout_s)
+            client = engine_host.connect(engine, gpus, spec.start_timeout_s, spec.cache_dir)
             stats.engine_wait_s = time.monotonic() - t0
             stats.host = client.stats()
             stats.busy_start = stats.host.get("busy_s")
