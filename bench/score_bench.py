@@ -439,12 +439,34 @@ def run_all(a) -> None:
     }
     for name in a.steps.split(","):
         t0 = time.monotonic()
+        wait_for_engine_hosts(runtime)
         shutil.rmtree(runtime, ignore_errors=True)
         run_step(steps[name], log)
         if name.startswith("spark"):
             engine_logs(runtime, out, name)
         print(f"  {name} done in {time.monotonic() - t0:.0f} s", flush=True)
     report(a)
+
+
+def wait_for_engine_hosts(runtime: Path, timeout_s: float = 300.0) -> None:
+    """Wait until no engine host of an earlier step runs (one shuts down after its step ends, and
+    holds the GPU and its lock file until then): the next step then starts on a free device. A
+    host's command line names its spec file, which lies in ``runtime``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                    if b"udfs.engine_host" in cmdline and str(runtime).encode() in cmdline:
+                        alive.append(proc.name)
+                except OSError:
+                    pass
+        if not alive:
+            return
+        time.sleep(0.5)
+    print(f"  engine hosts still running after {timeout_s:.0f} s: {', '.join(alive)}", flush=True)
 
 
 def run_scale(a) -> None:
@@ -493,6 +515,7 @@ def run_scale(a) -> None:
         if name == "start":
             shutil.rmtree(cache, ignore_errors=True)
         for argv in steps[name]:
+            wait_for_engine_hosts(runtime)
             shutil.rmtree(runtime, ignore_errors=True)
             env = None
             if name == "bare" and not a.dry:

@@ -18,7 +18,8 @@ pool, which
 
 Workers reach it with ``connect()``. Files, by device key, in the runtime directory
 (``runtime_dir()``): ``<key>.sock``, ``<key>.lock`` (held by the running host), ``<key>.spawn.lock``
-(held by the worker starting one), ``<key>.spec.json`` (the spec it was started with) and
+(held by the worker starting one), ``<key>.<n>.spec.json`` (the spec it was started with; one name
+per start, so that a host on its way out removes its own and never its successor's) and
 ``<key>.starts`` (one line per engine start, with its seconds and whether its compile cache was
 warm). A host started by ``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches
 in that directory's engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
@@ -259,8 +260,9 @@ class Host:
             self.deliver(req, EngineError(f"engine host stopped: {self.reason}"))
 
 
-def serve(spec: EngineSpec, key: str, owner: int) -> int:
-    """Take the device lock, load the engine, serve until told to stop. Returns an exit code."""
+def serve(spec: EngineSpec, key: str, owner: int, spec_file: Path | None = None) -> int:
+    """Take the device lock, load the engine, serve until told to stop. Returns an exit code.
+    ``spec_file``: the file the spec came from, removed when the host ends."""
     paths = paths_for(key)
     try:
         with file_lock(paths.lock, timeout_s=0):
@@ -268,6 +270,9 @@ def serve(spec: EngineSpec, key: str, owner: int) -> int:
     except LockHeld:
         print(f"engine host: another engine holds {key}; not starting a second one", flush=True)
         return 3
+    finally:
+        if spec_file is not None:
+            _remove(spec_file)
 
 
 def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> int:
@@ -315,7 +320,6 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
             os.unlink(paths.sock)
         print(f"engine host {os.getpid()}: shutting down ({host.reason}); {host.info()}", flush=True)
         engine.close()
-        _remove(Path(paths.sock).with_suffix(".spec.json"))
         if key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
             for leftover in (paths.spawn_lock, paths.starts, paths.lock):
                 _remove(Path(leftover))
@@ -490,7 +494,7 @@ _SPAWNED: dict[str, subprocess.Popen] = {}
 def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> subprocess.Popen:
     """Start the engine host of ``key`` in a session of its own (it outlives the worker), its
     output going to its log."""
-    spec_file = Path(paths.sock).with_suffix(".spec.json")
+    spec_file = Path(paths.sock).with_name(f"{key}.{time.time_ns()}.spec.json")
     spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
     env = dict(os.environ)
     env.update(env_extra)
@@ -499,7 +503,8 @@ def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], pa
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--key", key, "--owner", str(owner)],
+            [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--remove-spec", "--key", key,
+             "--owner", str(owner)],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     _SPAWNED[key] = proc
@@ -518,9 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", required=True, help="JSON file of an EngineSpec")
     p.add_argument("--key", required=True)
     p.add_argument("--owner", type=int, required=True, help="exit when this process exits")
+    p.add_argument("--remove-spec", action="store_true", help="remove --spec FILE when the host ends")
     a = p.parse_args(argv)
     spec = EngineSpec(**json.loads(Path(a.spec).read_text()))
-    return serve(spec, a.key, a.owner)
+    return serve(spec, a.key, a.owner, Path(a.spec) if a.remove_spec else None)
 
 
 if __name__ == "__main__":
