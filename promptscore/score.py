@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from promptscore import cli, fingerprint, hadoop, output, pieces, progress, publish
+from promptscore import cli, fingerprint, hadoop, output, pieces, progress, publish, score_plan, sizing
 from promptscore.output import OutputSpec
 from promptscore.report import human_bytes, redact_uri
 from udfs.engines import EngineSpec
@@ -54,6 +54,11 @@ class ScoreOptions:
     partitions: int | None = None
     compare_sample: int | None = None
     compare_dtype: str | None = None
+    plan: bool = False
+    plan_sample: float = 1.0
+    gpus: int | None = None
+    gpu_type: str | None = None
+    calibrate: int | None = None
 
     @property
     def model(self) -> str:
@@ -69,10 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "command run again after a kill or exit 1 reuses them when the model and every option that\n"
         "changes a score are the same (_report.json: resumed_rows).\n"
         "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS;\n"
-        "0: off). Engines keep their compile caches in <--cache-dir>/engine-cache/."))
+        "0: off). Engines keep their compile caches in <--cache-dir>/engine-cache/.\n"
+        "Plan: --plan tokenizes the input (or a --plan-sample of it) with the model's tokenizer and\n"
+        "template, prints rows, tokens, their length distribution, the share --max-model-len cuts and\n"
+        "an estimate of GPU-hours and wall-clock time beside the physical limit; writes no output."))
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="Parquet input (e.g. the convert job's output); repeatable")
-    output.add_args(p)
+    output.add_args(p, output_required=False)
     p.add_argument("--model", required=True, metavar="PATH|URI",
                    help="model directory: a local path on every node, or a URI (oss://, hdfs://, file://) "
                    "copied once per node into --cache-dir")
@@ -108,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "the largest score difference; writes no output (only --report)")
     p.add_argument("--compare-dtype", metavar="DTYPE",
                    help="the reference's --dtype for --compare-sample (default: --dtype)")
+    p.add_argument("--plan", action="store_true",
+                   help="plan instead of scoring: count the rows, tokenize the prompts on the executors "
+                   "(no engine), print the token counts and an estimate of GPU-hours and wall-clock time, "
+                   "and write it with --report; writes no output (--output optional)")
+    p.add_argument("--plan-sample", type=float, metavar="F",
+                   help="with --plan: tokenize a random fraction F in (0, 1] of the rows (rows are still "
+                   "counted exactly) and state the token total's 95%% error (default 1: every row)")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="with --plan: estimate for N GPUs (default: the GPUs the Spark configuration asks "
+                   "for, as the run would use them)")
+    p.add_argument("--gpu-type", choices=tuple(sizing.GPU_PEAK_FLOPS), metavar="GPU",
+                   help="with --plan: the GPU to estimate for, one of "
+                   f"{', '.join(sizing.GPU_PEAK_FLOPS)} (default H100, or the GPU --calibrate ran on)")
+    p.add_argument("--calibrate", type=int, metavar="N",
+                   help="with --plan: score N sampled rows on one engine with these options and estimate "
+                   "from that measured rate instead of the FLOPs model (on the GPUs of the run)")
     return p
 
 
@@ -136,6 +160,23 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
                                  "--compare-dtype other than --dtype")
     elif args.compare_dtype:
         raise cli.UsageError("--compare-dtype goes with --compare-sample")
+    if args.plan:
+        if args.compare_sample is not None:
+            raise cli.UsageError("--plan and --compare-sample are two different checks; run them one at a time")
+        if args.plan_sample is not None and not 0 < args.plan_sample <= 1:
+            raise cli.UsageError(f"--plan-sample must be a fraction in (0, 1], got {args.plan_sample:g}")
+        if args.gpus is not None and args.gpus < 1:
+            raise cli.UsageError("--gpus must be at least 1")
+        if args.calibrate is not None and args.calibrate < 1:
+            raise cli.UsageError("--calibrate must be at least 1 (rows)")
+    else:
+        given = [flag for flag, value in (("--plan-sample", args.plan_sample), ("--gpus", args.gpus),
+                                          ("--gpu-type", args.gpu_type), ("--calibrate", args.calibrate))
+                 if value is not None]
+        if given:
+            raise cli.UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --plan")
+        if not args.output:
+            raise cli.UsageError("the following arguments are required: --output (see --help)")
     engine = EngineSpec(
         model_dir=args.model, backend=args.backend, max_model_len=args.max_model_len, dtype=args.dtype,
         quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
@@ -146,7 +187,9 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         inputs=list(args.input), out=output.from_args(args), engine=engine, text_col=args.text_col,
         response_col=args.response_col, template=args.template, max_bad_fraction=args.max_bad_fraction,
         cache_dir=args.cache_dir, partitions=args.partitions, compare_sample=args.compare_sample,
-        compare_dtype=args.compare_dtype,
+        compare_dtype=args.compare_dtype, plan=args.plan,
+        plan_sample=args.plan_sample if args.plan_sample is not None else 1.0, gpus=args.gpus,
+        gpu_type=args.gpu_type, calibrate=args.calibrate,
     )
 
 
@@ -204,7 +247,9 @@ def final_rows(scored: DataFrame) -> DataFrame:
                          F.col("_score.score_error").alias("score_error"))
 
 
-COUNTS = ("rows", "scored", "truncated", "tokens", "max_tokens", *(f"err_{r}" for r in REASONS))
+COUNTS = ("rows", "scored", "truncated", "tokens", "tokens_sq", "max_tokens", *(f"err_{r}" for r in REASONS))
+# Counts that markers of older versions lack: merged as None unless every chunk has them.
+NEWER_COUNTS = ("tokens_sq",)
 
 
 def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
@@ -217,6 +262,8 @@ def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
         _count(err.isNull()).alias("scored"),
         _count(s["truncated"]).alias("truncated"),
         F.sum(s["n_tokens"]).alias("tokens"),
+        # The attention term of the FLOPs (promptscore.sizing): the sum of each row's tokens squared.
+        F.sum(s["n_tokens"].cast("long") * s["n_tokens"].cast("long")).alias("tokens_sq"),
         F.max(s["n_tokens"]).alias("max_tokens"),
     ]
     metrics += [_count(reason == r).alias(f"err_{r}") for r in REASONS]
@@ -224,13 +271,16 @@ def observed_metrics(scored: DataFrame, obs: Observation) -> DataFrame:
 
 
 def merge_counts(counts: list[dict]) -> dict:
-    """The counts of several chunks as one (sums; the largest ``max_tokens``)."""
+    """The counts of several chunks as one (sums; the largest ``max_tokens``; a count of
+    ``NEWER_COUNTS`` that any chunk lacks, as markers of older versions do, is None)."""
     out = {k: 0 for k in COUNTS}
     out["max_tokens"] = None
     for c in counts:
         for k in COUNTS:
             v = c.get(k)
-            if v is None:
+            if k in NEWER_COUNTS and k not in c:
+                out[k] = None
+            if v is None or out[k] is None and k in NEWER_COUNTS:
                 continue
             if k == "max_tokens":
                 out[k] = v if out[k] is None else max(out[k], v)
@@ -292,6 +342,17 @@ class ScoreResult:
 def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     """Check the model and the input columns; choose the backend; fingerprint the model and the
     options. Writes nothing."""
+    config, manifest, engine, df = check_inputs(spark, opts)
+    basis = fingerprint.score_basis(fingerprint.model_digest(spark, opts.model, manifest), engine.backend,
+                                    opts.template, opts.text_col, opts.response_col, engine, opts.out.compression,
+                                    df.schema.json())
+    return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
+
+
+def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tuple[str, int]] | None,
+                                                                   EngineSpec, DataFrame]:
+    """Check the model (its config.json) and the input columns and choose the backend: the model's
+    config, its manifest (for a URI), the engine and the input. Reads no weights; writes nothing."""
     from pyspark.errors import AnalysisException
 
     config, manifest = model_manifest(spark, opts.model)
@@ -311,10 +372,7 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     clash = [c for c in ("score", "score_error") if c in df.columns]
     if clash:
         raise cli.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
-    basis = fingerprint.score_basis(fingerprint.model_digest(spark, opts.model, manifest), engine.backend,
-                                    opts.template, opts.text_col, opts.response_col, engine, opts.out.compression,
-                                    df.schema.json())
-    return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
+    return config, manifest, engine, df
 
 
 def score_slots(spark: SparkSession) -> int:
@@ -520,6 +578,9 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
         "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
         "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
+        # The throughput model's prediction for this run's rows and tokens beside what it took.
+        "estimate": score_plan.predicted_vs_actual(plan.config, result.this_run, engines, write_s,
+                                                plan.engine.tensor_parallel_size),
         "score_mean": stats.get("mean"),
         "score_quantiles": dict(zip((f"p{int(q * 100)}" for q in QUANTILES), quantiles)) if quantiles else None,
         "score_histogram": histogram,
@@ -541,6 +602,10 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
         from promptscore import compare
 
         return compare.run_compare(spark, opts)
+    if opts.plan:
+        from promptscore import score_plan
+
+        return score_plan.run_plan(spark, opts)
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = output.Phases()

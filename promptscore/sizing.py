@@ -160,15 +160,25 @@ def mfu_at(gpu: str, tokens: float) -> tuple[float, str]:
 def score_estimate(rows: int, token_lengths: list[int], shape: ModelShape, gpu: str = "H100", gpus: int = 1,
                    calibrated_tokens_per_s: float | None = None) -> dict:
     """GPU-hours and wall-clock time to score ``rows`` prompts whose token lengths are sampled by
-    ``token_lengths``, on ``gpus`` GPUs of kind ``gpu``; with the physical limit (every GPU at its
-    data-sheet peak) beside it. ``calibrated_tokens_per_s`` (one engine, measured on this data)
-    replaces the FLOPs model when given."""
-    if gpu not in GPU_PEAK_FLOPS:
-        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
+    ``token_lengths``, on ``gpus`` GPUs of kind ``gpu`` (``score_estimate_from_sums`` over the
+    sample's sums scaled to ``rows``)."""
     n = len(token_lengths)
     scale = rows / n if n else 0.0
-    tokens = sum(token_lengths) * scale
-    flops = sum(prompt_flops(shape, t) for t in token_lengths) * scale
+    return score_estimate_from_sums(rows, sum(token_lengths) * scale, sum(t * t for t in token_lengths) * scale,
+                                    shape, gpu, gpus, calibrated_tokens_per_s)
+
+
+def score_estimate_from_sums(rows: int, tokens: float, tokens_sq: float, shape: ModelShape, gpu: str = "H100",
+                             gpus: int = 1, calibrated_tokens_per_s: float | None = None) -> dict:
+    """GPU-hours and wall-clock time to score ``rows`` prompts of ``tokens`` tokens in all (and
+    ``tokens_sq``, the sum of each prompt's length squared: the attention term of the FLOPs), on
+    ``gpus`` GPUs of kind ``gpu``; with the physical limit (every GPU at its data-sheet peak)
+    beside it. The rate is the FLOPs model (peak x the MFU measured at the mean prompt length,
+    ``MEASURED_MFU``) unless ``calibrated_tokens_per_s`` (one engine, measured on this data) is
+    given."""
+    if gpu not in GPU_PEAK_FLOPS:
+        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
+    flops = 2 * shape.params * tokens + 2 * shape.layers * shape.hidden * tokens_sq
     peak = GPU_PEAK_FLOPS[gpu]
     mean = tokens / rows if rows else 0.0
     mfu, source = mfu_at(gpu, mean)
@@ -186,5 +196,18 @@ def score_estimate(rows: int, token_lengths: list[int], shape: ModelShape, gpu: 
         "gpu_hours": round(per_gpu_s / 3600, 3), "wall_s": round(per_gpu_s / gpus, 1),
         "wall": human_seconds(per_gpu_s / gpus),
         "physical_limit_gpu_hours": round(limit_s / 3600, 3), "physical_limit_wall_s": round(limit_s / gpus, 1),
+        "physical_limit_wall": human_seconds(limit_s / gpus),
         "tokens_per_s_per_gpu": round(tokens / per_gpu_s, 1) if per_gpu_s else None,
     }
+
+
+def gpu_kind(device: str | None) -> str | None:
+    """The ``GPU_PEAK_FLOPS`` key a device name (``torch.cuda.get_device_name``, e.g. ``NVIDIA
+    H100 80GB HBM3``) names, or None (``cpu``, an unknown card). A key counts only as a whole
+    model name (``A10`` is not ``A100``, ``H20`` not ``H200``); the longest match wins."""
+    import re
+
+    if not device:
+        return None
+    found = [k for k in GPU_PEAK_FLOPS if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![0-9A-Za-z])", device)]
+    return max(found, key=len) if found else None

@@ -74,6 +74,12 @@ def test_every_row_and_column_kept_and_scores_match_transformers(spark, prompts,
     # This job's share of the engine's time: computing, and waiting for rows while its tasks ran.
     assert 0 < engine["busy_s"] and 0 <= engine["idle_s"]
     assert engine["busy_s"] + engine["idle_s"] <= report["phase_s"]["write"]
+    # The throughput model's prediction beside the actual time: none for a CPU, with the reason.
+    est = report["estimate"]
+    assert est["predicted"] is None and "the engines ran on cpu" in est["reason"]
+    assert est["actual"]["scored"] == 5 and est["actual"]["tokens"] == report["tokens"]
+    assert 0 < est["actual"]["write_s"] <= report["phase_s"]["write"]
+    assert est["actual"]["engine_busy_s"] == report["engine_busy_s"]
     assert (out / "_SUCCESS").exists()
     assert stdout.strip() == report["summary"] and stdout.startswith("score: 8 rows -> 5 scored")
 

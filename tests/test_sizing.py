@@ -61,3 +61,25 @@ def test_convert_estimate_respects_the_request_rate_limit():
 
 def test_human_seconds():
     assert [sizing.human_seconds(s) for s in (4.2, 95, 3725)] == ["4.2s", "1m35s", "1h02m"]
+
+
+def test_estimate_from_sums_equals_the_list_form():
+    shape = sizing.ModelShape.from_config(QWEN_1_5B)
+    lengths = [120, 900, 4096, 37, 1500]
+    for calibrated in (None, 50_000.0):
+        listed = sizing.score_estimate(5000, lengths, shape, "A100", gpus=3, calibrated_tokens_per_s=calibrated)
+        summed = sizing.score_estimate_from_sums(5000, sum(lengths) * 1000, sum(t * t for t in lengths) * 1000,
+                                                 shape, "A100", gpus=3, calibrated_tokens_per_s=calibrated)
+        assert summed == listed
+    # The attention term: 2 x layers x hidden x sum of squared lengths.
+    est = sizing.score_estimate_from_sums(2, 3000, 1000**2 + 2000**2, shape, "H100")
+    assert est["flops"] == 2 * shape.params * 3000 + 2 * 28 * 1536 * (1000**2 + 2000**2)
+
+
+@pytest.mark.parametrize("device, kind", [
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H200", "H200"), ("NVIDIA H20", "H20"),
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A10", "A10"), ("Tesla T4", "T4"), ("NVIDIA L40S", "L40S"),
+    ("cpu", None), ("NVIDIA GeForce RTX 4090", None), (None, None),
+])
+def test_gpu_kind_of_a_device_name(device, kind):
+    assert sizing.gpu_kind(device) == kind
