@@ -7,10 +7,12 @@
 #   bench/gpu_run.sh scale OUT [STEPS]     issue 11 on one GPU, ~8 min: cold/warm engine start, engine busy
 #                                          time vs bare LLM.classify, throughput at ~300 and ~1k tokens,
 #                                          --compare-sample fp8 vs bf16 (STEPS: prepare,start,bare,job,compare)
+#   bench/gpu_run.sh plan OUT              issue 13 on one GPU, ~5 min: jobs/score.py --plan --calibrate 4096 on
+#                                          ~300-token prompts (the engine's start split into import and vLLM)
 #   bench/gpu_run.sh report OUT            the Markdown tables from OUT/*.json
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-what=${1:?tests, bench, lanes, scale or report}; out=${2:?output directory}; steps=${3:-}; steps1=${4:-}
+what=${1:?tests, bench, lanes, scale, plan or report}; out=${2:?output directory}; steps=${3:-}; steps1=${4:-}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYSPARK_PYTHON=$(command -v python3); export PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON=$PYSPARK_PYTHON
@@ -36,6 +38,17 @@ case "$what" in
     # Few files come back from a device call: the logs go in one archive.
     tar -czf "$out/logs.tar.gz" -C "$out" bench-scale.log -C /tmp/score-bench/runtime . 2>/dev/null
     rm -f "$out/bench-scale.log"
+    exit "$rc" ;;
+  plan)
+    python3 bench/score_bench.py prepare --work /tmp/score-bench --prompts 4096 --min-tokens 250 --max-tokens 350 \
+      --name prompts-300 --device cuda > "$out/plan.log" 2>&1 || { tail -5 "$out/plan.log"; exit 1; }
+    "$SPARK_HOME/bin/spark-submit" --master 'local[4]' --conf spark.driver.memory=8g --conf spark.log.level=WARN \
+      --conf spark.ui.showConsoleProgress=false jobs/score.py --input /tmp/score-bench/prompts-300 \
+      --model /tmp/score-bench/qwen1.5b --backend vllm --dtype bfloat16 --max-model-len 2048 --plan --calibrate 4096 \
+      --gpus 8 --cache-dir /tmp/score-bench/cache --report "$out/plan.json" >> "$out/plan.log" 2>&1
+    rc=$?
+    grep -v ' WARN \| INFO ' "$out/plan.log" | tail -12
+    tar -czf "$out/logs.tar.gz" -C "$out" plan.log -C "$PROMPTSCORE_RUNTIME_DIR" . 2>/dev/null
     exit "$rc" ;;
   report)
     python3 bench/score_bench.py report --out "$out" ;;

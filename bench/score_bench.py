@@ -352,6 +352,7 @@ def engine_start(a) -> None:
     write_json(a.json, {
         "what": f"engine start, {a.label}", "model": a.model, "backend": a.backend, "device": info["device"],
         "wall_s": wall, "engine_start_s": info["engine_start_s"], "cache_warm": info["cache_warm"],
+        "engine_start_parts": info.get("engine_start_parts"),
         "cache_dir": str(cache), "cache_mb": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6,
     })
 

@@ -192,6 +192,7 @@ class Host:
             "backend": self.spec.backend, "device": getattr(self.engine, "device_name", "?"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine_start_s": round(self.start_s, 3), "started_at": self.started_at,
+            "engine_start_parts": getattr(self.engine, "start_parts", None),
             "cache_dir": self.cache_dir, "cache_warm": self.cache_warm,
             "cache_env": {name: os.environ.get(name) for name in engine_cache.ENV_DIRS},
             "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3),
@@ -308,7 +309,8 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
     if os.path.exists(paths.sock):
         os.unlink(paths.sock)
     listener = Listener(paths.sock, family="AF_UNIX")
-    print(f"engine host {os.getpid()}: ready in {start_s:.1f} s on {host.info()['device']}", flush=True)
+    print(f"engine host {os.getpid()}: ready in {start_s:.1f} s on {host.info()['device']} "
+          f"({getattr(engine, 'start_parts', None) or 'no breakdown'})", flush=True)
     try:
         host.serve(listener)
     finally:
