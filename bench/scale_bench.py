@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.convert_bench import machine, spark_env, tree_rss  # noqa: E402
+from bench.convert_bench import machine, run, spark_env  # noqa: E402
 from promptscore.submit import conf_args  # noqa: E402
 
 PER_DIR = 1000
@@ -66,24 +63,8 @@ def run_plan(inputs: list[Path], report: Path, driver_memory: str) -> tuple[floa
            "jobs/convert.py", "--plan", "--report", str(report)]
     for i in inputs:
         cmd += ["--input", str(i)]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=spark_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    peak = [0]
-
-    def watch():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
-    elapsed = time.monotonic() - start
-    watcher.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"convert --plan failed ({proc.returncode}):\n{err[-4000:]}")
-    return elapsed, peak[0]
+    elapsed, peak, _ = run(cmd, spark_env())
+    return elapsed, peak
 
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
