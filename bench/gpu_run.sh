@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # On a GPU machine where vLLM and PySpark are installed but not this package (e.g. wheels staged
 # offline): run the gpu-marked tests or the score benchmark from this checkout.
-#   bench/gpu_run.sh tests OUT             pytest -m gpu, log in OUT/
+#   bench/gpu_run.sh tests OUT             pytest -m gpu, log in OUT/ (needs pytest and chispa: the dev extra)
 #   bench/gpu_run.sh bench OUT [STEPS]     bench/score_bench.py all (STEPS: comma list, see --help)
 #   bench/gpu_run.sh lanes OUT STEPS0 STEPS1   two step lists at once, one per GPU (after prepare)
-#   bench/gpu_run.sh scale OUT [STEPS]     issue 11 on one GPU, ~8 min: cold/warm engine start, engine busy
+#   bench/gpu_run.sh scale OUT [STEPS]     one GPU, ~14 min (two calls: see bench/RESULTS.md): cold/warm start, engine busy
 #                                          time vs bare LLM.classify, throughput at ~300 and ~1k tokens,
 #                                          --compare-sample fp8 vs bf16 (STEPS: prepare,start,bare,job,compare)
-#   bench/gpu_run.sh plan OUT              issue 13 on one GPU, ~5 min: jobs/score.py --plan --calibrate 4096 on
+#   bench/gpu_run.sh plan OUT              one GPU, ~3-5 min: jobs/score.py --plan --calibrate 4096 on
 #                                          ~300-token prompts (the engine's start split into import and vLLM)
 #   bench/gpu_run.sh report OUT            the Markdown tables from OUT/*.json
 set -uo pipefail

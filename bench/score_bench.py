@@ -471,7 +471,7 @@ def wait_for_engine_hosts(runtime: Path, timeout_s: float = 300.0) -> None:
 
 
 def run_scale(a) -> None:
-    """The device steps of issue 11, each a fresh process, JSON per step in ``--out``:
+    """The device steps of scoring at scale, each a fresh process, JSON per step in ``--out``:
     ``prepare`` (the model; prompts of ~1,000 and ~300 tokens), ``start`` (a cold and a warm engine
     start), ``bare`` (bare vLLM ``LLM.classify`` on the ~1k-token prompts), ``job`` (the score job on
     the same prompts, then on the ~300-token ones, in one Spark application), ``compare``
@@ -679,7 +679,7 @@ def main() -> int:
     s.add_argument("--steps", default="prepare,vllm-ids,spark,vllm-bf16,vllm-fp8,transformers,accuracy-big,"
                    "vllm-tiny,accuracy-tiny,probe-tiny")
     s.set_defaults(fn=run_all)
-    s = sub.add_parser("scale", help="the device steps of issue 11 (see run_scale)")
+    s = sub.add_parser("scale", help="engine starts, busy time vs bare vLLM, throughput, fp8 check (see run_scale)")
     s.add_argument("--work", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--dry", action="store_true", help="tiny model, transformers on the CPU, few prompts")
