@@ -106,8 +106,10 @@ def parquet_files(path: Path) -> int:
     return len([p for p in path.rglob("*.parquet") if not p.name.startswith(("_", "."))]) if path.is_dir() else 1
 
 
-def prepare(root: Path, files: int, file_kb: int) -> tuple[int, int]:
-    marker = root / f".generated-{files}-{file_kb}"
+def prepare(root: Path, files: int, file_kb: int, marker: Path | None = None) -> tuple[int, int]:
+    """``files`` JSONL files of ~``file_kb`` KB under ``root`` (made once: ``marker``, by default a
+    hidden file in ``root``, says they are complete); their count and size in bytes."""
+    marker = marker or root / f".generated-{files}-{file_kb}"
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
         print(f"generating {files} files of ~{file_kb} KB in {root} ...", flush=True)

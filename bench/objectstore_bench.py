@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import fake_oss  # noqa: E402
 from convert_bench import machine, parquet_rows, run, spark_env  # noqa: E402
-from promptscore.sample_data import generate  # noqa: E402
+from convert_bench import prepare as generate_once  # noqa: E402
 from promptscore.submit import conf_args  # noqa: E402
 
 BUCKET = "bench"
@@ -54,14 +54,9 @@ def parse_conf(text: str) -> tuple[str, str]:
 def prepare(root: Path, work: Path, files: int, file_kb: int) -> tuple[str, int]:
     """The input prefix (generated once) and its size in bytes."""
     name = f"in-{files}-{file_kb}k"
-    local = root / BUCKET / name
-    done = work / f".fake-oss-{name}.done"
-    if not done.exists():
-        shutil.rmtree(local, ignore_errors=True)
-        print(f"generating {files} files of ~{file_kb} KB in {local} ...", flush=True)
-        generate(str(local), files, file_kb)
-        done.touch()
-    return name, sum(p.stat().st_size for p in local.rglob("*.jsonl"))
+    # The marker lies outside the bucket: in it, it would be an object the job lists.
+    _, size = generate_once(root / BUCKET / name, files, file_kb, marker=work / f".fake-oss-{name}.done")
+    return name, size
 
 
 def main() -> int:
