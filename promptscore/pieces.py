@@ -72,10 +72,10 @@ class Chunk:
 
 
 def list_input_files(spark, df) -> list[InputFile]:
-    """Every file of ``df``'s scan with its size and modification time: one listing per parent
-    directory (not one request per file)."""
+    """Every file of ``df``'s scan (as a plain path, not percent-encoded) with its size and
+    modification time: one listing per parent directory (not one request per file)."""
     by_parent: dict[str, list[str]] = {}
-    for path in df.inputFiles():
+    for path in (hadoop.uri_to_path(spark, uri) for uri in df.inputFiles()):
         parent, _, name = path.rpartition("/")
         by_parent.setdefault(parent, []).append(name)
     out = []

@@ -207,3 +207,18 @@ def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, si
     code, _, err = run_job("score", ["--input", six_files, "--output", out, "--model", tiny_model,
                                      "--compare-sample", "50"], capsys)
     assert code == 2 and "nothing to compare" in err
+
+
+def test_input_files_of_a_folder_whose_name_needs_encoding_select_their_own_rows(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from promptscore import hadoop
+
+    folder = tmp_path / "a b=1%x"
+    spark.createDataFrame([(f"p{i}",) for i in range(10)], "prompt string").repartition(2) \
+        .write.parquet(str(folder / "part"))
+    df = spark.read.parquet(str(folder / "part"))
+    files = pieces.list_input_files(spark, df)
+    assert len(files) == 2 and all(" " in f.uri and f.size > 0 for f in files)
+    rows = [df.where(F.col("_metadata.file_path").isin([hadoop.encoded_uri(spark, f.uri)])).count() for f in files]
+    assert sum(rows) == 10 and all(rows)
