@@ -69,20 +69,21 @@ def run_compare(spark: SparkSession, opts: "score.ScoreOptions") -> dict:
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    plan = score.plan_score(spark, opts)
+    # The checks of a run without its fingerprint: nothing is written, so nothing is reused.
+    _, manifest, engine_spec, input_df = score.check_inputs(spark, opts)
     cols = [opts.text_col] + ([opts.response_col] if opts.response_col else [])
     key = F.xxhash64(F.lit(SEED), *[F.coalesce(F.col(c), F.lit("")) for c in cols])
-    sample = plan.df.select(*cols).withColumn("_key", key).orderBy("_key").limit(opts.compare_sample).toPandas()
+    sample = input_df.select(*cols).withColumn("_key", key).orderBy("_key").limit(opts.compare_sample).toPandas()
     sample.insert(0, "_row", range(len(sample)))
     slots = score.score_slots(spark)
     df = spark.createDataFrame(sample.drop(columns=["_key"])).repartition(max(1, min(slots, len(sample))))
-    sides = {"options": plan.engine, "reference": reference_engine(plan.engine, opts.compare_dtype)}
+    sides = {"options": engine_spec, "reference": reference_engine(engine_spec, opts.compare_dtype)}
     scores: dict[str, list] = {}
     seconds: dict[str, float] = {}
     engines: dict[str, list] = {}
     for name, engine in sides.items():
         acc = spark.sparkContext.accumulator([], score._ListParam())
-        spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=plan.manifest, cache_dir=opts.cache_dir)
+        spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
         udf = make_udf(spec, acc, with_response=opts.response_col is not None)
         t0 = time.monotonic()
         got = (score.score_rows(df, udf, opts.text_col, opts.response_col)
@@ -94,7 +95,7 @@ def run_compare(spark: SparkSession, opts: "score.ScoreOptions") -> dict:
     report = {
         "job": "score", "mode": "compare-sample", "status": "ok", "started_at": started_at,
         "inputs": [redact_uri(i) for i in opts.inputs], "model": redact_uri(opts.model),
-        "backend": plan.engine.backend, "template": opts.template, "text_col": opts.text_col,
+        "backend": engine_spec.backend, "template": opts.template, "text_col": opts.text_col,
         "response_col": opts.response_col, "sample_rows": len(sample),
         "options": {k: v for k, v in dataclasses.asdict(sides["options"]).items() if k != "model_dir"},
         "reference": {k: v for k, v in dataclasses.asdict(sides["reference"]).items() if k != "model_dir"},
