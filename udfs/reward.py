@@ -47,7 +47,8 @@ class ScoreSpec:
 _PROMPTERS: dict[tuple, Prompter] = {}
 
 
-def _prompter(model_dir: str, template: str, max_len: int) -> Prompter:
+def cached_prompter(model_dir: str, template: str, max_len: int) -> Prompter:
+    """This Python worker's Prompter for a tokenizer, template and length, built once."""
     key = (model_dir, template, max_len)
     if key not in _PROMPTERS:
         _PROMPTERS[key] = Prompter(model_dir, template, max_len)
@@ -140,7 +141,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
     stats = stats or TaskStats()
     model_dir = staging.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
     engine = dataclasses.replace(spec.engine, model_dir=model_dir)
-    prompter = _prompter(model_dir, spec.template, engine.max_model_len)
+    prompter = cached_prompter(model_dir, spec.template, engine.max_model_len)
     client = None
     pending: deque = deque()
 

@@ -22,9 +22,6 @@ from udfs.prompts import Prompter
 
 SPARK_FILES = "sparkfiles:"
 
-_PROMPTERS: dict[tuple[str, str], Prompter] = {}
-
-
 def model_dir(ref: str) -> str:
     """The local directory a model reference names: a path, or ``sparkfiles:NAME`` (a directory
     the driver added with ``SparkContext.addArchive``, unpacked)."""
@@ -37,10 +34,9 @@ def model_dir(ref: str) -> str:
 
 def prompter(ref: str, template: str) -> Prompter:
     """This worker's Prompter for the tokenizer at ``ref``, built once; it never truncates."""
-    key = (ref, template)
-    if key not in _PROMPTERS:
-        _PROMPTERS[key] = Prompter(model_dir(ref), template, max_len=sys.maxsize)
-    return _PROMPTERS[key]
+    from udfs.reward import cached_prompter
+
+    return cached_prompter(model_dir(ref), template, sys.maxsize)
 
 
 def count_tokens(p: Prompter, prompts: list, responses: list | None = None) -> list[int | None]:
