@@ -631,8 +631,11 @@ def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOpti
         sample.count()
         best = math.inf
         for i in range(rounds):
-            good = jsonl.good_rows(jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
-                                                     opts.strict_schema), plan.schema)
+            parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
+                                       opts.strict_schema)
+            # Observed as the job observes it: the same metrics, and the same single parse per line
+            # (without the observation Spark copies the parse into the filters above it).
+            good = jsonl.good_rows(parsed.observe(Observation(f"measure-{i}"), *_metrics()), plan.schema)
             t0 = time.monotonic()
             if scratch:
                 output.write_parquet(spark, good, f"{scratch}/{i}", opts.out.compression, options=plan.writer_options)
