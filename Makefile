@@ -49,6 +49,7 @@ $(STAMP): setup.py
 
 demo: venv
 	@rm -rf $(DEMO)
+	@$(RUN) python -m promptscore.readahead build >/dev/null
 	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
 	@$(RUN) python -m promptscore.submit convert --profile conf/local.conf --run -- \
 	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
@@ -77,6 +78,7 @@ bench-score:
 
 package: venv
 	@rm -rf $(DIST) build && mkdir -p $(DIST)
+	@$(RUN) python -m promptscore.readahead build >/dev/null
 	@$(RUN) python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
 	@$(MAKE) -s $(DIST)/promptscore.zip
 	@ls -l $(DIST)

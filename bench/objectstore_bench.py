@@ -1,14 +1,15 @@
 """The convert job on an object store with latency: files per second per core at 0, 10 and 30 ms.
 
     python bench/objectstore_bench.py --files 2000          (what `make bench-objectstore` runs)
-    python bench/objectstore_bench.py --files 2000 --extra-conf spark.some.key=value ...
+    python bench/objectstore_bench.py --files 2000 --extra-conf spark.promptscore.convert.readAhead=16 \
+        --variant "read-ahead 16"     (today's reader against the read-ahead reader, interleaved)
 
 1. Builds the fake ``oss://`` of the tests (``tests/objectstore/``, needs ``javac``) and writes N
    JSONL files of ~100 KB into its bucket ``bench`` (kept between runs in --work).
 2. Runs the job as users run it, ``spark-submit`` with the local profile's settings,
    ``jobs/convert.py`` on ``local[--cores]``, from ``oss://bench/in-...`` to ``oss://bench/out-...``, once per delay
-   (each open, list page and head request sleeps that long). ``today`` runs with the settings as
-   they are; with ``--extra-conf KEY=VALUE`` (repeatable) a second run per delay adds those
+   (each open, list page and head request sleeps that long). ``today`` runs the job as it was
+   before its read-ahead reader (``spark.promptscore.convert.readAhead=0``: Spark's text source); with ``--extra-conf KEY=VALUE`` (repeatable) a second run per delay adds those
    settings (``--variant`` names it), and with ``--tasks-per-core K`` it runs K task slots per core,
    so both are measured in one invocation, interleaved.
 3. Prints a Markdown table: whole-process and job seconds, files/s per core (over the job's own
@@ -41,6 +42,7 @@ from promptscore.submit import conf_args  # noqa: E402
 BUCKET = "bench"
 DELAYED = ("open", "list", "head")
 SHOWN = ("open", "list", "head", "create", "rename", "delete")
+READ_AHEAD = "spark.promptscore.convert.readAhead"
 
 
 def parse_conf(text: str) -> tuple[str, str]:
@@ -86,7 +88,8 @@ def main() -> int:
     root = work / "oss"
     name, in_bytes = prepare(root, work, a.files, a.file_kb)
     delays = [int(d) for d in a.delays.split(",")]
-    variants = {"today": []}
+    # "today" is the job as it ran before its read-ahead reader: Spark's text source.
+    variants = {"today": ["--conf", f"{READ_AHEAD}=0"]}
     if a.extra_conf or a.tasks_per_core > 1:
         variants[a.variant] = [x for k, v in a.extra_conf for x in ("--conf", f"{k}={v}")]
     masters = {"today": f"local[{a.cores}]", a.variant: f"local[{a.cores * a.tasks_per_core}]"}
@@ -106,7 +109,7 @@ def main() -> int:
                    "--conf", "spark.driver.memory=4g",
                    *fake_oss.submit_args(jar, root, delays_ms={op: max(delay, 0) for op in DELAYED},
                                          counters_file=counters),
-                   *variants.get(variant, []), "bench/convert_twice.py" if a.warm else "jobs/convert.py"]
+                   *variants.get(variant, variants["today"]), "bench/convert_twice.py" if a.warm else "jobs/convert.py"]
             if (variant, delay) == local_run:
                 out_dir = work / "out-local-disk"
                 cmd += ["--input", str(root / BUCKET / name), "--output", str(out_dir)]

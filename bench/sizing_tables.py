@@ -33,15 +33,17 @@ def convert_tables(a: argparse.Namespace) -> None:
           f"the first byte; listing {a.list_s} s (4,000 LIST pages of one flat prefix, page after page, at "
           f"{a.list_s / 4000 * 1000:.0f} ms); publishing copies each output file once, ~2 s per 256 MB copy, "
           "16 at a time.\n")
-    print("| cluster | task slots (cores x tasks per core) | bound | files/s | read | total | instance-hours |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| cluster | task slots (cores x tasks per core) | files in flight per task | bound | files/s | read | "
+          "total | instance-hours |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     out_files = math.ceil(BYTES * 0.27 / (256 << 20))
-    for name, nodes, vcpus, tasks, limit in a.clusters:
+    for name, nodes, vcpus, tasks, in_flight, limit in a.clusters:
         cores = nodes * vcpus
         est = sizing.convert_estimate(FILES, BYTES, a.list_s, a.parse_mb_s * 1e6, cores, tasks, a.latency_ms,
-                                      max_requests_per_s=limit, output_files=out_files, copy_s_per_file=2.0)
+                                      max_requests_per_s=limit, output_files=out_files, copy_s_per_file=2.0,
+                                      files_in_flight=in_flight)
         hours = (nodes + 1) * est.wall_s / 3600  # + the master node
-        print(f"| {name}: {nodes} x {vcpus} vCPU | {cores} x {tasks} | {est.bound} | "
+        print(f"| {name}: {nodes} x {vcpus} vCPU | {cores} x {tasks} | {in_flight} | {est.bound} | "
               f"{est.files_per_s_per_core * cores:,.0f} | {sizing.human_seconds(est.read_s)} | "
               f"{sizing.human_seconds(est.wall_s)} | {hours:.1f} |")
     print()
@@ -79,11 +81,12 @@ def main() -> int:
     p.add_argument("--h100-tokens-s", type=float, default=0.0,
                    help="measured tokens/s of one H100 at --tokens (1.5B model); 0: use the FLOPs model")
     a = p.parse_args()
-    # (name, nodes, vCPUs per node, task slots per vCPU, OSS requests/s allowed)
+    # (name, nodes, vCPUs per node, task slots per vCPU, files in flight per task, OSS requests/s allowed)
     a.clusters = [
-        ("profile as shipped (8 executors x 8 slots)", 8, 8, 1, 2_000),
-        ("16 x ecs.g7.4xlarge, 4 slots per vCPU, random key prefixes", 16, 16, 4, 10_000),
-        ("32 x ecs.g7.4xlarge, 4 slots per vCPU", 32, 16, 4, 10_000),
+        ("profile as shipped (2 executors x 8 slots, read-ahead 4)", 2, 8, 1, 4, 2_000),
+        ("before read-ahead: 8 executors x 8 slots, Spark's reader", 8, 8, 1, 1, 2_000),
+        ("4 x ecs.g7.4xlarge, read-ahead 16, random key prefixes", 4, 16, 1, 16, 10_000),
+        ("16 x ecs.g7.4xlarge, 4 slots per vCPU, Spark's reader, random key prefixes", 16, 16, 4, 1, 10_000),
     ]
     convert_tables(a)
     score_tables(a)

@@ -24,8 +24,8 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import (cli, filelist, hadoop, inputs, jsonl, ledger, output, progress, publish, schema_sample,
-                         sizing)
+from promptscore import (cli, filelist, hadoop, inputs, jsonl, ledger, output, progress, publish, readahead,
+                         schema_sample, sizing)
 from promptscore.filelist import InputFile
 from promptscore.inputs import BadFile, InputIndex
 from promptscore.output import Output, OutputSpec
@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convert.py",
         description="Convert a prefix of small JSONL files (*.jsonl, *.jsonl.gz, any depth) into a "
         "few large Parquet files. Lines that cannot be rows go to <output>/_rejects/ with a reason.\n"
-        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS; 0: off).",
+        "Progress: a line on stderr every 10 s (--conf spark.promptscore.progress.interval=SECONDS; 0: off).\n"
+        "Read-ahead: each task keeps the next files' requests in flight (--conf "
+        "spark.promptscore.convert.readAhead=FILES, default 16; 0: Spark's text source, one file after another).",
     )
     p.add_argument("--input", action="append", metavar="URI",
                    help="input prefix or file (oss://, hdfs://, file://, plain path); repeatable")
@@ -258,6 +260,7 @@ class ConvertResult:
     tasks: int = 0
     attempts: int = 1
     output_files: list[hadoop.FileInfo] = field(default_factory=list)
+    reader: dict = field(default_factory=lambda: {"name": "spark"})
 
 
 def check_options(opts: ConvertOptions) -> StructType | None:
@@ -358,10 +361,11 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     bad: dict[str, BadFile] = {}
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
     state = ConvertProgress(spark, plan.index)
+    in_flight = readahead.files_in_flight(spark)
     reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
     try:
         while True:
-            lines = inputs.input_lines(plan.lines, bad)
+            lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight)
             parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                        opts.strict_schema)
             obs = Observation(f"convert-{result.attempts}")
@@ -470,6 +474,7 @@ def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
         "output_bytes": sum(f.size for f in result.output_files),
         "tasks": result.tasks,
         "write_attempts": result.attempts,
+        "reader": result.reader,
         "target_file_size": opts.target_file_size,
         "task_slots": plan.slots,
         "max_split_bytes": plan.split,
@@ -496,6 +501,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     explicit = check_options(opts)
+    readahead.files_in_flight(spark)  # a bad setting fails here, before anything is written
     if opts.plan:
         return run_plan(spark, opts, explicit, started)
     out = output.open_output(spark, opts.out, opts.inputs or [opts.input_list or ""])
@@ -550,8 +556,10 @@ def run_plan(spark: SparkSession, opts: ConvertOptions, explicit: StructType | N
     plan.phases.lap("measure")
     sources = opts.inputs or [opts.input_list or ""]
     object_store = any(hadoop.scheme(spark, u) not in ("file", "hdfs", "viewfs") for u in sources)
+    in_flight = readahead.files_in_flight(spark) if readahead.load(spark) else 0
     report = build_plan_report(opts, plan, parse_rate, object_store, driver_heap_mb(spark), spark.version,
-                               spark.sparkContext.master, time.monotonic() - started, target, scratch is not None)
+                               spark.sparkContext.master, time.monotonic() - started, target, scratch is not None,
+                               files_in_flight=max(1, in_flight))
     if opts.out.report:
         write_report(spark, report, None, opts.out.report)
     return report
@@ -559,9 +567,10 @@ def run_plan(spark: SparkSession, opts: ConvertOptions, explicit: StructType | N
 
 def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s: float, object_store: bool,
                       heap_mb: int, spark_version: str, master: str, elapsed_s: float, target: str | None,
-                      parquet_measured: bool = True) -> dict:
+                      parquet_measured: bool = True, files_in_flight: int = 1) -> dict:
     """The plan (pure): what a run would read, write and take. On an object store, requests take
-    ``--request-latency-ms`` (default 30) and publishing copies each output file (about 2 s)."""
+    ``--request-latency-ms`` (default 30) and publishing copies each output file (about 2 s);
+    ``files_in_flight`` is what the run's reader keeps requested per task (1: Spark's reader)."""
     index = plan.index
     ratio = plan.ratio or DEFAULT_RATIO
     out_bytes = int(index.bytes * ratio)
@@ -570,7 +579,8 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
     cores = opts.cores or plan.slots
     estimate = sizing.convert_estimate(
         index.files, index.bytes, plan.phases.phases.get("list", 0.0), parse_bytes_per_s, cores,
-        opts.tasks_per_core, latency, output_files=tasks, copy_s_per_file=2.0 if object_store else 0.0)
+        opts.tasks_per_core, latency, output_files=tasks, copy_s_per_file=2.0 if object_store else 0.0,
+        files_in_flight=files_in_flight)
     report = {
         "job": "convert", "plan": True,
         "inputs": [redact_uri(i) for i in opts.inputs] or None,
@@ -605,8 +615,8 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
         f"convert plan: {index.files:,} files ({human_bytes(index.bytes)}) -> ~{tasks:,} files of "
         f"~{human_bytes(report['expected_output_file_bytes'])} ({human_bytes(out_bytes)}) in {tasks:,} tasks; "
         f"{index.skipped.get('files', 0):,} skipped, {plan.already_converted:,} already converted; listing "
-        f"{plan.phases.phases.get('list', 0):.1f} s; on {cores:,} cores x {opts.tasks_per_core} tasks at "
-        f"{latency:g} ms per request: ~{estimate.as_dict()['wall']} ({estimate.bound}-bound)")
+        f"{plan.phases.phases.get('list', 0):.1f} s; on {cores:,} cores x {opts.tasks_per_core} tasks x "
+        f"{max(1, files_in_flight)} files in flight at {latency:g} ms per request: ~{estimate.as_dict()['wall']} ({estimate.bound}-bound)")
     return report
 
 

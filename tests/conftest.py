@@ -39,15 +39,27 @@ def oss_bucket(fake_oss_store) -> fake_oss.Bucket:
 
 
 @pytest.fixture(scope="session")
-def spark(fake_oss_store):
+def readahead_jar() -> Path | None:
+    """The convert job's read-ahead reader (``promptscore/java``), built as ``make`` builds it;
+    None without ``javac`` (the job then reads with Spark's text source)."""
+    from promptscore import javac, readahead
+
+    return readahead.build() if javac.javac() else None
+
+
+@pytest.fixture(scope="session")
+def spark(fake_oss_store, readahead_jar):
     """A local[2] SparkSession shared by every test (the jobs reuse it through getActiveSession);
-    ``oss://`` paths go to ``fake_oss_store``."""
+    ``oss://`` paths go to ``fake_oss_store``; the read-ahead reader is on its class path."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
-    for key, value in fake_oss_store.spark_conf().items():
+    conf = fake_oss_store.spark_conf()
+    if readahead_jar:
+        conf["spark.jars"] = ",".join(filter(None, [conf.get("spark.jars"), str(readahead_jar)]))
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = (
         builder.master("local[2]")

@@ -18,32 +18,16 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
-import subprocess
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from promptscore.javac import compile_jar, javac
 
 SOURCE = Path(__file__).resolve().parent / "objectstore" / "FakeObjectStoreFileSystem.java"
 CLASS = "promptscore.testfs.FakeObjectStoreFileSystem"
 OPS = ("head", "list", "open", "create", "rename", "delete")
 HADOOP_PREFIX = "fs.oss.emu."
-
-
-def javac() -> str | None:
-    """The ``javac`` to use (``$JAVA_HOME/bin/javac`` first), or None when there is none."""
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(os.path.join(home, "bin", "javac"), os.X_OK):
-        return os.path.join(home, "bin", "javac")
-    return shutil.which("javac")
-
-
-def spark_jars_dir() -> Path:
-    """pyspark's own jars (Hadoop's client API among them)."""
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent / "jars"
 
 
 def build_jar(cache_dir: str | os.PathLike | None = None) -> Path | None:
@@ -53,28 +37,12 @@ def build_jar(cache_dir: str | os.PathLike | None = None) -> Path | None:
     """
     import pyspark
 
-    compiler = javac()
-    if compiler is None:
+    if javac() is None:
         return None
     digest = hashlib.sha256(SOURCE.read_bytes() + pyspark.__version__.encode()).hexdigest()[:16]
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "promptscore-fake-oss")
     jar = cache / f"fake-oss-{digest}.jar"
-    if jar.is_file():
-        return jar
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as work:
-        classes = Path(work) / "classes"
-        proc = subprocess.run([compiler, "--release", "8", "-nowarn", "-cp", f"{spark_jars_dir()}/*",
-                               "-d", str(classes), str(SOURCE)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"javac failed on {SOURCE.name}:\n{proc.stderr[-4000:]}")
-        partial = Path(work) / jar.name
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
-            for f in sorted(classes.rglob("*.class")):
-                z.write(f, f.relative_to(classes).as_posix())
-        os.replace(partial, jar)  # concurrent builders: the last complete jar wins
-    return jar
+    return jar if jar.is_file() else compile_jar(SOURCE, jar)
 
 
 def hadoop_conf(delays_ms: dict[str, int] | None = None, counters_file: str | os.PathLike | None = None,

@@ -209,6 +209,8 @@ def test_convert_by_spark_submit_on_two_executors_over_oss_with_keys_only_from_t
     report = json.loads((out / "_report.json").read_text())
     assert report["rows_written"] == 1001 and report["rows_rejected"] == 1
     assert report["task_slots"] == 2 and report["spark_master"] == "local-cluster[2,1,1024]"
+    # The job added its read-ahead reader to the session itself; the executor JVMs got it from the driver.
+    assert report["reader"] == {"name": "read-ahead", "files_in_flight": 16}
     assert proc.stdout.strip() == report["summary"]
     assert rows(out) == 1001 and (out / "_SUCCESS").exists()
     assert ds.dataset(str(out / "_rejects")).to_table().column("raw").to_pylist() == ["not json"]

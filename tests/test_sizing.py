@@ -56,6 +56,17 @@ def test_convert_estimate_bounds(latency, tasks, bound):
     assert est.wall_s == pytest.approx(1.0 + est.read_s, abs=0.1)
 
 
+@pytest.mark.parametrize("in_flight, bound", [(1, "latency"), (8, "latency"), (32, "cpu")])
+def test_files_in_flight_overlap_latency_like_more_tasks(in_flight, bound):
+    est = sizing.convert_estimate(4000, 400_000_000, list_s=0.0, parse_bytes_per_s=80e6, cores=2,
+                                  tasks_per_core=1, request_latency_ms=30, stream_bytes_per_s=0,
+                                  files_in_flight=in_flight)
+    same = sizing.convert_estimate(4000, 400_000_000, list_s=0.0, parse_bytes_per_s=80e6, cores=2,
+                                   tasks_per_core=in_flight, request_latency_ms=30, stream_bytes_per_s=0)
+    assert est.bound == bound and est.files_in_flight == in_flight
+    assert est.read_s == pytest.approx(same.read_s)
+
+
 def test_convert_estimate_respects_the_request_rate_limit():
     est = sizing.convert_estimate(4_000_000, 400 * 10**9, list_s=300, parse_bytes_per_s=80e6, cores=10_000,
                                   tasks_per_core=8, request_latency_ms=30, max_requests_per_s=10_000)

@@ -26,11 +26,12 @@ spark-submit \
   --conf spark.app.name=promptscore-convert \
   --conf spark.driver.memory=8g \
   --conf spark.driver.maxResultSize=2g \
+  --conf spark.promptscore.convert.readAhead=4 \
   --conf spark.executor.cores=8 \
   --conf spark.executor.memory=8g \
   --conf spark.executor.memoryOverhead=2g \
   --conf spark.dynamicAllocation.enabled=true \
-  --conf spark.dynamicAllocation.maxExecutors=8 \
+  --conf spark.dynamicAllocation.maxExecutors=2 \
   --conf spark.speculation=false \
   --conf spark.sql.files.openCostInBytes=8k \
   --conf spark.sql.sources.parallelPartitionDiscovery.threshold=8 \

@@ -1,0 +1,429 @@
+package promptscore.readahead;
+
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.Serializable;
+import java.lang.reflect.Method;
+import java.net.URI;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Iterator;
+import java.util.LinkedList;
+import java.util.List;
+import java.util.NoSuchElementException;
+import java.util.concurrent.Callable;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.ThreadFactory;
+import java.util.concurrent.atomic.AtomicInteger;
+
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FSDataInputStream;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.io.Text;
+import org.apache.hadoop.io.compress.CodecPool;
+import org.apache.hadoop.io.compress.CompressionCodec;
+import org.apache.hadoop.io.compress.CompressionCodecFactory;
+import org.apache.hadoop.io.compress.Decompressor;
+import org.apache.hadoop.mapreduce.TaskAttemptID;
+import org.apache.hadoop.mapreduce.lib.input.FileSplit;
+import org.apache.hadoop.mapreduce.lib.input.LineRecordReader;
+import org.apache.hadoop.mapreduce.task.TaskAttemptContextImpl;
+import org.apache.hadoop.util.LineReader;
+import org.apache.spark.Partition;
+import org.apache.spark.TaskContext;
+import org.apache.spark.api.java.JavaRDD;
+import org.apache.spark.api.java.JavaSparkContext;
+import org.apache.spark.api.java.function.FlatMapFunction;
+import org.apache.spark.broadcast.Broadcast;
+import org.apache.spark.rdd.RDD;
+import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.sql.catalyst.expressions.GenericInternalRow;
+import org.apache.spark.unsafe.types.UTF8String;
+import org.apache.spark.util.SerializableConfiguration;
+
+/**
+ * The lines of a Spark text scan's files, read with the next files' requests already in flight.
+ *
+ * <p>Spark's file source opens a task's files one after another, so on an object store a task
+ * waits one request's latency per file. This reader takes the partitions Spark planned for the
+ * scan (the same files, in the same tasks) and, in each task, fetches up to {@code inFlight}
+ * whole files ahead on a small thread pool while the task parses the current one. The lines are
+ * split exactly as Spark's text source splits them, by Hadoop's own {@code LineReader} (LF, CR or
+ * CRLF; a UTF-8 byte-order mark at the start of a file dropped, as {@code LineRecordReader}
+ * does). A file that is split over tasks, or larger than {@code wholeFileLimit}, is read by
+ * Hadoop's {@code LineRecordReader} itself, with nothing ahead.
+ *
+ * <p>Each row is {@code value} (the line's bytes, unchanged) and {@code _metadata}:
+ * {@code file_path} (the percent-encoded URI, as Spark's {@code _metadata.file_path}),
+ * {@code file_name}, {@code file_size} and {@code file_modification_time}. A file that cannot be
+ * read fails the task with Spark's wording, "Encountered error while reading file URI", when the
+ * task reaches it.
+ */
+public final class ReadAheadLines {
+    private ReadAheadLines() {
+    }
+
+    /** One file (or a split of one) as Spark planned it. */
+    static final class Piece implements Serializable {
+        private static final long serialVersionUID = 1L;
+        final String uri;
+        final long start;
+        final long length;
+        final long size;
+        final long mtimeMs;
+
+        Piece(String uri, long start, long length, long size, long mtimeMs) {
+            this.uri = uri;
+            this.start = start;
+            this.length = length;
+            this.size = size;
+            this.mtimeMs = mtimeMs;
+        }
+    }
+
+    /** The rows of the files of {@code scan}, a file scan's RDD (FileScanRDD): one task per partition. */
+    public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
+                                             long maxBufferedBytes, long wholeFileLimit) throws Exception {
+        List<Piece[]> bins = new ArrayList<Piece[]>();
+        for (Partition p : scan.partitions()) {
+            Object[] files = (Object[]) call(p, "files");
+            Piece[] bin = new Piece[files.length];
+            for (int i = 0; i < files.length; i++) {
+                Object f = files[i];
+                bin[i] = new Piece(call(f, "filePath").toString(), (Long) call(f, "start"), (Long) call(f, "length"),
+                                   (Long) call(f, "fileSize"), (Long) call(f, "modificationTime"));
+            }
+            bins.add(bin);
+        }
+        Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(conf));
+        return jsc.parallelize(bins, Math.max(1, bins.size()))
+                  .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit), false);
+    }
+
+    private static Object call(Object target, String method) throws Exception {
+        Method m = target.getClass().getMethod(method);
+        return m.invoke(target);
+    }
+
+    static final class Reader implements FlatMapFunction<Iterator<Piece[]>, InternalRow> {
+        private static final long serialVersionUID = 1L;
+        private final Broadcast<SerializableConfiguration> conf;
+        private final int inFlight;
+        private final long maxBufferedBytes;
+        private final long wholeFileLimit;
+
+        Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
+            this.conf = conf;
+            this.inFlight = inFlight;
+            this.maxBufferedBytes = maxBufferedBytes;
+            this.wholeFileLimit = wholeFileLimit;
+        }
+
+        @Override
+        public Iterator<InternalRow> call(Iterator<Piece[]> bins) {
+            List<Piece> pieces = new ArrayList<Piece>();
+            while (bins.hasNext()) {
+                pieces.addAll(Arrays.asList(bins.next()));
+            }
+            final TaskLines lines = new TaskLines(conf.value().value(), pieces, inFlight, maxBufferedBytes,
+                                                  wholeFileLimit);
+            TaskContext ctx = TaskContext.get();
+            if (ctx != null) {
+                ctx.addTaskCompletionListener(new org.apache.spark.util.TaskCompletionListener() {
+                    @Override
+                    public void onTaskCompletion(TaskContext context) {
+                        lines.close();
+                    }
+                });
+            }
+            return lines;
+        }
+    }
+
+    /** The lines of one task's files, in order, with the next files fetched ahead. */
+    static final class TaskLines implements Iterator<InternalRow> {
+        private final Configuration conf;
+        private final List<Piece> pieces;
+        private final int inFlight;
+        private final long maxBufferedBytes;
+        private final long wholeFileLimit;
+        private final ExecutorService pool;
+        private final LinkedList<Future<byte[]>> ahead = new LinkedList<Future<byte[]>>();  // null: streamed
+        private final CompressionCodecFactory codecs;
+        private final TaskContext ctx = TaskContext.get();
+        private int submitted;   // pieces handed to the pool (or marked to be streamed)
+        private int opened;      // pieces the task has started to emit
+        private long buffered;   // bytes of whole files fetched ahead and not yet opened
+        private Lines current;
+        private InternalRow nextRow;
+
+        TaskLines(Configuration conf, List<Piece> pieces, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
+            this.conf = conf;
+            this.pieces = pieces;
+            this.inFlight = inFlight;
+            this.maxBufferedBytes = maxBufferedBytes;
+            this.wholeFileLimit = wholeFileLimit;
+            this.codecs = new CompressionCodecFactory(conf);
+            final AtomicInteger n = new AtomicInteger();
+            this.pool = Executors.newFixedThreadPool(inFlight, new ThreadFactory() {
+                @Override
+                public Thread newThread(Runnable r) {
+                    Thread t = new Thread(r, "promptscore-read-ahead-" + n.incrementAndGet());
+                    t.setDaemon(true);
+                    return t;
+                }
+            });
+        }
+
+        private boolean whole(Piece p) {
+            return p.start == 0 && p.length >= p.size && p.size <= wholeFileLimit;
+        }
+
+        private void fill() {
+            while (submitted < pieces.size() && submitted - opened < inFlight) {
+                final Piece p = pieces.get(submitted);
+                if (!whole(p)) {
+                    ahead.add(null);
+                } else {
+                    if (buffered + p.size > maxBufferedBytes && submitted > opened) {
+                        return;
+                    }
+                    buffered += p.size;
+                    final Configuration c = conf;
+                    ahead.add(pool.submit(new Callable<byte[]>() {
+                        @Override
+                        public byte[] call() throws IOException {
+                            return fetch(c, p);
+                        }
+                    }));
+                }
+                submitted++;
+            }
+        }
+
+        @Override
+        public boolean hasNext() {
+            if (nextRow == null) {
+                nextRow = advance();
+            }
+            return nextRow != null;
+        }
+
+        @Override
+        public InternalRow next() {
+            if (!hasNext()) {
+                throw new NoSuchElementException();
+            }
+            InternalRow row = nextRow;
+            nextRow = null;
+            return row;
+        }
+
+        private InternalRow advance() {
+            while (true) {
+                if (current != null) {
+                    InternalRow row;
+                    try {
+                        row = current.next();
+                    } catch (IOException | RuntimeException e) {
+                        throw failed(current.piece, e);
+                    }
+                    if (row != null) {
+                        return row;
+                    }
+                    current.close();
+                    current = null;
+                }
+                if (opened >= pieces.size()) {
+                    close();
+                    return null;
+                }
+                fill();
+                Piece p = pieces.get(opened);
+                Future<byte[]> f = ahead.poll();
+                opened++;
+                try {
+                    if (f == null) {
+                        current = Lines.streamed(conf, p);
+                    } else {
+                        byte[] data = f.get();
+                        buffered -= p.size;
+                        current = Lines.fetched(conf, codecs, p, data);
+                        if (ctx != null) {
+                            ctx.taskMetrics().inputMetrics().incBytesRead(data.length);
+                        }
+                    }
+                } catch (ExecutionException e) {
+                    throw failed(p, e.getCause());
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw failed(p, e);
+                } catch (IOException | RuntimeException e) {
+                    throw failed(p, e);
+                }
+                fill();
+            }
+        }
+
+        void close() {
+            pool.shutdownNow();
+            if (current != null) {
+                current.close();
+                current = null;
+            }
+        }
+
+        private static RuntimeException failed(Piece p, Throwable cause) {
+            return new ReadFailure("Encountered error while reading file " + metadataPath(p.uri) + ". Details: ",
+                                   cause);
+        }
+    }
+
+    /** A read failure as Spark words it, so that the job finds the file it names. */
+    static final class ReadFailure extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+
+        ReadFailure(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /** A file's URI as Spark 3.5's {@code _metadata.file_path} gives it ({@code file:/x}, not {@code file:///x}). */
+    static String metadataPath(String uri) {
+        return new Path(new Path(URI.create(uri)).toString()).toUri().toString();
+    }
+
+    static byte[] fetch(Configuration conf, Piece p) throws IOException {
+        Path path = new Path(URI.create(p.uri));
+        FileSystem fs = path.getFileSystem(conf);
+        ByteArrayOutputStream out = new ByteArrayOutputStream((int) Math.min(Integer.MAX_VALUE - 8, p.size + 1));
+        byte[] buf = new byte[64 << 10];
+        try (FSDataInputStream in = fs.open(path)) {
+            int n;
+            while ((n = in.read(buf)) > 0) {
+                out.write(buf, 0, n);
+            }
+        }
+        return out.toByteArray();
+    }
+
+    /** The rows of one file or split. */
+    abstract static class Lines {
+        final Piece piece;
+        final InternalRow meta;
+
+        Lines(Piece piece) {
+            this.piece = piece;
+            Path path = new Path(URI.create(piece.uri));
+            this.meta = new GenericInternalRow(new Object[] {UTF8String.fromString(metadataPath(piece.uri)),
+                UTF8String.fromString(path.getName()), piece.size, piece.mtimeMs * 1000L});
+        }
+
+        abstract InternalRow next() throws IOException;
+
+        abstract void close();
+
+        InternalRow row(Text line) {
+            byte[] bytes = Arrays.copyOf(line.getBytes(), line.getLength());
+            return new GenericInternalRow(new Object[] {UTF8String.fromBytes(bytes), meta});
+        }
+
+        static Lines fetched(Configuration conf, CompressionCodecFactory codecs, Piece p, byte[] data)
+                throws IOException {
+            CompressionCodec codec = codecs.getCodec(new Path(URI.create(p.uri)));
+            InputStream raw = new ByteArrayInputStream(data);
+            if (codec == null) {
+                return new Fetched(p, raw, conf, null);
+            }
+            Decompressor d = CodecPool.getDecompressor(codec);
+            try {
+                return new Fetched(p, codec.createInputStream(raw, d), conf, d);
+            } catch (IOException | RuntimeException e) {
+                CodecPool.returnDecompressor(d);
+                throw e;
+            }
+        }
+
+        static Lines streamed(Configuration conf, Piece p) throws IOException {
+            return new Streamed(conf, p);
+        }
+    }
+
+    /** A whole file in memory, split as {@code LineRecordReader} splits a file read from its start. */
+    static final class Fetched extends Lines {
+        private static final byte[] BOM = {(byte) 0xEF, (byte) 0xBB, (byte) 0xBF};
+        private final LineReader reader;
+        private final Decompressor decompressor;
+        private final Text line = new Text();
+        private boolean first = true;
+
+        Fetched(Piece p, InputStream in, Configuration conf, Decompressor decompressor) throws IOException {
+            super(p);
+            this.reader = new LineReader(in, conf);
+            this.decompressor = decompressor;
+        }
+
+        @Override
+        InternalRow next() throws IOException {
+            int consumed = reader.readLine(line, Integer.MAX_VALUE, Integer.MAX_VALUE);
+            if (first) {
+                first = false;
+                int len = line.getLength();
+                byte[] b = line.getBytes();
+                if (len >= 3 && b[0] == BOM[0] && b[1] == BOM[1] && b[2] == BOM[2]) {
+                    // LineRecordReader drops the mark; a file of nothing but the mark has no line.
+                    consumed -= 3;
+                    byte[] rest = Arrays.copyOfRange(b, 3, len);
+                    line.set(rest);
+                }
+            }
+            return consumed == 0 ? null : row(line);
+        }
+
+        @Override
+        void close() {
+            try {
+                reader.close();
+            } catch (IOException e) {
+                // an in-memory stream: nothing to release
+            }
+            if (decompressor != null) {
+                CodecPool.returnDecompressor(decompressor);
+            }
+        }
+    }
+
+    /** A split or a large file: Hadoop's LineRecordReader over the file system, as Spark reads it. */
+    static final class Streamed extends Lines {
+        private final LineRecordReader reader = new LineRecordReader();
+
+        Streamed(Configuration conf, Piece p) throws IOException {
+            super(p);
+            FileSplit split = new FileSplit(new Path(URI.create(p.uri)), p.start, p.length, new String[0]);
+            reader.initialize(split, new TaskAttemptContextImpl(conf, new TaskAttemptID()));
+        }
+
+        @Override
+        InternalRow next() throws IOException {
+            if (!reader.nextKeyValue()) {
+                return null;
+            }
+            return row(reader.getCurrentValue());
+        }
+
+        @Override
+        void close() {
+            try {
+                reader.close();
+            } catch (IOException e) {
+                // closing after the last line: nothing left to lose
+            }
+        }
+    }
+}
