@@ -362,10 +362,19 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
     state = ConvertProgress(spark, plan.index)
     in_flight = readahead.files_in_flight(spark)
+    noted = False
     reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
     try:
         while True:
             lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight)
+            if result.reader["name"] == "read-ahead":
+                # Spark pruned the scan's files by these filters; the rows are filtered again, so that
+                # a skipped or set-aside file can never reach the output even where it would not.
+                lines = inputs.input_lines(lines, bad)
+            elif in_flight and not noted:
+                noted = True
+                cli.print_err(f"convert: note: reading with Spark's text source, one file after another per task "
+                              f"(slower on object stores): {result.reader['why']}")
             parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                        opts.strict_schema)
             obs = Observation(f"convert-{result.attempts}")

@@ -35,6 +35,7 @@ JAR = Path(__file__).resolve().parent / "jars" / "promptscore-readahead.jar"
 CLASS = "promptscore.readahead.ReadAheadLines"
 KEY = "spark.promptscore.convert.readAhead"
 DEFAULT_IN_FLIGHT = 16
+MAX_IN_FLIGHT = 64  # threads per task
 MAX_BUFFERED_BYTES = 64 << 20  # per task: whole files fetched ahead and not yet parsed
 WHOLE_FILE_LIMIT = 16 << 20  # larger files are streamed, as Spark streams them
 SCHEMA = ("value string, _metadata struct<file_path: string not null, file_name: string not null, "
@@ -75,11 +76,15 @@ def files_in_flight(spark: SparkSession) -> int:
     """``spark.promptscore.convert.readAhead``: files fetched ahead per task (0: Spark's reader)."""
     value = spark.conf.get(KEY, None)
     try:
-        return DEFAULT_IN_FLIGHT if value in (None, "") else max(0, int(value))
+        n = DEFAULT_IN_FLIGHT if value in (None, "") else int(value)
     except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_IN_FLIGHT:
         from promptscore import cli
 
-        raise cli.UsageError(f"{KEY}={value!r}: expected a whole number of files (0 turns read-ahead off)") from None
+        raise cli.UsageError(f"{KEY}={value!r}: expected a whole number of files from 0 to {MAX_IN_FLIGHT} "
+                             "(0 turns read-ahead off)")
+    return n
 
 
 def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int) -> tuple[DataFrame, dict]:

@@ -140,7 +140,7 @@ def test_a_bad_read_ahead_setting_is_one_line_and_exit_2(spark, tmp_path, capsys
         spark.conf.unset(readahead.KEY)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith(f"convert: error: {readahead.KEY}='many'")
+    assert lines[0].startswith(f"convert: error: {readahead.KEY}='many': expected a whole number of files from 0 to 64")
     assert not (tmp_path / "out").exists()
 
 
@@ -162,3 +162,23 @@ def test_the_jar_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
     assert not readahead.is_current(readahead.JAR)
     readahead.build()
     assert readahead.is_current(readahead.JAR)
+
+
+def test_spark_submit_without_jars_reads_ahead_and_sets_a_broken_file_aside(tmp_path):
+    """As on a cluster: no --jars, the job adds the reader itself, and a file it cannot read still
+    reaches the driver named (the driver decodes the task's error without the reader's jar)."""
+    from test_spark_submit import spark_submit
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(4):
+        write_lines(src / f"f{i}.jsonl", records(*(f"p{i}-{j}" for j in range(30))))
+    full = gzip.compress(("\n".join(records(*map(str, range(3000)))) + "\n").encode())
+    (src / "truncated.jsonl.gz").write_bytes(full[: len(full) // 2])
+    proc = spark_submit(["--master", "local[2]", "--conf", "spark.ui.enabled=false", "jobs/convert.py",
+                         "--input", src, "--output", out, "--max-bad-fraction", "0.99"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["reader"] == {"name": "read-ahead", "files_in_flight": 16}
+    assert report["rows_written"] == 120 and report["write_attempts"] == 2
+    assert [(Path(f["file"]).name, f["reason"]) for f in report["files_rejected"]] == [
+        ("truncated.jsonl.gz", "corrupt_file")]

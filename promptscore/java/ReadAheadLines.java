@@ -5,6 +5,7 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.Serializable;
+import java.io.UncheckedIOException;
 import java.lang.reflect.Method;
 import java.net.URI;
 import java.util.ArrayList;
@@ -91,25 +92,31 @@ public final class ReadAheadLines {
     public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
                                              long maxBufferedBytes, long wholeFileLimit) throws Exception {
         List<Piece[]> bins = new ArrayList<Piece[]>();
+        Method[] get = null;
         for (Partition p : scan.partitions()) {
-            Object[] files = (Object[]) call(p, "files");
+            Object[] files = (Object[]) p.getClass().getMethod("files").invoke(p);
             Piece[] bin = new Piece[files.length];
             for (int i = 0; i < files.length; i++) {
                 Object f = files[i];
-                bin[i] = new Piece(call(f, "filePath").toString(), (Long) call(f, "start"), (Long) call(f, "length"),
-                                   (Long) call(f, "fileSize"), (Long) call(f, "modificationTime"));
+                if (get == null) {
+                    Class<?> c = f.getClass();
+                    get = new Method[] {c.getMethod("filePath"), c.getMethod("start"), c.getMethod("length"),
+                        c.getMethod("fileSize"), c.getMethod("modificationTime")};
+                }
+                bin[i] = new Piece(get[0].invoke(f).toString(), (Long) get[1].invoke(f), (Long) get[2].invoke(f),
+                                   (Long) get[3].invoke(f), (Long) get[4].invoke(f));
             }
             bins.add(bin);
         }
-        Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(conf));
+        // A cluster's mapred-site.xml may cap line length, and LineRecordReader then skips longer
+        // lines with only a log line: here every line reaches the job, which rejects it, counted.
+        Configuration own = new Configuration(conf);
+        own.setInt(LineRecordReader.MAX_LINE_LENGTH, Integer.MAX_VALUE);
+        Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(own));
         return jsc.parallelize(bins, Math.max(1, bins.size()))
                   .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit), false);
     }
 
-    private static Object call(Object target, String method) throws Exception {
-        Method m = target.getClass().getMethod(method);
-        return m.invoke(target);
-    }
 
     static final class Reader implements FlatMapFunction<Iterator<Piece[]>, InternalRow> {
         private static final long serialVersionUID = 1L;
@@ -209,8 +216,14 @@ public final class ReadAheadLines {
 
         @Override
         public boolean hasNext() {
+            if (ctx != null) {
+                ctx.killTaskIfInterrupted();  // as Spark's file scan does: a killed task stops here
+            }
             if (nextRow == null) {
                 nextRow = advance();
+                if (nextRow != null && ctx != null) {
+                    ctx.taskMetrics().inputMetrics().incRecordsRead(1);
+                }
             }
             return nextRow != null;
         }
@@ -251,6 +264,9 @@ public final class ReadAheadLines {
                 try {
                     if (f == null) {
                         current = Lines.streamed(conf, p);
+                        if (ctx != null) {
+                            ctx.taskMetrics().inputMetrics().incBytesRead(p.length);
+                        }
                     } else {
                         byte[] data = f.get();
                         buffered -= p.size;
@@ -263,7 +279,7 @@ public final class ReadAheadLines {
                     throw failed(p, e.getCause());
                 } catch (InterruptedException e) {
                     Thread.currentThread().interrupt();
-                    throw failed(p, e);
+                    throw new IllegalStateException("task interrupted while waiting for " + metadataPath(p.uri), e);
                 } catch (IOException | RuntimeException e) {
                     throw failed(p, e);
                 }
@@ -279,18 +295,18 @@ public final class ReadAheadLines {
             }
         }
 
+        /**
+         * A read failure as Spark words it, so that the job finds the file it names. A JDK class:
+         * the driver decodes a failed task's exception without this jar on its class path.
+         * Errors (out of memory, linkage) are not read failures and pass unchanged.
+         */
         private static RuntimeException failed(Piece p, Throwable cause) {
-            return new ReadFailure("Encountered error while reading file " + metadataPath(p.uri) + ". Details: ",
-                                   cause);
-        }
-    }
-
-    /** A read failure as Spark words it, so that the job finds the file it names. */
-    static final class ReadFailure extends RuntimeException {
-        private static final long serialVersionUID = 1L;
-
-        ReadFailure(String message, Throwable cause) {
-            super(message, cause);
+            if (cause instanceof Error) {
+                throw (Error) cause;
+            }
+            IOException io = cause instanceof IOException ? (IOException) cause : new IOException(cause);
+            return new UncheckedIOException(
+                "Encountered error while reading file " + metadataPath(p.uri) + ". Details: " + cause, io);
         }
     }
 
@@ -306,7 +322,7 @@ public final class ReadAheadLines {
         byte[] buf = new byte[64 << 10];
         try (FSDataInputStream in = fs.open(path)) {
             int n;
-            while ((n = in.read(buf)) > 0) {
+            while ((n = in.read(buf)) != -1) {
                 out.write(buf, 0, n);
             }
         }
