@@ -7,11 +7,13 @@
 1. Builds the fake ``oss://`` of the tests (``tests/objectstore/``, needs ``javac``) and writes N
    JSONL files of ~100 KB into its bucket ``bench`` (kept between runs in --work).
 2. Runs the job as users run it, ``spark-submit`` with the local profile's settings,
-   ``jobs/convert.py`` on ``local[--cores]``, from ``oss://bench/in-...`` to ``oss://bench/out-...``, once per delay
-   (each open, list page and head request sleeps that long). ``today`` runs the job as it was
-   before its read-ahead reader (``spark.promptscore.convert.readAhead=0``: Spark's text source); with ``--extra-conf KEY=VALUE`` (repeatable) a second run per delay adds those
-   settings (``--variant`` names it), and with ``--tasks-per-core K`` it runs K task slots per core,
-   so both are measured in one invocation, interleaved.
+   ``jobs/convert.py`` on ``local[--cores]``, from ``oss://bench/in-...`` to
+   ``oss://bench/out-...``, once per delay (each open, list page and head request sleeps that
+   long). ``today`` runs the job as it was before its read-ahead reader
+   (``spark.promptscore.convert.readAhead=0``: Spark's text source); with ``--extra-conf
+   KEY=VALUE`` (repeatable) a second run per delay adds those settings (``--variant`` names it),
+   and with ``--tasks-per-core K`` it runs K task slots per core, so both are measured in one
+   invocation, interleaved.
 3. Prints a Markdown table: whole-process and job seconds, files/s per core (over the job's own
    time from its report), the ratio to ``today`` at the same delay, and the requests every JVM
    made, by kind. All runs must write the same number of rows. A control row reads the same

@@ -625,7 +625,8 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
         f"~{human_bytes(report['expected_output_file_bytes'])} ({human_bytes(out_bytes)}) in {tasks:,} tasks; "
         f"{index.skipped.get('files', 0):,} skipped, {plan.already_converted:,} already converted; listing "
         f"{plan.phases.phases.get('list', 0):.1f} s; on {cores:,} cores x {opts.tasks_per_core} tasks x "
-        f"{max(1, files_in_flight)} files in flight at {latency:g} ms per request: ~{estimate.as_dict()['wall']} ({estimate.bound}-bound)")
+        f"{max(1, files_in_flight)} files in flight at {latency:g} ms per request: "
+        f"~{estimate.as_dict()['wall']} ({estimate.bound}-bound)")
     return report
 
 

@@ -22,6 +22,7 @@ from udfs.prompts import Prompter
 
 SPARK_FILES = "sparkfiles:"
 
+
 def model_dir(ref: str) -> str:
     """The local directory a model reference names: a path, or ``sparkfiles:NAME`` (a directory
     the driver added with ``SparkContext.addArchive``, unpacked)."""
