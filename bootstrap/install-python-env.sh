@@ -19,11 +19,13 @@
 # DIR/app holds jobs/, conf/ and bootstrap/; DIR/bin/gpu-discovery.sh is Spark's GPU discovery
 # script. Running it again with the same
 # inputs does nothing. Logs go to stderr; any failure stops it with a non-zero exit code.
+# EMR bootstrap action: after component startup (hadoop fs needs the installed components), failure
+# policy Stop, on every node group, before stage-model.sh (docs/emr.md#bootstrap-actions).
 set -euo pipefail
 
 log() { echo "[promptscore install] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 prefix=/opt/promptscore
 wheels=""
