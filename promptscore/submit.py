@@ -3,7 +3,8 @@
     python -m promptscore.submit convert -- --input oss://b/raw/ --output oss://b/prompts/
     python -m promptscore.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
     python -m promptscore.submit convert --profile conf/local.conf --run -- --input data/ --output out/
-    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs -- --input ...
+    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs --environment-id ev-1 -- ...
+    python -m promptscore.submit convert --target serverless ... --run --workspace-id w-1 --region cn-hangzhou -- ...
     python -m promptscore.submit --conf-args conf/local.conf
 
 A profile (a Spark properties file in ``conf/``) becomes ``--conf key=value`` pairs on the command

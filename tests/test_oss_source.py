@@ -11,7 +11,8 @@ from udfs.ecs_metadata import Metadata
 from udfs.oss_source import OssSource, parse_uri
 from udfs.staging import StagingError
 
-KEYS = {"OSS_ACCESS_KEY_ID": "LTAI5tFAKEkeyIDforTESTS01", "OSS_ACCESS_KEY_SECRET": "FAKEsecretVALUEforTESTSonly0123456789"}
+KEYS = {"OSS_ACCESS_KEY_ID": "LTAI5tFAKEkeyIDforTESTS01",
+        "OSS_ACCESS_KEY_SECRET": "FAKEsecretVALUEforTESTSonly0123456789"}
 NOWHERE = Metadata("http://127.0.0.1:9", timeout_s=0.5)  # a node whose metadata must not be needed
 
 

@@ -112,11 +112,13 @@ class FakeService:
         if not problem and self.tokens.get(key_id) != headers.get("x-acs-security-token"):
             problem = "InvalidSecurityToken"
         if problem:
-            return 403, {"requestId": "R-1", "code": problem, "message": f"Specified signature is not valid ({problem})"}
+            return 403, {"requestId": "R-1", "code": problem,
+                         "message": f"Specified signature is not valid ({problem})"}
         if headers.get("x-acs-version") != "2023-08-08" or dict(parse_qsl(url.query)).get("regionId") != "cn-hangzhou":
             return 400, {"requestId": "R-2", "code": "InvalidParameter", "message": "version or region"}
         path = unquote(url.path)
-        if method == "POST" and path == f"/api/v1/workspaces/{WORKSPACE}/jobRuns" and headers["x-acs-action"] == "StartJobRun":
+        start = path == f"/api/v1/workspaces/{WORKSPACE}/jobRuns" and headers["x-acs-action"] == "StartJobRun"
+        if method == "POST" and start:
             if self.start_failures:
                 self.start_failures -= 1
                 return 503, {"requestId": "R-3", "code": "ServiceUnavailable", "message": "try again"}
@@ -213,7 +215,8 @@ def test_credentials_from_the_instance_ram_role(service, monkeypatch):
     from standins import ROLE_CREDENTIALS, MetadataStandIn
 
     role = {ROLE_CREDENTIALS["AccessKeyId"]: ROLE_CREDENTIALS["AccessKeySecret"]}
-    api = service(["success"], secrets=role, tokens={ROLE_CREDENTIALS["AccessKeyId"]: ROLE_CREDENTIALS["SecurityToken"]})
+    api = service(["success"], secrets=role,
+                  tokens={ROLE_CREDENTIALS["AccessKeyId"]: ROLE_CREDENTIALS["SecurityToken"]})
     with MetadataStandIn("hardened") as metadata:
         proc = run_cli(api.url, env=clean_env(PROMPTSCORE_ECS_METADATA_URL=metadata.url))
     assert proc.returncode == 0, proc.stderr
