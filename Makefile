@@ -27,7 +27,9 @@ help:
 	@echo "make submit JOB=convert|score ARGS='...' [EXECUTE=1] [DEPLOY_MODE=cluster] [PROFILE=conf/x.conf]"
 	@echo "            [CONF='k=v ...'] [PY_FILES=uri] [JOBS_URI=uri] [ENV_ARCHIVE=uri] [DRIVER_PYTHON=path]"
 	@echo "                    print the spark-submit line for EMR on ECS (run it with EXECUTE=1);"
-	@echo "                    TARGET=serverless: the StartJobRun body for EMR Serverless Spark (convert only)"
+	@echo "                    TARGET=serverless: the StartJobRun body for EMR Serverless Spark (convert only),"
+	@echo "                    ENVIRONMENT=ev-... or ENV_ARCHIVE=uri [RELEASE= QUEUE= CLIENT_TOKEN=]; with EXECUTE=1"
+	@echo "                    and WORKSPACE=w-... REGION=cn-...: start it and wait for its end (docs/serverless.md)"
 
 venv: $(STAMP)
 
@@ -109,6 +111,9 @@ submit:
 	  $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEPLOY_MODE),--deploy-mode $(DEPLOY_MODE)) \
 	  $(if $(PY_FILES),--py-files $(PY_FILES)) $(if $(JOBS_URI),--jobs-uri $(JOBS_URI)) \
 	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(DRIVER_PYTHON),--driver-python $(DRIVER_PYTHON)) \
+	  $(if $(ENVIRONMENT),--environment-id $(ENVIRONMENT)) $(if $(RELEASE),--release '$(RELEASE)') \
+	  $(if $(QUEUE),--queue $(QUEUE)) $(if $(CLIENT_TOKEN),--client-token $(CLIENT_TOKEN)) \
+	  $(if $(WORKSPACE),--workspace-id $(WORKSPACE)) $(if $(REGION),--region $(REGION)) \
 	  $(foreach c,$(CONF),--conf $(c)) $(if $(EXECUTE),--run) -- $(ARGS)
 
 clean:

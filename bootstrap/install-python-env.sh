@@ -19,11 +19,13 @@
 # DIR/app holds jobs/, conf/ and bootstrap/; DIR/bin/gpu-discovery.sh is Spark's GPU discovery
 # script. Running it again with the same
 # inputs does nothing. Logs go to stderr; any failure stops it with a non-zero exit code.
+# EMR bootstrap action: after component startup (hadoop fs needs the installed components), failure
+# policy Stop, on every node group, before stage-model.sh (docs/emr.md#bootstrap-actions).
 set -euo pipefail
 
 log() { echo "[promptscore install] $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 prefix=/opt/promptscore
 wheels=""
@@ -100,17 +102,32 @@ fi
 mkdir -p "$prefix/bin"
 case "$wheels" in
   oss://*)
+    # ossutil first; it may be installed but not configured (no AccessKey, no RAM role setting), so
+    # when it fails, hadoop fs (JindoSDK with the node's RAM role; needs the installed components,
+    # hence the bootstrap action's "after component startup") copies instead.
     mkdir -p "$wheel_dir"
-    if command -v ossutil >/dev/null 2>&1 || command -v ossutil64 >/dev/null 2>&1; then
-      ossutil=$(command -v ossutil || command -v ossutil64)
+    copied=0
+    tried=""
+    ossutil=$(command -v ossutil || command -v ossutil64 || true)
+    if [ -n "$ossutil" ]; then
       log "copying $wheels with $ossutil"
-      "$ossutil" cp -r -f -u "$wheels" "$wheel_dir/" >&2 || die "ossutil could not copy $wheels"
-    elif command -v hadoop >/dev/null 2>&1; then
+      if "$ossutil" cp -r -f -u "$wheels" "$wheel_dir/" >&2; then
+        copied=1
+      else
+        tried="ossutil failed (not configured on this node?)"
+        log "$tried; trying hadoop fs"
+      fi
+    fi
+    if [ "$copied" = 0 ] && command -v hadoop >/dev/null 2>&1; then
       log "copying $wheels with hadoop fs"
-      hadoop fs -copyToLocal -f "${wheels%/}/*" "$wheel_dir/" || die "hadoop fs could not copy $wheels"
-    else
-      die "--wheels $wheels needs ossutil or hadoop on this node (or copy the directory first)"
-    fi ;;
+      if hadoop fs -copyToLocal -f "${wheels%/}/*" "$wheel_dir/"; then
+        copied=1
+      else
+        tried="${tried:+$tried, }hadoop fs failed"
+      fi
+    fi
+    [ "$copied" = 1 ] || die "--wheels $wheels: could not copy it (${tried:-no ossutil or hadoop on this node}); \
+configure ossutil, run this after component startup so that hadoop fs works, or copy the directory first" ;;
   http://*|https://*)
     mkdir -p "$wheel_dir"
     log "downloading $wheels"

@@ -10,8 +10,9 @@
   environment (``OSS_ACCESS_KEY_ID``/``OSS_ACCESS_KEY_SECRET``/``OSS_SESSION_TOKEN``, or the
   ``ALIBABA_CLOUD_*`` names) or else from the ECS instance's RAM role, read from the instance
   metadata in security hardening mode when the instance requires it; they are never arguments
-  and never printed. The endpoint is ``--endpoint``, ``OSS_ENDPOINT``, or the internal endpoint
-  of the instance's region.
+  and never printed. The endpoint is the bucket's: ``--endpoint``, one written into the URI
+  (``oss://bucket.oss-cn-shanghai-internal.aliyuncs.com/models/rm/``), the internal endpoint of
+  ``--region``, ``OSS_ENDPOINT``, or else the internal endpoint of the instance's own region.
 - Any other source is a directory (or a ``file:`` URI).
 - A file already there with the source's size is kept; a partial one is resumed; at the end every
   file's size is checked against the source and a marker is written. A second run finds the
@@ -31,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m promptscore.stage_model", description=__doc__.splitlines()[0])
     p.add_argument("source", help="oss://bucket/prefix/ or a directory")
     p.add_argument("dest", help="local directory to fill")
-    p.add_argument("--endpoint", help="OSS endpoint (default: OSS_ENDPOINT, or the region's internal one)")
+    p.add_argument("--endpoint", help="the bucket's OSS endpoint (default: one written into the URI, else "
+                                      "--region's internal one, else OSS_ENDPOINT, else this node's region's)")
+    p.add_argument("--region", help="the bucket's region, e.g. cn-shanghai: its internal endpoint is used")
     a = p.parse_args(argv)
     try:
-        stage(source_for(a.source, a.endpoint), a.dest, a.source)
+        stage(source_for(a.source, a.endpoint, a.region), a.dest, a.source)
     except StagingError as e:
         print(f"stage-model: error: {e}", file=sys.stderr)
         return 1

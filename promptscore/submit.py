@@ -3,7 +3,8 @@
     python -m promptscore.submit convert -- --input oss://b/raw/ --output oss://b/prompts/
     python -m promptscore.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
     python -m promptscore.submit convert --profile conf/local.conf --run -- --input data/ --output out/
-    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs -- --input ...
+    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs --environment-id ev-1 -- ...
+    python -m promptscore.submit convert --target serverless ... --run --workspace-id w-1 --region cn-hangzhou -- ...
     python -m promptscore.submit --conf-args conf/local.conf
 
 A profile (a Spark properties file in ``conf/``) becomes ``--conf key=value`` pairs on the command
@@ -16,7 +17,11 @@ are applied on top of it.
 gateway node, in an EMR Workflow Spark task, or in a DataWorks EMR Shell or EMR Spark node) and for
 local runs (``--profile conf/local.conf``). ``--target serverless`` prints the request body of EMR
 Serverless Spark's StartJobRun; it takes the convert job only (the score job needs YARN GPU
-scheduling). Credentials are never part of either.
+scheduling); with ``--run`` it starts the job run and follows it to its end (``promptscore.serverless``).
+
+Credentials are never part of either: a ``--conf`` or profile key that looks like a secret (Spark's
+``spark.redaction.regex``: secret, password, token, access key) is refused, and so is a URI with
+keys in it, before anything is printed. Nodes reach OSS with their RAM role (docs/emr.md).
 
 With ``--run`` the line is run and its exit code returned. In YARN cluster mode ``spark-submit``
 exits 1 for every failed application; the job's own code (2: fix the call, 3: data quality) is
@@ -34,6 +39,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from udfs.uris import has_userinfo
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"convert": "conf/emr-convert.conf", "score": "conf/emr-score-gpu.conf"}
 SERVERLESS_PROFILES = {"convert": "conf/serverless-convert.conf"}
@@ -41,6 +48,11 @@ SERVERLESS_PROFILES = {"convert": "conf/serverless-convert.conf"}
 ENV_DIR = "./environment"
 # What the YARN ApplicationMaster reports when the Python driver exits non-zero (cluster mode).
 USER_EXIT = re.compile(r"User application exited with status (\d+)")
+# Keys whose values are credentials: Spark's spark.redaction.regex default, "(?i)secret|password|
+# token|access[.]?key", also matching access_key and access-key (environment variable names).
+SECRET_KEY = re.compile(r"(?i)secret|password|token|access[._-]?key")
+SECRET_HELP = ("credentials are not taken on the command line or in profiles (they would be printed and kept "
+               "in shell histories and node code): nodes reach OSS with their ECS RAM role, see docs/emr.md#oss-access")
 
 
 def _find(path: str | Path) -> Path:
@@ -57,6 +69,22 @@ def _find(path: str | Path) -> Path:
 
 class SubmitError(Exception):
     """The call or a profile is wrong: one line on stderr, exit code 2."""
+
+
+def check_property(key: str, value: str, where: str) -> None:
+    """Refuse a Spark property that carries a credential: a secret-looking key (unless its value is a
+    boolean switch, such as ``spark.security.credentials.hive.enabled``), or a URI with keys. The
+    message names the key, never the value."""
+    if SECRET_KEY.search(key) and value.strip().lower() not in ("", "true", "false"):
+        raise SubmitError(f"{where} {key}: {SECRET_HELP}")
+    if has_userinfo(value.strip()):
+        raise SubmitError(f"{where} {key}: the value is a URI with keys in it; {SECRET_HELP}")
+
+
+def check_uri(value: str | None, where: str) -> None:
+    """Refuse a URI with a ``user:secret@`` part (``oss://ID:KEY@bucket/x``), naming only where it was."""
+    if value and has_userinfo(value):
+        raise SubmitError(f"{where} is a URI with keys in it; {SECRET_HELP}")
 
 
 # -- profiles -------------------------------------------------------------------------------------
@@ -117,6 +145,7 @@ def read_profile(path: str | Path) -> dict[str, str]:
         key, value = _unescape(m.group(1)), _unescape(m.group(2)).strip()
         if not key.startswith("spark."):
             raise SubmitError(f"{path}:{lineno}: {key!r} is not a Spark property (keys start with spark.)")
+        check_property(key, value, f"{path}:{lineno}:")
         props[key] = value
     if not props:
         raise SubmitError(f"profile {path} sets no Spark property")
@@ -129,7 +158,9 @@ def parse_conf(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.startswith("spark."):
-            raise SubmitError(f"--conf {pair!r}: expected spark.KEY=VALUE")
+            check_property(key, value, "--conf")
+            raise SubmitError(f"--conf {key!r}: expected spark.KEY=VALUE (the value is not shown)")
+        check_property(key, value, "--conf")
         out[key] = value
     return out
 
@@ -192,13 +223,31 @@ def spark_submit_args(job: str, job_args: Sequence[str], profile: str | Path | N
 # -- EMR Serverless Spark ---------------------------------------------------------------------------
 
 def serverless_request(job: str, job_args: Sequence[str], jobs_uri: str, py_files: str | None = None,
-                       name: str | None = None, queue: str = "root_queue",
-                       release: str = "<Spark 3.5 engine version>", env_archive: str | None = None,
-                       profile: str | Path | None = None, conf: dict[str, str] | None = None) -> dict:
-    """The StartJobRun body for EMR Serverless Spark (job driver: spark-submit)."""
+                       name: str | None = None, queue: str = "root_queue", release: str | None = None,
+                       env_archive: str | None = None, environment_id: str | None = None,
+                       profile: str | Path | None = None, conf: dict[str, str] | None = None,
+                       client_token: str | None = None, timeout_s: int = 6 * 3600) -> dict:
+    """The StartJobRun body for EMR Serverless Spark (job driver: spark-submit).
+
+    The run's Python comes from the workspace's runtime environment ``environment_id`` (set as
+    ``spark.emr.serverless.environmentId``) or from a packed environment ``env_archive``; one of
+    the two is required, since the job needs pyarrow and this package. ``client_token`` (default: a
+    fresh one) makes a retried StartJobRun return the same run; ``timeout_s`` becomes
+    ``executionTimeoutSeconds``.
+    """
+    from promptscore import serverless
+
     if job not in SERVERLESS_PROFILES:
         raise SubmitError(f"--target serverless takes the convert job only: {job} needs GPU executors "
                           "scheduled by YARN (EMR on ECS)")
+    if not environment_id and not env_archive:
+        raise SubmitError("--target serverless needs --environment-id ID (the workspace's runtime environment with "
+                          "the package's dependencies) or --env-archive URI: see docs/serverless.md")
+    token = client_token or serverless.new_client_token()
+    if not serverless.CLIENT_TOKEN.fullmatch(token):
+        raise SubmitError("--client-token: 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    if timeout_s <= 0:
+        raise SubmitError("--timeout-seconds must be positive")
     props = read_profile(profile or SERVERLESS_PROFILES[job])
     params = []
     if py_files:
@@ -207,13 +256,17 @@ def serverless_request(job: str, job_args: Sequence[str], jobs_uri: str, py_file
         params += ["--archives", f"{env_archive}#environment"]
         props["spark.pyspark.python"] = f"{ENV_DIR}/bin/python"
         props["spark.pyspark.driver.python"] = f"{ENV_DIR}/bin/python"
+    if environment_id:
+        props[serverless.ENVIRONMENT_CONF] = environment_id
     props.update(conf or {})
     params += conf_args(props)
     return {
+        "clientToken": token,
         "name": name or f"promptscore-{job}",
-        "releaseVersion": release,
+        "releaseVersion": release or serverless.DEFAULT_RELEASE,
         "resourceQueueId": queue,
         "codeType": "PYTHON",
+        "executionTimeoutSeconds": timeout_s,
         "jobDriver": {"sparkSubmit": {
             "entryPoint": f"{jobs_uri.rstrip('/')}/{job}.py",
             "entryPointArguments": list(job_args),
@@ -268,6 +321,36 @@ def run(cmd: Sequence[str], cwd: Path | None = None) -> int:
     return rc
 
 
+def submit_serverless(a: argparse.Namespace, job_args: list[str], conf: dict[str, str]) -> int:
+    """``--target serverless``: print the StartJobRun body; with ``--run``, start it and follow it."""
+    from promptscore import serverless
+
+    if not a.jobs_uri:
+        raise SubmitError("--target serverless needs --jobs-uri (the OSS folder holding convert.py)")
+    if a.deploy_mode or a.driver_python:
+        raise SubmitError("--target serverless: --deploy-mode and --driver-python do not apply (the service runs "
+                          "the driver)")
+    if a.run and not (a.workspace_id and a.region):
+        raise SubmitError("--target serverless --run needs --workspace-id and --region")
+    body = serverless_request(a.job, job_args, a.jobs_uri, a.py_files, name=a.name, queue=a.queue,
+                              release=a.release, env_archive=a.env_archive, environment_id=a.environment_id,
+                              profile=a.profile, conf=conf, client_token=a.client_token, timeout_s=a.timeout_seconds)
+    if not a.run:
+        print(json.dumps(body, indent=2), flush=True)
+        return 0
+    try:
+        client = serverless.Client(a.region, serverless.credentials_from_chain(), endpoint=a.api_endpoint)
+        print(json.dumps(body, indent=2), flush=True)
+        return serverless.run_to_end(client, a.workspace_id, body, poll_s=a.poll_seconds)
+    except serverless.ServerlessError as e:
+        print(f"submit: error: {e}", file=sys.stderr)
+        return 2
+    except serverless.ServerlessUnavailable as e:
+        print(f"submit: error: {e}; run the same command again (with --client-token {body['clientToken']} it "
+              "finds the run if it started)", file=sys.stderr)
+        return 1
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise SubmitError(f"{message} (see --help)")
@@ -295,13 +378,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-archive", help="a packed Python environment (.tar.gz) for --archives, unpacked as "
                                          f"{ENV_DIR} in every YARN container")
     p.add_argument("--driver-python", help="the driver's Python (client mode runs the driver on this machine)")
-    p.add_argument("--name", help="serverless: the job run's name")
-    p.add_argument("--queue", default="root_queue", help="serverless: resource queue")
-    p.add_argument("--release", default="<Spark 3.5 engine version>", help="serverless: engine version")
+    s = p.add_argument_group("EMR Serverless Spark (--target serverless; docs/serverless.md)")
+    s.add_argument("--environment-id", metavar="ID",
+                   help="the workspace's runtime environment that holds the package's dependencies "
+                        "(spark.emr.serverless.environmentId); or ship one with --env-archive")
+    s.add_argument("--name", help="the job run's name (default promptscore-JOB)")
+    s.add_argument("--queue", default="root_queue", help="resource queue (default root_queue)")
+    s.add_argument("--release", help="engine version as ListReleaseVersions names it (default: an esr-4.x "
+                                     "engine with Spark 3.5)")
+    s.add_argument("--timeout-seconds", type=int, default=6 * 3600,
+                   help="executionTimeoutSeconds: the service stops the run after this long (default 21600)")
+    s.add_argument("--client-token", metavar="TOKEN",
+                   help="idempotence token (default: a new one per call); the same token returns the same "
+                        "run, e.g. one derived from the scheduler's instance ID")
+    s.add_argument("--workspace-id", metavar="ID", help="with --run: the workspace (w-...)")
+    s.add_argument("--region", help="with --run: the workspace's region (e.g. cn-hangzhou)")
+    s.add_argument("--api-endpoint", metavar="HOST",
+                   help="with --run: the API endpoint (default emr-serverless-spark.REGION.aliyuncs.com)")
+    s.add_argument("--poll-seconds", type=float, default=30.0, help="with --run: GetJobRun every N s (default 30)")
     p.add_argument("--format", choices=("shell", "lines", "plain"), default="shell",
                    help="how the line is printed: shell (quoted), lines (one option per line), plain "
                         "(unquoted, for a DataWorks EMR Spark node)")
-    p.add_argument("--run", action="store_true", help="run the spark-submit line after printing it")
+    p.add_argument("--run", action="store_true",
+                   help="run the spark-submit line after printing it; serverless: start the job run (credentials "
+                        "from the environment or the ECS RAM role) and wait for its end")
     return p
 
 
@@ -321,16 +421,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not a.job:
             raise SubmitError("a job is required: convert or score (see --help)")
         conf = parse_conf(a.conf)
+        for where, value in (("--py-files", a.py_files), ("--jobs-uri", a.jobs_uri), ("--env-archive", a.env_archive)):
+            check_uri(value, where)
+        for word in job_args:
+            check_uri(word.partition("=")[2] if word.startswith("-") else word, "a job argument")
         if a.target == "serverless":
-            if not a.jobs_uri:
-                raise SubmitError("--target serverless needs --jobs-uri (the OSS folder holding convert.py)")
-            if a.run or a.deploy_mode or a.driver_python:
-                raise SubmitError("--target serverless only prints a StartJobRun body: "
-                                  "--run, --deploy-mode and --driver-python do not apply")
-            body = serverless_request(a.job, job_args, a.jobs_uri, a.py_files, name=a.name, queue=a.queue,
-                                      release=a.release, env_archive=a.env_archive, profile=a.profile, conf=conf)
-            print(json.dumps(body, indent=2))
-            return 0
+            return submit_serverless(a, job_args, conf)
+        only = [f for f, v in (("--environment-id", a.environment_id), ("--workspace-id", a.workspace_id),
+                               ("--region", a.region), ("--api-endpoint", a.api_endpoint),
+                               ("--client-token", a.client_token), ("--release", a.release)) if v]
+        if only:
+            raise SubmitError(f"{only[0]} is for --target serverless")
         cmd = spark_submit_args(a.job, job_args, a.profile, a.deploy_mode, a.py_files, a.jobs_uri,
                                 a.env_archive, a.driver_python, conf)
         text = format_command(cmd, a.format)

@@ -208,3 +208,55 @@ def test_install_fails_loudly_without_the_wheels(tmp_path):
                 "--cpu", "--extras", "locked", "--python", sys.executable])
     assert proc.returncode == 1
     assert "ERROR: pip could not install promptscore[locked] from" in proc.stderr
+
+
+def fake_oss_tools(tmp_path: Path, root: Path, ossutil: str, hadoop: str) -> dict:
+    """A PATH with an ``ossutil`` and a ``hadoop`` that either work on ``root`` as bucket ``bucket``
+    ("copy"), fail as an unconfigured ossutil does ("fail"), or are absent ("none")."""
+    bin_dir = tmp_path / "oss-bin"
+    bin_dir.mkdir()
+    scripts = {
+        ("ossutil", "fail"): 'echo "Read config file error: stat /root/.ossutilconfig: no such file or directory, '
+                             'please try \\"help config\\" to set configuration or use \\"--config-file\\" option" >&2\n'
+                             'exit 1\n',
+        ("hadoop", "copy"): 'echo "$*" >> "$FAKE_HADOOP_CALLS"\nsrc=${4#oss://bucket/}\n'
+                            '# shellcheck disable=SC2086\ncp "$FAKE_OSS_ROOT"/$src "$5"\n',
+        ("hadoop", "fail"): 'echo "$*" >> "$FAKE_HADOOP_CALLS"\necho "copyToLocal: Permission denied" >&2\nexit 1\n',
+    }
+    for tool, mode in (("ossutil", ossutil), ("hadoop", hadoop)):
+        if mode != "none":
+            (bin_dir / tool).write_text("#!/bin/sh\n" + scripts[(tool, mode)])
+            (bin_dir / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_OSS_ROOT": str(root),
+            "FAKE_HADOOP_CALLS": str(tmp_path / "hadoop-calls")}
+
+
+def test_an_unconfigured_ossutil_falls_back_to_hadoop_fs(tmp_path, wheelhouse):
+    env = fake_oss_tools(tmp_path, wheelhouse.parent, ossutil="fail", hadoop="copy")
+    prefix = tmp_path / "opt"
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--prefix", prefix, "--wheels",
+                f"oss://bucket/{wheelhouse.name}/", "--cpu", "--extras", "locked", "--python", sys.executable], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "ossutil failed (not configured on this node?); trying hadoop fs" in proc.stderr
+    assert (tmp_path / "hadoop-calls").read_text().split() == \
+        ["fs", "-copyToLocal", "-f", f"oss://bucket/{wheelhouse.name}/*", f"{prefix}/wheels/"]
+    assert sorted(p.name for p in (prefix / "wheels").iterdir()) == sorted(p.name for p in wheelhouse.iterdir())
+    check = run([prefix / "venv" / "bin" / "python", "-c", "import promptscore, pyarrow; print(pyarrow.__version__)"])
+    assert check.stdout.strip() == "21.0.0", check.stderr
+
+
+@pytest.mark.parametrize("ossutil, hadoop, says", [
+    ("fail", "fail", "could not copy it (ossutil failed (not configured on this node?), hadoop fs failed)"),
+    ("fail", "none", "could not copy it (ossutil failed (not configured on this node?))"),
+    ("none", "none", "could not copy it (no ossutil or hadoop on this node)"),
+])
+def test_install_stops_when_no_tool_can_copy_the_wheels(tmp_path, ossutil, hadoop, says):
+    if shutil.which("hadoop") or shutil.which("ossutil"):
+        pytest.skip("this machine has a real hadoop or ossutil")
+    env = fake_oss_tools(tmp_path, tmp_path, ossutil=ossutil, hadoop=hadoop)
+    proc = run([ROOT / "bootstrap" / "install-python-env.sh", "--prefix", tmp_path / "p", "--wheels",
+                "oss://bucket/wheels/", "--cpu", "--python", sys.executable], env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and says in errors[0], proc.stderr
+    assert not (tmp_path / "p" / "venv").exists()

@@ -39,7 +39,8 @@ def fresh_venv(tmp_path_factory):
     return path / "bin" / "python"
 
 
-MODULES = ("import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, udfs, udfs.staging, "
+MODULES = ("import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, promptscore.serverless, "
+           "udfs, udfs.staging, "
            "udfs.oss_source")
 
 
@@ -122,14 +123,21 @@ def test_make_submit_env_archive_in_client_mode_needs_the_drivers_python():
 
 
 def test_make_submit_for_serverless_spark():
-    proc = make("submit", "JOB=convert", "TARGET=serverless", "JOBS_URI=oss://b/jobs",
-                "PY_FILES=oss://b/jobs/promptscore.zip", "ARGS=--input oss://b/in/ --output oss://b/out/")
+    proc = make("submit", "JOB=convert", "TARGET=serverless", "JOBS_URI=oss://b/jobs", "ENVIRONMENT=ev-1",
+                "CLIENT_TOKEN=day-1", "PY_FILES=oss://b/jobs/promptscore.zip",
+                "ARGS=--input oss://b/in/ --output oss://b/out/")
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert body["jobDriver"]["sparkSubmit"]["entryPoint"] == "oss://b/jobs/convert.py"
     assert body["jobDriver"]["sparkSubmit"]["entryPointArguments"] == ["--input", "oss://b/in/", "--output", "oss://b/out/"]
     params = shlex.split(body["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])
-    assert params == ["--py-files", "oss://b/jobs/promptscore.zip", *conf_args("conf/serverless-convert.conf")]
+    assert params == ["--py-files", "oss://b/jobs/promptscore.zip", *conf_args("conf/serverless-convert.conf"),
+                      "--conf", "spark.emr.serverless.environmentId=ev-1"]
+    assert body["clientToken"] == "day-1" and body["executionTimeoutSeconds"] == 21600
+    assert body["releaseVersion"].startswith("esr-4.")
+
+    proc = make("submit", "JOB=convert", "TARGET=serverless", "JOBS_URI=oss://b/jobs", "ARGS=--input x")
+    assert proc.returncode != 0 and "needs --environment-id ID" in proc.stderr
 
     proc = make("submit", "JOB=score", "TARGET=serverless", "JOBS_URI=oss://b/jobs", "ARGS=--input x")
     assert proc.returncode != 0 and "takes the convert job only" in proc.stderr

@@ -114,14 +114,16 @@ def test_gpu_profile_starts_with_the_gpus_asked_for():
 
 
 @pytest.mark.parametrize("args, error", [
-    (["convert", "--conf", "foo=bar"], "--conf 'foo=bar': expected spark.KEY=VALUE"),
+    (["convert", "--conf", "foo=bar"], "--conf 'foo': expected spark.KEY=VALUE (the value is not shown)"),
     (["convert", "--conf", "spark.x"], "expected spark.KEY=VALUE"),
     (["convert", "--deploy-mode", "yarn"], "invalid choice: 'yarn'"),
     (["convert", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ([], "a job is required"),
     (["convert", "--target", "serverless"], "needs --jobs-uri"),
     (["score", "--target", "serverless", "--jobs-uri", "oss://b/j"], "takes the convert job only"),
-    (["convert", "--target", "serverless", "--jobs-uri", "oss://b/j", "--run"], "--run, --deploy-mode"),
+    (["convert", "--target", "serverless", "--jobs-uri", "oss://b/j", "--environment-id", "ev-1", "--run"],
+     "--run needs --workspace-id and --region"),
+    (["convert", "--environment-id", "ev-1"], "--environment-id is for --target serverless"),
     (["convert", "--format", "plain", "--profile", "conf/local.conf"], "--format plain cannot hold"),
 ])
 def test_bad_calls_are_one_line_and_exit_2(args, error):
@@ -145,14 +147,65 @@ def test_printed_formats_are_the_same_words():
 # -- EMR Serverless Spark ---------------------------------------------------------------------------
 
 def test_serverless_body_carries_the_serverless_profile():
-    body = json.loads(submit_cli("convert", "--target", "serverless", "--jobs-uri", "oss://b/jobs",
-                                 "--conf", "spark.executor.cores=4", "--", "--input", "oss://b/in/").stdout)
+    body = json.loads(submit_cli("convert", "--target", "serverless", "--jobs-uri", "oss://b/jobs", "--environment-id",
+                                 "ev-1", "--conf", "spark.executor.cores=4", "--", "--input", "oss://b/in/").stdout)
     driver = body["jobDriver"]["sparkSubmit"]
     assert driver["entryPoint"] == "oss://b/jobs/convert.py" and driver["entryPointArguments"] == ["--input", "oss://b/in/"]
     props = props_of(shlex.split(driver["sparkSubmitParameters"]))
-    assert props == {**read_profile("conf/serverless-convert.conf"), "spark.executor.cores": "4"}
+    assert props == {**read_profile("conf/serverless-convert.conf"), "spark.executor.cores": "4",
+                     "spark.emr.serverless.environmentId": "ev-1"}
     assert not [k for k in props if k in ("spark.master", "spark.submit.deployMode") or k.startswith("spark.yarn")]
     assert body["codeType"] == "PYTHON" and body["name"] == "promptscore-convert"
+
+
+# -- secrets: refused before anything is printed --------------------------------------------------
+
+FAKE_SECRET = "FAKEsecretVALUEforTESTSonly0123456789"
+
+
+@pytest.mark.parametrize("target", ["emr", "serverless"])
+@pytest.mark.parametrize("conf", [
+    f"spark.hadoop.fs.oss.accessKeySecret={FAKE_SECRET}",
+    f"spark.hadoop.fs.oss.accessKeyId={FAKE_SECRET}",
+    f"spark.hadoop.fs.oss.security.token={FAKE_SECRET}",
+    f"spark.executorEnv.OSS_ACCESS_KEY_ID={FAKE_SECRET}",
+    f"spark.yarn.appMasterEnv.ALIBABA_CLOUD_ACCESS_KEY_SECRET={FAKE_SECRET}",
+    f"spark.ssl.keyPassword={FAKE_SECRET}",
+    f"fs.oss.accessKeySecret={FAKE_SECRET}",  # not even a Spark key: still never echoed
+    f"spark.hadoop.fs.defaultFS=oss://LTAI5tFAKE:{FAKE_SECRET}@bucket/",
+])
+def test_credentials_in_conf_are_refused_and_never_printed(target, conf):
+    key = conf.split("=", 1)[0]
+    proc = submit_cli("convert", "--target", target, "--jobs-uri", "oss://b/jobs", "--environment-id", "ev-1",
+                      "--conf", conf, "--", "--input", "x")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and key in proc.stderr and FAKE_SECRET not in proc.stderr, proc.stderr
+    assert "RAM role" in proc.stderr or "expected spark.KEY=VALUE" in proc.stderr
+
+
+def test_a_profile_with_a_credential_is_refused(tmp_path):
+    f = tmp_path / "p.conf"
+    f.write_text(f"spark.app.name x\nspark.hadoop.fs.oss.accessKeySecret {FAKE_SECRET}\n")
+    for args in (["--conf-args", str(f)], ["convert", "--profile", str(f)]):
+        proc = submit_cli(*args)
+        assert proc.returncode == 2 and proc.stdout == "" and FAKE_SECRET not in proc.stderr
+        assert f"p.conf:2: spark.hadoop.fs.oss.accessKeySecret: credentials are not taken" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--", "--input", f"oss://LTAI5tFAKE:{FAKE_SECRET}@bucket/raw/"],
+    ["--", f"--input=oss://LTAI5tFAKE:{FAKE_SECRET}@bucket/raw/"],
+    ["--py-files", f"oss://LTAI5tFAKE:{FAKE_SECRET}@bucket/p.zip", "--"],
+])
+def test_uris_with_keys_are_refused_and_never_printed(args):
+    proc = submit_cli("convert", *args)
+    assert proc.returncode == 2 and proc.stdout == "" and FAKE_SECRET not in proc.stderr
+    assert "a URI with keys in it" in proc.stderr
+
+
+def test_switches_named_like_tokens_are_not_credentials():
+    props = props_of(spark_submit_args("convert", [], conf={"spark.yarn.security.tokens.hbase.enabled": "false"}))
+    assert props["spark.yarn.security.tokens.hbase.enabled"] == "false"
 
 
 # -- running: the job's exit code, also in cluster mode ---------------------------------------------

@@ -88,15 +88,16 @@ class DirSource:
             shutil.copyfileobj(src, dst, 8 << 20)
 
 
-def source_for(uri: str, endpoint: str | None = None) -> Source:
-    """The source a URI or path names: ``oss://bucket/prefix``, a ``file:`` URI or a directory."""
+def source_for(uri: str, endpoint: str | None = None, region: str | None = None) -> Source:
+    """The source a URI or path names: ``oss://bucket/prefix``, a ``file:`` URI or a directory.
+    ``endpoint`` and ``region`` say where an OSS bucket is (``udfs.oss_source``)."""
     if has_userinfo(uri):
         raise StagingError(f"source {redact(uri)}: keys do not go into a URI; set OSS_ACCESS_KEY_ID/"
                            "OSS_ACCESS_KEY_SECRET in the environment or use the instance's RAM role")
     if uri.startswith("oss://"):
         from udfs.oss_source import OssSource
 
-        return OssSource(uri, endpoint)
+        return OssSource(uri, endpoint, region=region)
     if has_scheme(uri) and not uri.startswith("file:"):
         raise StagingError(f"unsupported source {uri}: use oss://bucket/prefix or a directory")
     return DirSource(uri)
