@@ -221,6 +221,8 @@ def named_file(exc: BaseException) -> str | None:
 def is_read_failure(exc: BaseException) -> bool:
     """Whether a failed write failed while reading an input file (I/O or decompression)."""
     kinds = ("java.io.", "java.util.zip.", "org.apache.hadoop.", "FileNotFound", "AccessDenied")
+    if cli.classify(exc) is not None:  # a full disk, a quota: no input file is to blame
+        return False
     chain = cli.cause_chain(exc)
     return named_file(exc) is not None or any(t.startswith(kinds) or "IOException" in t for t, _ in chain)
 

@@ -101,7 +101,7 @@ def test_an_oss_inventory_replaces_listing_and_per_file_requests(spark, oss_buck
     # from the report, and no folder is listed.
     from promptscore import filelist
 
-    files = filelist.read_inventory(spark, manifest)
+    files = filelist.read_inventory(spark, manifest).files
     assert len(files) == 31 and files[0].mtime_ms > 0
     fake_oss.reset_counts(spark)
     assert filelist.lines_of(spark, files).count() == 151
