@@ -2,10 +2,13 @@
 
 Exit codes (the same for every job):
   0  success: the output is published with _SUCCESS
-  1  something unexpected (a short traceback, then the cause on the last line); the same command
-     can be run again as is: it cleans up or completes what the failed run left
-  2  usage: bad flags, missing input, output already there (--mode error), input and output
-     overlapping, a URI carrying keys, an unsubstituted scheduling parameter. Fix the call.
+  1  something unexpected that a retry may fix (a short traceback, then the cause on the last
+     line); the same command can be run again as is: it cleans up or completes what the failed
+     run left
+  2  usage: bad flags, missing input (a prefix, or a file a list names), output already there
+     (--mode error), input and output overlapping, a URI carrying keys, an unsubstituted
+     scheduling parameter, a symbolic link loop in a local input, a scheme no file system
+     serves. Fix the call or the input.
   3  data quality: too many rejected rows (output, rejects and report are published, without
      _SUCCESS; a rerun replaces them), or input files that changed since an earlier partition
      ingested them (--only-new; nothing is written)

@@ -263,7 +263,10 @@ def with_checksums(spark: SparkSession, files: Sequence[InputFile], threads: int
 
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    etag_source = jvm.java.lang.Class.forName("org.apache.hadoop.fs.EtagSource") if _has_class(spark) else None
+    try:
+        etag_source = jvm.java.lang.Class.forName("org.apache.hadoop.fs.EtagSource")
+    except Exception:  # noqa: BLE001 - Hadoop before 3.3.2
+        etag_source = None
 
     def one(f: InputFile) -> InputFile:
         if f.checksum:
@@ -283,14 +286,6 @@ def with_checksums(spark: SparkSession, files: Sequence[InputFile], threads: int
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         return list(pool.map(one, files))
-
-
-def _has_class(spark: SparkSession) -> bool:
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName("org.apache.hadoop.fs.EtagSource")
-        return True
-    except Exception:  # noqa: BLE001 - Hadoop before 3.3.2
-        return False
 
 
 def _epoch_ms(text: str | None) -> int:

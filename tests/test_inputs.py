@@ -10,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 from chispa import assert_df_equality
 
 from conftest import records, run_job, write_lines
@@ -69,6 +68,16 @@ def test_only_new_never_duplicates_the_lines_of_a_file_appended_to(spark, tmp_pa
     assert "10 input files changed since another partition" in line and "f00.jsonl (in dt=1:" in line
     assert "--changed-files reingest" in line and "nothing was written" in line and "(exit 3)" in line
     assert not (out / "dt=2").exists()
+
+    # --plan says the same, and exits 0.
+    spark.conf.set("spark.promptscore.plan.measureBytes", "1m")
+    try:
+        code, _, err = day(2, "--plan", "--report", tmp_path / "plan.json")
+    finally:
+        spark.conf.unset("spark.promptscore.plan.measureBytes")
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert code == 0 and plan["input_files"] == 1 and plan["only_new"]["changed_files"] == 10, err
+    assert plan["only_new"]["already_ingested_files"] == 10 and not (out / "dt=2").exists()
 
     # skip: only the new file is converted; the changed files stay as dt=1 holds them.
     code, _, err = day(2, "--changed-files", "skip")
