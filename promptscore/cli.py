@@ -325,10 +325,14 @@ def _links(exc: BaseException) -> list[_Link]:
     seen: set[int] = set()
     while e is not None and id(e) not in seen and len(out) < 24:
         seen.add(id(e))
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001 - a Py4JJavaError whose gateway is gone
+            text = repr(e.args)
         if isinstance(e, OSError):
-            out.append(_Link(type(e).__name__, str(e), e.errno, str(e.filename) if e.filename else None))
+            out.append(_Link(type(e).__name__, text, e.errno, str(e.filename) if e.filename else None))
         else:
-            out.append(_Link(type(e).__name__, str(e)))
+            out.append(_Link(type(e).__name__, text))
         java = getattr(e, "java_exception", None) or getattr(e, "_java_exception", None)
         depth = 0
         while java is not None and depth < 16:

@@ -39,12 +39,6 @@ class InputFile:
     mtime_ms: int = 0
     checksum: str | None = field(default=None, compare=False)
 
-    @property
-    def identity(self) -> tuple[str, int, int]:
-        """What says "the same file" across runs: path, size and modification time in whole
-        seconds (listings and inventory reports give different sub-second precision)."""
-        return self.path, self.size, self.mtime_ms // 1000
-
 
 def index_files(listed: DataFrame) -> list[InputFile]:
     """Every file in the file index of ``listed`` (a plain file read), with its size and time,

@@ -42,8 +42,9 @@ class Held:
     partition: str
 
     def same_as(self, f: InputFile) -> bool:
-        """Whether ``f`` is this version: same size and time, and same checksum where both have
-        one of the same kind."""
+        """Whether ``f`` is this version: same size and time (in whole seconds: listings and
+        inventory reports give different sub-second precision), and same checksum where both
+        have one of the same kind."""
         if (f.size, f.mtime_ms // 1000) != (self.size, self.mtime_s):
             return False
         if f.checksum and self.checksum and f.checksum.split(":", 1)[0] == self.checksum.split(":", 1)[0]:
