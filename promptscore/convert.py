@@ -52,6 +52,7 @@ class ConvertOptions:
     strict_schema: bool = False
     input_list: str | None = None
     only_new: bool = False
+    changed_files: str = "error"
     plan: bool = False
     cores: int | None = None
     tasks_per_core: int = 1
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-new", action="store_true",
                    help="convert only input files (by path, size and time) that no other partition of "
                    "--output holds; needs --partition-col. The partition records them under _ingested/")
+    p.add_argument("--changed-files", choices=ledger.POLICIES, default=None,
+                   help="with --only-new: what to do with input files that another partition holds an earlier "
+                   "version of (appended to, rewritten): error (default: exit 3 naming them, nothing written), "
+                   "reingest (convert them again whole; the earlier version's lines stay where they are, so "
+                   "those lines are then in the output twice), skip (leave them out)")
     p.add_argument("--plan", action="store_true",
                    help="list, sample and print what the run would do and how long it would take, and "
                    "write it with --report; writes no data (--output optional)")
@@ -122,6 +128,8 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         raise cli.UsageError("--max-line-bytes must be below 2g (a line is one JVM string)")
     if bool(args.input) == bool(args.input_list):
         raise cli.UsageError("give --input (one or more prefixes) or --input-list, not both and not neither")
+    if args.changed_files and not args.only_new:
+        raise cli.UsageError("--changed-files goes with --only-new")
     if args.only_new and not args.partition_col and not args.plan:
         raise cli.UsageError("--only-new needs --partition-col: each run writes the new files into its own "
                              "partition, with the ledger of what it converted")
@@ -142,6 +150,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         strict_schema=args.strict_schema,
         input_list=args.input_list,
         only_new=args.only_new,
+        changed_files=args.changed_files or "error",
         plan=args.plan,
         cores=args.cores,
         tasks_per_core=args.tasks_per_core,
@@ -243,7 +252,7 @@ class ConvertPlan:
     writer_options: dict[str, str]
     phases: output.Phases
     files: list[InputFile] | None = None  # the files to read, when known one by one
-    already_converted: int = 0  # --only-new: input files other partitions hold
+    already_converted: int = 0  # --only-new: input files left out (other partitions hold them, or changed and skipped)
 
 
 @dataclass
@@ -281,18 +290,21 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
                                                                                         list[InputFile] | None, int]:
     """The lines to read and what the listing found: from a prefix listing (Spark's index) or a
     list of files (``--input-list``); with ``--only-new``, only files no other partition of the
-    output holds. Returns the lines (``None``-free; with ``_metadata``), the index, the files when
-    known one by one, and how many input files were left out as already converted."""
+    output holds, and changed files as ``--changed-files`` says. Returns the lines (``None``
+    when there is nothing to read; with ``_metadata``), the index, the files when known one by
+    one, and how many input files were left out (already ingested, or changed and skipped)."""
+    listed_info = None
     if opts.input_list:
         named = filelist.read_list(spark, opts.input_list)
+        listed_info = named.facts()
         if target:
-            output.check_overlap(spark, target, filelist.folders(named))
-        listed_files = [f for f in named if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
-        others = [f for f in named if not f.path.endswith(inputs.SUFFIXES)]
+            output.check_overlap(spark, target, filelist.folders(named.files))
+        listed_files = [f for f in named.files if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
+        others = [f for f in named.files if not f.path.endswith(inputs.SUFFIXES)]
         skipped = {"files": len(others), "bytes": sum(f.size for f in others),
                    "by_rule": {"other_name": len(others)} if others else {},
                    "examples": [redact_uri(f.path) for f in others[:5]], "hidden": inputs.HIDDEN_RULE}
-        empty = sum(1 for f in named if f.path.endswith(inputs.SUFFIXES) and f.size == 0)
+        empty = sum(1 for f in named.files if f.path.endswith(inputs.SUFFIXES) and f.size == 0)
         listed = None
     else:
         listed = inputs.list_lines(spark, opts.inputs)
@@ -305,16 +317,55 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
         if not opts.only_new:
             return lines, index, listed_files, 0
         skipped, empty = index.skipped, index.empty_files
-    already = 0
+    left_out = 0
+    only_new = None
     if opts.only_new and target:
-        done = ledger.converted(spark, opts.out.output, target)
-        fresh = [f for f in listed_files if f.identity not in done]
-        already, listed_files = len(listed_files) - len(fresh), fresh
+        if _file_checksums(spark):
+            listed_files = filelist.with_checksums(spark, listed_files)
+        sel = ledger.compare(listed_files, ledger.held_versions(spark, opts.out.output, target))
+        only_new = only_new_facts(sel, opts.changed_files, any(f.checksum for f in listed_files))
+        if sel.changed and opts.changed_files == "error" and not opts.plan:
+            raise cli.DataQualityError(changed_files_message(sel, opts.out.output))
+        listed_files = sel.new + ([f for f, _ in sel.changed] if opts.changed_files == "reingest" else [])
+        listed_files.sort()
+        left_out = len(sel.same) + (len(sel.changed) if opts.changed_files == "skip" else 0)
     index = InputIndex(len(listed_files), sum(f.size for f in listed_files),
-                       inputs.spread_sample([f.path for f in listed_files], opts.sample_files), skipped, empty)
+                       inputs.spread_sample([f.path for f in listed_files], opts.sample_files), skipped, empty,
+                       listed_info, only_new)
     if not listed_files:
-        return None, index, [], already  # type: ignore[return-value]
-    return filelist.lines_of(spark, listed_files), index, listed_files, already
+        return None, index, [], left_out  # type: ignore[return-value]
+    return filelist.lines_of(spark, listed_files), index, listed_files, left_out
+
+
+def only_new_facts(sel: ledger.Selection, policy: str, checksums: bool) -> dict:
+    """The ``only_new`` part of the report: files already ingested, and changed files (how many,
+    what was done with them, examples)."""
+    return {
+        "already_ingested_files": len(sel.same),
+        "new_files": len(sel.new),
+        "changed_files": len(sel.changed),
+        "changed_files_policy": policy,
+        "changed_files_examples": sel.examples(),
+        "compared": "path, size, modification time (s)" + (", checksum" if checksums else ""),
+    }
+
+
+def changed_files_message(sel: ledger.Selection, out: str) -> str:
+    """The one line of exit 3 for changed files under ``--changed-files error``."""
+    shown = "; ".join(f"{e['file']} (in {e['partition']}: {e['was']['size']:,} B at {e['was']['mtime']}, now "
+                      f"{e['now']['size']:,} B at {e['now']['mtime']})" for e in sel.examples(3))
+    more = f" and {len(sel.changed) - 3:,} more" if len(sel.changed) > 3 else ""
+    return (f"{len(sel.changed):,} input files changed since another partition of {redact_uri(out)} ingested them: "
+            f"{shown}{more}. Converting them again would put their earlier lines into the output twice; pass "
+            "--changed-files reingest to convert them again whole anyway (the earlier lines stay in that "
+            "partition), or --changed-files skip to leave them out; nothing was written")
+
+
+def _file_checksums(spark: SparkSession) -> bool:
+    value = (spark.conf.get("spark.promptscore.convert.fileChecksums", "false") or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise cli.UsageError(f"spark.promptscore.convert.fileChecksums must be true or false, not {value!r}")
+    return value == "true"
 
 
 def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
@@ -324,7 +375,7 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     clock = output.Phases()
     lines, index, files, already = select_input(spark, opts, target)
     clock.lap("list")
-    if index.files == 0 and not (opts.only_new and already):
+    if index.files == 0 and not (index.only_new and (already or index.only_new["changed_files"])):
         where = redact_uri(opts.input_list) if opts.input_list else ", ".join(map(redact_uri, opts.inputs))
         raise cli.UsageError(f"no {inputs.INPUT_NAMES} files in {where}")
     sample = None
@@ -464,6 +515,8 @@ def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
         "input_bytes": plan.index.bytes,
         "empty_files": plan.index.empty_files,
         "skipped_files": plan.index.skipped,
+        "input_list_entries": plan.index.input_list,
+        "only_new": plan.index.only_new,
         "lines_read": result.lines,
         "blank_lines": result.blank,
         "rows_written": nonblank - result.rejected,
@@ -530,9 +583,24 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     except BaseException:
         out.publisher.discard()
         raise
+    facts = plan.index.only_new or {}
     if plan.lines is None:
-        cli.print_err(f"convert: nothing new: all {plan.already_converted:,} input files are in other partitions "
-                      f"of {redact_uri(opts.out.output)}; published an empty {redact_uri(out.target)}")
+        changed = (f", {facts['changed_files']:,} changed since and skipped (--changed-files skip)"
+                   if facts.get("changed_files") else "")
+        cli.print_err(f"convert: nothing new: {facts.get('already_ingested_files', 0):,} input files are in other "
+                      f"partitions of {redact_uri(opts.out.output)}{changed}; published an empty "
+                      f"{redact_uri(out.target)}")
+    elif facts.get("changed_files"):
+        done = "converted again whole" if opts.changed_files == "reingest" else "left out"
+        first = facts["changed_files_examples"][0]
+        cli.print_err(f"convert: note: {facts['changed_files']:,} input files changed since another partition "
+                      f"ingested them, {done} (--changed-files {opts.changed_files}), e.g. {first['file']} (in "
+                      f"{first['partition']})" + ("; the lines of their earlier versions are still in those "
+                                                  "partitions" if opts.changed_files == "reingest" else ""))
+    listed = plan.index.input_list or {}
+    if listed.get("duplicate_entries"):
+        cli.print_err(f"convert: note: --input-list names {listed['duplicate_entries']:,} files more than once "
+                      f"(e.g. {listed['duplicate_examples'][0]}); each was read and counted once")
     if report["unknown_fields"]["lines"] and not opts.strict_schema:
         cli.print_err(f"convert: note: {report['unknown_fields']['lines']:,} lines carry fields the schema lacks "
                       f"({', '.join(report['unknown_fields']['names'][:10])}); they were written without them "
@@ -600,6 +668,8 @@ def build_plan_report(opts: ConvertOptions, plan: ConvertPlan, parse_bytes_per_s
         "empty_files": index.empty_files,
         "skipped_files": index.skipped,
         "already_converted_files": plan.already_converted,
+        "input_list_entries": index.input_list,
+        "only_new": index.only_new,
         "schema": schema_ddl(plan.schema),
         "schema_source": plan.schema_source,
         "schema_sample": ({"files": plan.sample.files, "records": plan.sample.records,
@@ -680,6 +750,11 @@ def summary_line(r: dict) -> str:
     """The one line the job prints on stdout."""
     files_rejected = f", {len(r['files_rejected'])} unreadable files" if r["files_rejected"] else ""
     skipped = f"; {r['skipped_files']['files']:,} other files skipped" if r["skipped_files"].get("files") else ""
+    new = r.get("only_new") or {}
+    if new:
+        skipped += f"; {new['already_ingested_files']:,} already ingested"
+        if new["changed_files"]:
+            skipped += f", {new['changed_files']:,} changed ({new['changed_files_policy']})"
     return (f"convert: {r['input_files']:,} files ({human_bytes(r['input_bytes'])}) -> "
             f"{r['rows_written']:,} rows in {r['output_files']:,} files ({human_bytes(r['output_bytes'])}) "
             f"with {r['tasks']:,} tasks; {r['rows_rejected']:,} rejected{files_rejected}, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 from urllib.parse import unquote
@@ -29,18 +29,15 @@ _CHUNK = 20_000  # file statuses per call into the JVM
 
 @dataclass(frozen=True, order=True)
 class InputFile:
-    """One input file: its path (a qualified Hadoop path, not percent-encoded), size and
-    modification time in milliseconds (0 when unknown)."""
+    """One input file: its path (a qualified Hadoop path, not percent-encoded), size,
+    modification time in milliseconds (0 when unknown) and, when the source gives one, a
+    checksum of its content as ``kind:value`` (``etag:...`` from an OSS inventory, or a Hadoop
+    ``FileSystem.getFileChecksum`` algorithm and its bytes)."""
 
     path: str
     size: int
     mtime_ms: int = 0
-
-    @property
-    def identity(self) -> tuple[str, int, int]:
-        """What says "the same file" across runs: path, size and modification time in whole
-        seconds (listings and inventory reports give different sub-second precision)."""
-        return self.path, self.size, self.mtime_ms // 1000
+    checksum: str | None = field(default=None, compare=False)
 
 
 def index_files(listed: DataFrame) -> list[InputFile]:
@@ -110,10 +107,35 @@ def _injected(spark: SparkSession, files: Sequence[InputFile]) -> DataFrame:
 # List files
 
 
-def read_list(spark: SparkSession, uri: str) -> list[InputFile]:
+@dataclass
+class FileList:
+    """What a list named: each file once (``files``), and how it was read: ``entries`` (lines
+    naming files, or inventory rows), ``duplicates`` (entries naming a file named before: read
+    and counted once) with ``examples``, and for the inventory of a versioned bucket the rows
+    left out (``noncurrent_versions``, ``delete_markers``)."""
+
+    files: list[InputFile]
+    entries: int
+    duplicates: int = 0
+    examples: list[str] = field(default_factory=list)
+    noncurrent_versions: int | None = None
+    delete_markers: int | None = None
+
+    def facts(self) -> dict:
+        """The list's part of the report."""
+        out: dict = {"entries": self.entries, "files": len(self.files), "duplicate_entries": self.duplicates,
+                     "duplicate_examples": [redact(e) for e in self.examples]}
+        if self.noncurrent_versions is not None:
+            out["noncurrent_versions_skipped"] = self.noncurrent_versions
+            out["delete_markers_skipped"] = self.delete_markers
+        return out
+
+
+def read_list(spark: SparkSession, uri: str) -> FileList:
     """The files named by ``uri``: an OSS Bucket Inventory report (its ``manifest.json``), or a
     text file of URIs or paths, one per line (blank lines and lines starting with ``#`` are
-    skipped). Sizes and times come with an inventory; a plain list is looked up in parallel."""
+    skipped). Sizes and times come with an inventory; a plain list is looked up in parallel. A
+    file named twice is read once, and counted once."""
     if not hadoop.exists(spark, uri):
         raise cli.UsageError(f"--input-list {redact(uri)} does not exist")
     if uri.rstrip("/").endswith("manifest.json"):
@@ -124,31 +146,66 @@ def read_list(spark: SparkSession, uri: str) -> list[InputFile]:
         if has_userinfo(name):
             raise cli.UsageError(f"--input-list names {redact(name)}, a URI with credentials in it; the jobs "
                                  "take credentials only from the cluster (ECS RAM role) or the environment")
-    return stat_all(spark, names)
+    found = stat_all(spark, names, uri)
+    files, duplicates, examples = _once(found)
+    return FileList(files, len(names), duplicates, examples)
 
 
-def stat_all(spark: SparkSession, names: Sequence[str]) -> list[InputFile]:
-    """Size and time of each named file, looked up on the executors in parallel (a missing file
-    is a usage error naming it)."""
+def stat_all(spark: SparkSession, names: Sequence[str], list_uri: str | None = None) -> list[InputFile]:
+    """Size and time of each named file, looked up on the executors in parallel, one entry per
+    name (a file named twice is there twice). A name that does not exist is a usage error naming
+    it."""
     if not names:
         return []
+    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    found = (spark.read.format("binaryFile").load([hadoop.escape_glob(n) for n in names])
-             .select("path", "length", (F.col("modificationTime").cast("double") * 1000).cast("long").alias("t"))
-             .collect())
-    files = [InputFile(hadoop.qualify(spark, r.path), int(r.length), int(r.t)) for r in found]
-    if len(files) < len(set(names)):
-        seen = {f.path for f in files}
-        missing = next(n for n in names if hadoop.qualify(spark, n) not in seen)
-        raise cli.UsageError(f"--input-list names {redact(missing)}, which does not exist")
-    return sorted(files)
+    try:
+        listed = spark.read.format("binaryFile").load([hadoop.escape_glob(n) for n in names])
+    except AnalysisException as e:
+        m = re.search(r"Path does not exist: (.*?)\.?$", str(e).strip().splitlines()[0])
+        if not m:
+            raise
+        missing = re.sub(r"\\(.)", r"\1", m.group(1))  # the name as listed, glob escapes undone
+        where = f"--input-list {redact(list_uri)}" if list_uri else "the list"
+        raise cli.UsageError(f"{where} names {redact(missing)}, which does not exist: remove it from the list, "
+                             "or restore the file") from None
+    found = listed.select("path", "length",
+                          (F.col("modificationTime").cast("double") * 1000).cast("long").alias("t")).collect()
+    return [InputFile(hadoop.qualify(spark, r.path), int(r.length), int(r.t)) for r in found]
 
 
-def read_inventory(spark: SparkSession, manifest_uri: str) -> list[InputFile]:
+def _once(files: Iterable[InputFile]) -> tuple[list[InputFile], int, list[str]]:
+    """Each file once (by path; of several rows for one path, the newest), sorted; how many rows
+    were left out, and up to five of their paths."""
+    best: dict[str, InputFile] = {}
+    repeated: dict[str, None] = {}
+    rows = 0
+    for f in files:
+        rows += 1
+        held = best.get(f.path)
+        if held is None:
+            best[f.path] = f
+            continue
+        repeated[f.path] = None
+        if (f.mtime_ms, f.size) > (held.mtime_ms, held.size):
+            best[f.path] = f
+    return sorted(best.values()), rows - len(best), list(repeated)[:5]
+
+
+_VERSIONED = ("VersionId", "IsLatest", "IsDeleteMarker")
+
+
+def read_inventory(spark: SparkSession, manifest_uri: str) -> FileList:
     """The objects of an OSS Bucket Inventory report: ``manifest.json`` names the report's
     gzipped CSV files (keys in the manifest's own bucket) and their columns (``fileSchema``);
-    object keys in them are URL-encoded."""
+    object keys in them are URL-encoded. The report of a versioned bucket (``VersionId``,
+    ``IsLatest``, ``IsDeleteMarker`` columns) lists every version: only the latest version of
+    each key is read, and keys whose latest version is a delete marker are left out. Each key
+    once; the ``ETag`` column, when there, is kept as the file's checksum."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
     try:
         manifest = json.loads(hadoop.read_text(spark, manifest_uri))
         columns = [c.strip() for c in manifest["fileSchema"].split(",")]
@@ -160,13 +217,69 @@ def read_inventory(spark: SparkSession, manifest_uri: str) -> list[InputFile]:
         if need not in columns:
             raise cli.UsageError(f"the inventory {redact(manifest_uri)} lacks the {need} column: add it to "
                                  "the inventory rule's fields")
+    versioned = any(c in columns for c in _VERSIONED)
+    if versioned and not all(c in columns for c in _VERSIONED[1:]):
+        raise cli.UsageError(f"the inventory {redact(manifest_uri)} lists object versions ({', '.join(columns)}) "
+                             "without IsLatest and IsDeleteMarker: add both to the inventory rule's fields, so that "
+                             "only the latest version of each object is read")
     scheme, rest = manifest_uri.split("://", 1) if "://" in manifest_uri else ("oss", manifest_uri)
     bucket = rest.split("/", 1)[0]
     csvs = [f"{scheme}://{bucket}/{k.lstrip('/')}" for k in keys]
-    rows = spark.read.csv(csvs, schema=", ".join(f"`{c}` string" for c in columns)).select(
-        "Bucket", "Key", "Size", "LastModifiedDate").collect()
-    return sorted(InputFile(f"{scheme}://{r.Bucket}/{unquote(r.Key)}", int(r.Size), _epoch_ms(r.LastModifiedDate))
-                  for r in rows if r.Key is not None and not r.Key.endswith("/"))
+    rows = spark.read.csv(csvs, schema=", ".join(f"`{c}` string" for c in columns))
+    etag = F.col("ETag") if "ETag" in columns else F.lit(None).cast("string")
+    obs = Observation("inventory")
+    if versioned:
+        marker = F.lower(F.trim(F.col("IsDeleteMarker"))) == "true"
+        latest = F.lower(F.trim(F.col("IsLatest"))) == "true"
+        rows = rows.observe(obs, F.count(F.lit(1)).alias("rows"),
+                            F.sum(F.when(marker, 1).otherwise(0)).alias("markers"),
+                            F.sum(F.when(~marker & ~latest, 1).otherwise(0)).alias("noncurrent"))
+        rows = rows.where(latest & ~marker)
+    else:
+        rows = rows.observe(obs, F.count(F.lit(1)).alias("rows"))
+    got = rows.select("Bucket", "Key", "Size", "LastModifiedDate", etag.alias("ETag")).collect()
+    files, duplicates, examples = _once(
+        InputFile(f"{scheme}://{r.Bucket}/{unquote(r.Key)}", int(r.Size), _epoch_ms(r.LastModifiedDate),
+                  f"etag:{r.ETag.strip().strip(chr(34)).lower()}" if r.ETag and r.ETag.strip(' "') else None)
+        for r in got if r.Key is not None and not r.Key.endswith("/"))
+    m = obs.get
+    return FileList(files, int(m["rows"] or 0), duplicates, examples,
+                    int(m["noncurrent"] or 0) if versioned else None, int(m["markers"] or 0) if versioned else None)
+
+
+def with_checksums(spark: SparkSession, files: Sequence[InputFile], threads: int = 16) -> list[InputFile]:
+    """``files``, each with the checksum its file system gives (one request per file, ``threads``
+    at a time from the driver): the object store's ETag where the file status carries one
+    (Hadoop's ``EtagSource``, 3.3.5+ connectors), else ``FileSystem.getFileChecksum`` (HDFS:
+    MD5 of its block checksums). A file keeps ``checksum`` None where neither answers (local
+    disk). Files that already have a checksum are kept as they are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    try:
+        etag_source = jvm.java.lang.Class.forName("org.apache.hadoop.fs.EtagSource")
+    except Exception:  # noqa: BLE001 - Hadoop before 3.3.2
+        etag_source = None
+
+    def one(f: InputFile) -> InputFile:
+        if f.checksum:
+            return f
+        p = jvm.org.apache.hadoop.fs.Path(f.path)
+        fs = p.getFileSystem(conf)
+        if etag_source is not None:
+            st = fs.getFileStatus(p)
+            if etag_source.isInstance(st):
+                tag = st.getEtag()
+                if tag:
+                    return replace(f, checksum=f"etag:{str(tag).strip(chr(34)).lower()}")
+        c = fs.getFileChecksum(p)
+        if c is None:
+            return f
+        return replace(f, checksum=f"{c.getAlgorithmName()}:{bytes(c.getBytes()).hex()}")
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, files))
 
 
 def _epoch_ms(text: str | None) -> int:

@@ -10,7 +10,10 @@ applies to the listing before any file is opened. Spark itself never lists names
 
 from __future__ import annotations
 
+import errno
+import glob
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -41,6 +44,7 @@ def list_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
     ``input_lines``). One column, ``value``; the file is in ``_metadata``."""
     from pyspark.errors import AnalysisException
 
+    check_symlink_loops(spark, inputs)
     try:
         return spark.read.option("recursiveFileLookup", "true").text(list(inputs))
     except AnalysisException as e:
@@ -48,6 +52,59 @@ def list_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
             raise cli.UsageError(f"input not found: {redact(_first_line(text))}") from None
         raise
+
+
+def check_symlink_loops(spark: SparkSession, inputs: Sequence[str]) -> None:
+    """Refuse (exit 2, naming the link) a local input that holds a symbolic link leading back to a
+    folder above it, such as ``loop -> .``: Hadoop's local file system follows links, so Spark's
+    listing would go round it until the driver runs out of memory. Other file systems (OSS, HDFS)
+    have no such links to follow."""
+    for uri in inputs:
+        if hadoop.scheme(spark, uri) != "file":
+            continue
+        root = hadoop.local_path(spark, uri)
+        for start in (glob.glob(root) if glob.has_magic(root) else [root]):
+            loop = find_symlink_loop(start)
+            if loop:
+                link, target = loop
+                raise cli.UsageError(f"input {redact(uri)} holds a symbolic link loop: {link} -> {target} leads back "
+                                     "to a folder above it, so listing the input would never end; remove the link, "
+                                     "or pass the folders beside it as --input")
+
+
+def find_symlink_loop(root: str) -> tuple[str, str] | None:
+    """The first symbolic link under the local folder ``root`` (followed as Hadoop follows them)
+    that leads to a folder above it or to itself, as (link, what it points to); None if there is
+    none. Names that Spark never lists (starting with ``.``, or ``_`` without ``=``) are not
+    entered."""
+    if not os.path.isdir(root):
+        return None
+    todo = [(root, (os.path.realpath(root),))]
+    while todo:
+        folder, above = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable: Spark's listing reports it
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or (name.startswith("_") and "=" not in name):
+                continue
+            if entry.is_symlink():
+                try:
+                    real = os.path.realpath(entry.path, strict=True)
+                except OSError as e:
+                    if e.errno == errno.ELOOP:  # a link to itself, or a ring of links
+                        return entry.path, os.readlink(entry.path)
+                    continue  # dangling: Hadoop skips it
+                if not os.path.isdir(real):
+                    continue
+                if real in above:
+                    return entry.path, os.readlink(entry.path)
+                todo.append((entry.path, above + (real,)))
+            elif entry.is_dir(follow_symlinks=False):
+                todo.append((entry.path, above + (os.path.join(above[-1], name),)))
+    return None
 
 
 def input_lines(listed: DataFrame, excluded: Iterable[str] = ()) -> DataFrame:
@@ -72,6 +129,8 @@ class InputIndex:
     sample: list[str]
     skipped: dict = field(default_factory=dict)
     empty_files: int = 0
+    input_list: dict | None = None  # --input-list: entries, duplicates (FileList.facts)
+    only_new: dict | None = None  # --only-new: files already ingested, changed since
 
 
 def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sample_files: int) -> InputIndex:
@@ -162,6 +221,8 @@ def named_file(exc: BaseException) -> str | None:
 def is_read_failure(exc: BaseException) -> bool:
     """Whether a failed write failed while reading an input file (I/O or decompression)."""
     kinds = ("java.io.", "java.util.zip.", "org.apache.hadoop.", "FileNotFound", "AccessDenied")
+    if cli.classify(exc) is not None:  # a full disk, a quota: no input file is to blame
+        return False
     chain = cli.cause_chain(exc)
     return named_file(exc) is not None or any(t.startswith(kinds) or "IOException" in t for t, _ in chain)
 

@@ -101,7 +101,7 @@ def test_an_oss_inventory_replaces_listing_and_per_file_requests(spark, oss_buck
     # from the report, and no folder is listed.
     from promptscore import filelist
 
-    files = filelist.read_inventory(spark, manifest)
+    files = filelist.read_inventory(spark, manifest).files
     assert len(files) == 31 and files[0].mtime_ms > 0
     fake_oss.reset_counts(spark)
     assert filelist.lines_of(spark, files).count() == 151
@@ -114,22 +114,25 @@ def test_only_new_writes_each_day_only_what_appeared_since(spark, tmp_path, caps
     write_lines(src / "a.jsonl", records("a1", "a2"))
     write_lines(src / "b.jsonl", records("b1"))
 
-    def day(n: int):
+    def day(n: int, *extra: str):
         return run_job("convert", ["--input", src, "--output", out, "--only-new", "--partition-col", "dt",
-                                   "--partition-value", str(n)], capsys)
+                                   "--partition-value", str(n), *extra], capsys)
 
     assert day(1)[0] == 0
     write_lines(src / "c.jsonl", records("c1"))
     write_lines(src / "b.jsonl", records("b1", "b2"))  # changed: a new version of the file
     os.utime(src / "b.jsonl", (time.time() + 5, time.time() + 5))
 
+    code, _, err = day(2)  # by default a changed file stops the run: its old lines are in dt=1
+    assert code == 3 and "b.jsonl" in err and not (out / "dt=2").exists()
+
     monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "staged")  # a run that dies records nothing
-    assert day(2)[0] == 1
+    assert day(2, "--changed-files", "reingest")[0] == 1
     monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
     assert not (out / "dt=2").exists()
 
-    assert day(2)[0] == 0
-    assert day(2)[0] == 0  # a rerun of the partition replaces it, rows and ledger together
+    assert day(2, "--changed-files", "reingest")[0] == 0
+    assert day(2, "--changed-files", "reingest")[0] == 0  # a rerun replaces the partition, rows and ledger together
     assert prompts(out / "dt=1") == ["a1", "a2", "b1"]
     assert prompts(out / "dt=2") == ["b1", "b2", "c1"]
     ledger = {Path(r["path"]).name for r in ds.dataset(str(out / "dt=2" / "_ingested")).to_table().to_pylist()}

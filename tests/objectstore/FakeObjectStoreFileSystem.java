@@ -15,6 +15,8 @@ import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -29,6 +31,7 @@ import java.util.stream.Stream;
 
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.BufferedFSInputStream;
+import org.apache.hadoop.fs.EtagSource;
 import org.apache.hadoop.fs.FSDataInputStream;
 import org.apache.hadoop.fs.FSDataOutputStream;
 import org.apache.hadoop.fs.FSInputStream;
@@ -58,6 +61,8 @@ import org.apache.hadoop.util.Progressable;
  *       else 0) and is counted per op in this JVM: head, list, open, create, rename (one per object
  *       copied), delete. {@link #counts()} reads them; with {@code fs.oss.emu.counters.file} set,
  *       the JVM appends its counts to that file as one JSON line when it exits.</li>
+ *   <li>A file status carries the object's ETag (Hadoop's {@code EtagSource}): the hex MD5 of its
+ *       bytes, as OSS gives for an object written in one PUT.</li>
  *   <li>Buckets and keys are checked as OSS checks them; with {@code fs.oss.emu.require.credentials}
  *       a client without an AccessKey (in the URI, {@code fs.oss.accessKeyId}/{@code Secret} or the
  *       OSS_ACCESS_KEY_ID/SECRET environment) is refused.</li>
@@ -257,7 +262,36 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     }
 
     private FileStatus fileStatus(String key, File f) {
-        return new FileStatus(f.length(), false, 1, BLOCK_SIZE, f.lastModified(), path(key));
+        return new ObjectStatus(f, path(key));
+    }
+
+    /**
+     * An object's status, carrying its ETag as OSS gives it with every HEAD and LIST entry (the
+     * hex MD5 of the bytes of an object written in one PUT), through Hadoop's {@link EtagSource}.
+     * Computed when asked for.
+     */
+    static final class ObjectStatus extends FileStatus implements EtagSource {
+        private static final long serialVersionUID = 1L;
+        private final File file;
+
+        ObjectStatus(File f, Path p) {
+            super(f.length(), false, 1, BLOCK_SIZE, f.lastModified(), p);
+            file = f;
+        }
+
+        @Override
+        public String getEtag() {
+            try {
+                byte[] digest = MessageDigest.getInstance("MD5").digest(Files.readAllBytes(file.toPath()));
+                StringBuilder hex = new StringBuilder("\"");
+                for (byte b : digest) {
+                    hex.append(String.format("%02X", b));
+                }
+                return hex.append('"').toString();
+            } catch (IOException | NoSuchAlgorithmException e) {
+                return null;
+            }
+        }
     }
 
     private FileStatus dirStatus(String key) {
