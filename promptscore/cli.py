@@ -118,16 +118,19 @@ def fraction(text: str) -> float:
 def print_err(text: str) -> None:
     """Print to the job's stderr.
 
-    Under spark-submit the Python driver's stderr is merged into stdout by Spark's PythonRunner,
-    so the text goes through the JVM's own ``System.err`` there, where schedulers expect it.
+    Under spark-submit the Python driver's stderr is merged into stdout by Spark's PythonRunner
+    (``redirectErrorStream``), so the text goes through the JVM's own ``System.err`` there, where
+    schedulers expect it: over the one Py4J gateway of this process (``SparkContext._gateway``,
+    connected on first use), never a new connection per line.
     """
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         try:
-            from pyspark.java_gateway import launch_gateway  # connects to spark-submit's JVM
+            from pyspark import SparkContext
 
-            gateway = launch_gateway()
-            gateway.jvm.System.err.println(text)
-            gateway.jvm.System.err.flush()
+            SparkContext._ensure_initialized()  # connects once to spark-submit's JVM; later calls reuse it
+            err = SparkContext._jvm.System.err
+            err.println(text)
+            err.flush()
             return
         except Exception:  # noqa: BLE001 - fall back to Python's stderr
             pass
