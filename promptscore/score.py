@@ -497,6 +497,7 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
                                                                                opts.response_col), obs)),
                                  pcs.tmp(chunk), opts.out.compression, group)
             counts = {k: obs.get[k] for k in COUNTS}
+            out.verify_lock()  # a run whose lock was taken over commits nothing more
             marker = pcs.commit(chunk, out.run_id, counts, time.monotonic() - start)
             markers.append(marker)
             rows = int(counts["rows"])
@@ -611,7 +612,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     clock = output.Phases()
     output.check_target(spark, opts.out, opts.inputs)
     plan = plan_score(spark, opts)
-    out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp))
+    out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp), job="score")
     try:
         pcs = pieces.Pieces(spark, out.publisher.work, plan.fp)
         pcs.prepare(plan.basis)
