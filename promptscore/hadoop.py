@@ -132,7 +132,8 @@ def read_range(spark, uri: str, offset: int, length: int) -> bytes:
     try:
         stream.seek(offset)
         buf = jvm.java.io.ByteArrayOutputStream()
-        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, length, False)
+        # (in, out, offset, length): exactly ``length`` bytes, fewer only at the end of the file
+        jvm.org.apache.commons.io.IOUtils.copyLarge(stream, buf, 0, length)
         return bytes(buf.toByteArray())
     finally:
         stream.close()
