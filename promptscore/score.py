@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=cli.fraction, default=0.001, metavar="F",
                    help="exit 3 if more than this fraction of rows gets no score (default 0.001)")
     p.add_argument("--cache-dir", default="/tmp/promptscore-models",
-                   help="local directory on each node for models given as URIs, and (in "
-                   "engine-cache/) the engines' compile caches, kept across runs")
+                   help="local directory on each node for models given as URIs, (in "
+                   "engine-cache/) the engines' compile caches and (on the driver) the model files' "
+                   "digests, kept across runs")
     p.add_argument("--partitions", type=int, metavar="N",
                    help="repartition the input into about N tasks in all (spread a small input over GPUs)")
     p.add_argument("--compare-sample", type=int, metavar="N",
