@@ -144,7 +144,8 @@ def _digests(files: list[tuple[str, int, str]], hash_block: Callable[[str, int, 
             todo.append((name, size, key))
     jobs = [(name, i, off, length) for name, size, _ in todo for i, (off, length) in enumerate(block_ranges(size))]
     if jobs:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs))), thread_name_prefix="promptscore-hash") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs))),
+                                thread_name_prefix="promptscore-hash") as pool:
             blocks = list(pool.map(lambda j: hash_block(j[0], j[2], j[3]), jobs))
         by_file: dict[str, list[bytes]] = {}
         for (name, _, _, _), digest in zip(jobs, blocks):

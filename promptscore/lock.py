@@ -237,6 +237,13 @@ class _HadoopStore:
 # The lock
 
 
+def _stale_of(lease: Lease, mine: float) -> float:
+    """Seconds of silence after which ``lease`` is stale: this run's setting, or the holder's own
+    when that is longer (it renews at its own pace)."""
+    theirs = (lease.info or {}).get("stale_s")
+    return max(mine, float(theirs)) if isinstance(theirs, (int, float)) else mine
+
+
 def _run_of(data: bytes) -> str | None:
     try:
         info = json.loads(data)
@@ -295,6 +302,8 @@ class OutputLock:
         out = []
         for name, mtime in self.store.list().items():
             data = self.store.read(name)
+            if data is None:
+                continue  # given back since it was listed
             try:
                 info = json.loads(data) if data else None
                 info = info if isinstance(info, dict) else None
@@ -318,7 +327,7 @@ class OutputLock:
         info = lease.info or {}
         if info and gone(info, self.me):
             return "its process is gone"
-        stale = max(self.stale_s, float(info.get("stale_s") or 0))
+        stale = _stale_of(lease, self.stale_s)
         if lease.age(now) > stale:
             return f"no heartbeat for {lease.age(now):.0f} s (stale after {stale:.0f} s)"
         return None
@@ -367,7 +376,7 @@ class OutputLock:
         raise OutputLocked(f"could not take the lock on {redact(self.target)}: other runs keep taking it")
 
     def _held_message(self, lease: Lease, now: float) -> str:
-        stale = max(self.stale_s, float((lease.info or {}).get("stale_s") or 0))
+        stale = _stale_of(lease, self.stale_s)
         left = max(0, stale - lease.age(now))
         return (f"{redact(self.target)} is being written by another run: {lease.describe(now)}. Wait for it "
                 f"to end; if it is dead, run this again once its lease is stale, in {left:.0f} s "

@@ -30,8 +30,6 @@ MAX_HEADER = 100 << 20  # the safetensors loader's own limit
 _ZIP_END = b"PK\x05\x06"
 _ZIP_TAIL = (64 << 10) + 22
 
-Reader = Callable[[str, int, int], bytes]
-
 
 def _problem(model: str, rel: str, what: str, fix: str = "copy the model again") -> cli.UsageError:
     return cli.UsageError(f"--model {redact(model)}: {rel} {what}; {fix}")

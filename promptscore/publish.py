@@ -22,8 +22,9 @@ command, before it does anything else; then it removes what earlier runs left (t
 lease, so none of them is live), but what its ``keep`` hook names (the score job keeps the
 pieces it can resume, and publishes them as its staging directory: ``adopt_staging``) and the
 scratch directories of ``--plan`` runs younger than ``PLAN_MAX_AGE_S`` (they take no lock).
-Downstream readers that wait for ``_SUCCESS`` never see a half-published output. ``spark.promptscore.publish`` (``exchange``, ``rename``, ``copy``)
-overrides the choice, e.g. ``rename`` for OSS-HDFS buckets, whose renames are atomic.
+Downstream readers that wait for ``_SUCCESS`` never see a half-published output.
+``spark.promptscore.publish`` (``exchange``, ``rename``, ``copy``) overrides the choice, e.g.
+``rename`` for OSS-HDFS buckets, whose renames are atomic.
 """
 
 from __future__ import annotations
