@@ -46,7 +46,8 @@ EXIT_CODES_HELP = """exit codes:
   2  fix the call or the input: bad flags, input missing (a prefix, or a file an --input-list
      names), output exists (--mode error), input and output overlap, a URI with keys in it, an
      unsubstituted ${...} scheduling parameter, a symlink loop in a local input, a URI scheme
-     with no file system
+     with no file system, another run holding the output (named), a model that cannot load
+     (the file named)
   3  data quality: more rejects than --max-bad-fraction (output, rejects and report published
      without _SUCCESS); or, with --only-new, input files changed since an earlier partition
      ingested them (--changed-files error; nothing written)
@@ -137,16 +138,19 @@ def fraction(text: str) -> float:
 def print_err(text: str) -> None:
     """Print to the job's stderr.
 
-    Under spark-submit the Python driver's stderr is merged into stdout by Spark's PythonRunner,
-    so the text goes through the JVM's own ``System.err`` there, where schedulers expect it.
+    Under spark-submit the Python driver's stderr is merged into stdout by Spark's PythonRunner
+    (``redirectErrorStream``), so the text goes through the JVM's own ``System.err`` there, where
+    schedulers expect it: over the one Py4J gateway of this process (``SparkContext._gateway``,
+    connected on first use), never a new connection per line.
     """
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         try:
-            from pyspark.java_gateway import launch_gateway  # connects to spark-submit's JVM
+            from pyspark import SparkContext
 
-            gateway = launch_gateway()
-            gateway.jvm.System.err.println(text)
-            gateway.jvm.System.err.flush()
+            SparkContext._ensure_initialized()  # connects once to spark-submit's JVM; later calls reuse it
+            err = SparkContext._jvm.System.err
+            err.println(text)
+            err.flush()
             return
         except Exception:  # noqa: BLE001 - fall back to Python's stderr
             pass

@@ -132,7 +132,8 @@ def read_range(spark, uri: str, offset: int, length: int) -> bytes:
     try:
         stream.seek(offset)
         buf = jvm.java.io.ByteArrayOutputStream()
-        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, length, False)
+        # (in, out, offset, length): exactly ``length`` bytes, fewer only at the end of the file
+        jvm.org.apache.commons.io.IOUtils.copyLarge(stream, buf, 0, length)
         return bytes(buf.toByteArray())
     finally:
         stream.close()
@@ -274,3 +275,64 @@ def set_marker(spark, directory: str, present: bool) -> None:
         write_text(spark, marker, "")
     else:
         delete(spark, marker, recursive=False)
+
+
+def _java_class(error: BaseException) -> str:
+    java = getattr(error, "java_exception", None)
+    try:
+        return str(java.getClass().getName()) if java is not None else ""
+    except Exception:  # noqa: BLE001 - the gateway is gone
+        return ""
+
+
+def create_new(spark, uri: str, data: bytes) -> bool:
+    """Create the file ``uri`` holding ``data`` only if nothing is there; False if something is.
+
+    ``FileSystem.create(path, overwrite=false)``: one atomic step on HDFS (the NameNode refuses
+    an existing name); on object-store connectors a check and then a write.
+    """
+    p = _path(spark, uri)
+    try:
+        out = _fs(spark, p).create(p, False)
+    except Exception as e:  # noqa: BLE001 - py4j wraps the Java exception
+        if any(k in _java_class(e) for k in ("FileAlreadyExists", "AlreadyBeingCreated")):
+            return False
+        raise
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    return True
+
+
+def read_bytes_if_there(spark, uri: str) -> bytes | None:
+    """The bytes of the small file ``uri``, or None if there is no such file."""
+    try:
+        return read_bytes(spark, uri)
+    except Exception as e:  # noqa: BLE001
+        if "FileNotFound" in _java_class(e):
+            return None
+        raise
+
+
+def remove_empty_dir(spark, uri: str) -> bool:
+    """Remove the directory ``uri`` if it is empty, in one step where the file system has one
+    (local disk, HDFS); True if it is gone. On object stores a directory is a key prefix and
+    this does nothing."""
+    if scheme(spark, uri) == "file":
+        import os
+
+        try:
+            os.rmdir(local_path(spark, uri))
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+    if scheme(spark, uri) in ("hdfs", "viewfs"):
+        p = _path(spark, uri)
+        try:
+            return bool(_fs(spark, p).delete(p, False))
+        except Exception:  # noqa: BLE001 - not empty
+            return False
+    return False

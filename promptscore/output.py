@@ -5,7 +5,8 @@ it. ``--partition-col dt --partition-value V`` writes ``<output>/dt=V/`` and, un
 error`` is given, replaces only that partition on a rerun. Either way a run writes into a staging
 directory and publishes it when complete (``promptscore.publish``): the previous output stays
 readable until then, and a killed or failed run is cleaned up, or its publish completed, by the
-next run of the same command. ``_SUCCESS`` is written last, only on success.
+next run of the same command. ``_SUCCESS`` is written last, only on success. One run at a time
+writes a target: the others exit 2 naming it (``promptscore.lock``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class Output:
     publisher: publish.Publisher
     replaces: str
     notes: list[str] = field(default_factory=list)
+    took_over: dict | None = None
 
     @property
     def staging(self) -> str:
@@ -143,6 +145,10 @@ class Output:
     @property
     def run_id(self) -> str:
         return self.publisher.run_id
+
+    def verify_lock(self) -> None:
+        """Raise ``lock.LockLost`` unless this run still holds the target's lock."""
+        self.publisher.verify_lock()
 
 
 def check_target(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> str:
@@ -156,24 +162,42 @@ def check_target(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> str
 
 
 def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str],
-                keep: Callable[[str], bool] | None = None) -> Output:
-    """Check the target against the inputs and the mode, finish or clear what earlier runs left
-    (but the work-directory entries ``keep`` names), and make this run's staging directory.
-    Raises UsageError before anything is touched."""
+                keep: Callable[[str], bool] | None = None, job: str = "convert") -> Output:
+    """Check the target against the inputs, take its lock (exit 2 naming the run that holds it),
+    check the mode, finish or clear what earlier runs left (but the work-directory entries
+    ``keep`` names), and make this run's staging directory. Raises UsageError before anything
+    is touched."""
     target = check_target(spark, out, inputs)
     mode = out.resolved_mode()
     pub = publish.Publisher(spark, target)
-    notes = pub.recover(keep)
-    state = pub.state()
-    if state.kind == "foreign":
-        raise cli.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "
-                             "(no _report.json of a promptscore job); move them away or choose another --output")
-    if state.kind == "complete" and mode == "error":
-        when = (state.report or {}).get("finished_at") or (state.report or {}).get("started_at") or "earlier"
-        raise cli.UsageError(f"output exists: {redact_uri(target)} (complete, written {when}); pass "
-                             "--mode overwrite to replace it")
-    pub.prepare_staging()
-    return Output(target, mode, pub, state.kind, notes)
+    took = pub.hold(job, on_lost=_stop_when_lost(spark, job))
+    if took:
+        cli.print_err(f"{job}: note: took over the lock on {redact_uri(target)} from run {took['run_id']} "
+                      f"(pid {took['pid']} on host {took['host']}): {took['reason']}")
+    try:
+        notes = pub.recover(keep)
+        state = pub.state()
+        if state.kind == "foreign":
+            raise cli.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "
+                                 "(no _report.json of a promptscore job); move them away or choose another --output")
+        if state.kind == "complete" and mode == "error":
+            when = (state.report or {}).get("finished_at") or (state.report or {}).get("started_at") or "earlier"
+            raise cli.UsageError(f"output exists: {redact_uri(target)} (complete, written {when}); pass "
+                                 "--mode overwrite to replace it")
+        pub.prepare_staging()
+    except BaseException:
+        pub.discard()
+        raise
+    return Output(target, mode, pub, state.kind, notes, took)
+
+
+def _stop_when_lost(spark: SparkSession, job: str) -> Callable[[str], None]:
+    """What a run does when another one took its lock: say so and cancel its Spark jobs, so that
+    it stops writing at once (it then fails with exit 1, deleting nothing)."""
+    def stop(why: str) -> None:
+        cli.print_err(f"{job}: error: {why}; stopping this run")
+        spark.sparkContext.cancelAllJobs()
+    return stop
 
 
 def write_parquet(spark: SparkSession, df: DataFrame, path: str, codec: str, group: str | None = None,
@@ -217,7 +241,7 @@ def report_header(job: str, status: str, started_at: str, inputs: list[str], out
     return {"job": job, "status": status, "run_id": output.run_id, "started_at": started_at,
             "inputs": [redact_uri(i) for i in inputs], "output": redact_uri(output.target),
             "partition": out.partition(), "mode": output.mode, "replaced": output.replaces,
-            "recovered": output.notes}
+            "recovered": output.notes, "lock_takeover": output.took_over}
 
 
 def finish(spark: SparkSession, output: Output, report: dict, copy_to: str | None, ok: bool) -> None:

@@ -12,18 +12,24 @@ does the publish step put it in the target's place:
   target's ``_SUCCESS`` goes first, then its old objects, then the new objects move in, in
   parallel, with ``_SUCCESS`` last.
 
-The publish step is journaled: ``_publish.json`` in the work directory is written before the
-first change and removed after the last. Every run of either job on a target first rolls a
-journaled publish forward, so a publish cut short by a kill is completed by the next run of the
-same command, before it does anything else; then it removes what earlier runs left, but what its
-``keep`` hook names (the score job keeps the pieces it can resume, and publishes them as its
-staging directory: ``adopt_staging``). Downstream readers that wait for ``_SUCCESS`` never
-see a half-published output. ``spark.promptscore.publish`` (``exchange``, ``rename``, ``copy``)
-overrides the choice, e.g. ``rename`` for OSS-HDFS buckets, whose renames are atomic.
+A run first takes the target's lock (``hold``: a lease in the work directory, see
+``promptscore.lock``); it reads, deletes or writes nothing there before, and gives the lock back
+when it has published (``publish``) or failed (``discard``). The publish step is journaled:
+``_publish.json`` in the work directory is written before the first change and removed after the
+last. Every run of either job on a target, once it holds the lock, first rolls a journaled
+publish forward, so a publish cut short by a kill is completed by the next run of the same
+command, before it does anything else; then it removes what earlier runs left (they hold no
+lease, so none of them is live), but what its ``keep`` hook names (the score job keeps the
+pieces it can resume, and publishes them as its staging directory: ``adopt_staging``) and the
+scratch directories of ``--plan`` runs younger than ``PLAN_MAX_AGE_S`` (they take no lock).
+Downstream readers that wait for ``_SUCCESS`` never see a half-published output.
+``spark.promptscore.publish`` (``exchange``, ``rename``, ``copy``) overrides the choice, e.g.
+``rename`` for OSS-HDFS buckets, whose renames are atomic.
 """
 
 from __future__ import annotations
 
+import calendar
 import ctypes
 import errno
 import json
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from promptscore import hadoop
+from promptscore import lock as locks
 from udfs.uris import redact
 
 JOURNAL = "_publish.json"
@@ -45,6 +52,7 @@ SUCCESS = "_SUCCESS"
 STRATEGIES = ("exchange", "rename", "copy")
 _ATOMIC_RENAME = ("hdfs", "viewfs")
 _JOBS = ("convert", "score")
+PLAN_MAX_AGE_S = 6 * 3600
 
 
 def work_dir(target: str) -> str:
@@ -60,15 +68,18 @@ def new_run_id() -> str:
 
 def pause_point(name: str) -> None:
     """Where a crash test stops the job. With ``PROMPTSCORE_TEST_PAUSE_AT=name`` the job writes
-    ``name`` to ``PROMPTSCORE_TEST_PAUSE_FILE`` and waits there to be killed; with
-    ``PROMPTSCORE_TEST_FAIL_AT=name`` it raises there, as an unexpected error would."""
+    ``name`` to ``PROMPTSCORE_TEST_PAUSE_FILE`` and waits there to be killed, or goes on once the
+    test deletes that file; with ``PROMPTSCORE_TEST_FAIL_AT=name`` it raises there, as an
+    unexpected error would."""
     if os.environ.get("PROMPTSCORE_TEST_FAIL_AT") == name:
         raise RuntimeError(f"failure injected at {name}")
     if os.environ.get("PROMPTSCORE_TEST_PAUSE_AT") == name:
         flag = os.environ.get("PROMPTSCORE_TEST_PAUSE_FILE")
         if flag:
             Path(flag).write_text(name)
-        time.sleep(3600)
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and (not flag or Path(flag).exists()):
+            time.sleep(0.05)
 
 
 @dataclass
@@ -96,6 +107,47 @@ class Publisher:
         self.staging = f"{self.work}/staging-{self.run_id}"
         self.adopted = False
         self.strategy = strategy or self._strategy()
+        self.lock: locks.OutputLock | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # The lock
+
+    def hold(self, job: str, on_lost: Callable[[str], None] | None = None) -> dict | None:
+        """Take the target's lock for this run, or raise ``lock.OutputLocked`` (exit 2) naming
+        the run that holds it. Returns what was taken over from a dead or silent holder, or None."""
+        held = locks.OutputLock(self.spark, self.work, self.run_id, job, self.target, on_lost)
+        took = held.acquire()
+        self.lock = held
+        return took
+
+    def verify_lock(self) -> None:
+        """Raise ``lock.LockLost`` unless this run still holds the lock (renewing it)."""
+        if self.lock is None:
+            raise locks.LockLost(f"this run does not hold the lock on {redact(self.target)}")
+        self.lock.verify()
+
+    def release(self) -> None:
+        """Give the lock back, and remove the work directory if that leaves it empty."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        try:
+            hadoop.remove_empty_dir(self.spark, self.work)
+        except Exception:  # noqa: BLE001 - an empty hidden directory is harmless
+            pass
+
+    def _live(self, name: str) -> bool:
+        """Whether the work-directory entry ``name`` may belong to a live run other than this one
+        (a lease, or a ``--plan`` run's scratch directory young enough to be in use)."""
+        if locks.is_lease(name):
+            return True
+        if name.startswith("plan-"):
+            try:
+                started = calendar.timegm(time.strptime(name[5:20], "%Y%m%dT%H%M%S"))
+            except ValueError:
+                return False
+            return time.time() - started < PLAN_MAX_AGE_S
+        return False
 
     # ------------------------------------------------------------------------------------------
     # Before a run
@@ -103,12 +155,14 @@ class Publisher:
     def recover(self, keep: Callable[[str], bool] | None = None) -> list[str]:
         """Finish a journaled publish of an earlier run and remove what earlier runs left behind.
 
-        ``keep(name)`` says which entries of the work directory to leave in place (the score job
-        keeps the pieces of an unfinished run whose fingerprint matches its own, to resume them);
-        a publish that had to be completed consumed everything, so nothing is kept after one.
-        Returns one note per thing done, for the report. Everything under the work directory
-        was written by runs of this package, so removing it deletes nothing of anyone else's.
+        Needs the lock (``hold``): no other run is live then, so what the work directory holds
+        was left by runs that ended or lost their lease; only leases and young ``--plan``
+        scratch directories are left alone. ``keep(name)`` says which other entries to leave
+        in place (the score job keeps the pieces of an unfinished run whose fingerprint matches
+        its own, to resume them); a publish that had to be completed consumed everything, so
+        nothing is kept after one. Returns one note per thing done, for the report.
         """
+        self.verify_lock()
         notes: list[str] = []
         if not hadoop.exists(self.spark, self.work):
             return notes
@@ -117,18 +171,16 @@ class Publisher:
             self._roll_forward(journal)
             notes.append(f"completed the publish of run {journal['run']}, cut short earlier")
             keep = None
-        names = hadoop.list_names(self.spark, self.work)
+        names = [n for n in hadoop.list_names(self.spark, self.work) if not self._live(n)]
         kept = [n for n in names if keep is not None and keep(n)]
         left = [n for n in names if n not in kept and not n.startswith(".")]
         if left:
             notes.append(f"removed {len(left)} leftover(s) of unfinished runs: {', '.join(left[:5])}")
         if kept:
             notes.append(f"kept {', '.join(kept)} to resume")
-            for name in names:
-                if name not in kept:
-                    hadoop.delete(self.spark, f"{self.work}/{name}")
-        else:
-            hadoop.delete(self.spark, self.work)
+        for name in names:
+            if name not in kept:
+                hadoop.delete(self.spark, f"{self.work}/{name}")
         return notes
 
     def state(self) -> TargetState:
@@ -160,16 +212,16 @@ class Publisher:
         self.adopted = True
 
     def discard(self) -> None:
-        """Remove this run's staging (a failed run); the target is untouched. An adopted staging
-        directory stays, for the next run to resume."""
-        if self.adopted:
-            return
+        """Remove this run's staging (a failed run) and give the lock back; the target is
+        untouched. An adopted staging directory stays, for the next run to resume. A run that
+        lost the lock deletes nothing: the work directory is another run's now."""
         try:
-            hadoop.delete(self.spark, self.staging)
-            if not hadoop.list_names(self.spark, self.work):
-                hadoop.delete(self.spark, self.work)
+            if not self.adopted and self.lock is not None and self.lock.held:
+                hadoop.delete(self.spark, self.staging)
         except Exception:  # noqa: BLE001 - best effort: the next run removes leftovers anyway
             pass
+        finally:
+            self.release()
 
     # ------------------------------------------------------------------------------------------
     # Publishing
@@ -177,13 +229,17 @@ class Publisher:
     def publish(self) -> float:
         """Put the staged output in the target's place; return the seconds it took."""
         start = time.monotonic()
+        self.verify_lock()
         journal = {"run": self.run_id, "strategy": self.strategy, "target": self.target,
                    "staging": self.staging, "old": f"{self.work}/old-{self.run_id}"}
         hadoop.write_text(self.spark, f"{self.work}/{JOURNAL}", json.dumps(journal))
         pause_point("publish-journaled")
         self._roll_forward(journal)
         pause_point("published")
-        hadoop.delete(self.spark, self.work)
+        for name in hadoop.list_names(self.spark, self.work):
+            if not self._live(name):
+                hadoop.delete(self.spark, f"{self.work}/{name}")
+        self.release()
         return round(time.monotonic() - start, 3)
 
     def _roll_forward(self, j: dict) -> None:

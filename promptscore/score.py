@@ -28,7 +28,8 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from promptscore import cli, fingerprint, hadoop, output, pieces, progress, publish, score_plan, sizing
+from promptscore import (cli, fingerprint, hadoop, model_files, output, pieces, progress, publish, score_plan,
+                         sizing)
 from promptscore.output import OutputSpec
 from promptscore.report import human_bytes, redact_uri
 from udfs.engines import EngineSpec
@@ -106,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=cli.fraction, default=0.001, metavar="F",
                    help="exit 3 if more than this fraction of rows gets no score (default 0.001)")
     p.add_argument("--cache-dir", default="/tmp/promptscore-models",
-                   help="local directory on each node for models given as URIs, and (in "
-                   "engine-cache/) the engines' compile caches, kept across runs")
+                   help="local directory on each node for models given as URIs, (in "
+                   "engine-cache/) the engines' compile caches and (on the driver) the model files' "
+                   "digests, kept across runs")
     p.add_argument("--partitions", type=int, metavar="N",
                    help="repartition the input into about N tasks in all (spread a small input over GPUs)")
     p.add_argument("--compare-sample", type=int, metavar="N",
@@ -198,17 +200,18 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
 
 
 def model_manifest(spark: SparkSession, model: str) -> tuple[dict, list[tuple[str, int]] | None]:
-    """The model's config.json and, for a URI, the files (relative path, size) to copy."""
+    """The model's config.json and, for a URI, the files (relative path, size) to copy. A
+    config.json that does not parse is a UsageError naming it."""
     if not has_scheme(model):
         config = os.path.join(model, "config.json")
         if not os.path.isfile(config):
             raise cli.UsageError(f"--model {model}: no config.json there (a local path must exist on the "
                                  "driver and every node; use a URI to have it copied)")
-        with open(config, encoding="utf-8") as f:
-            return json.load(f), None
+        with open(config, "rb") as f:
+            return model_files.parse_config(model, f.read()), None
     if not hadoop.exists(spark, model.rstrip("/") + "/config.json"):
         raise cli.UsageError(f"--model {redact_uri(model)}: no config.json there")
-    config = json.loads(hadoop.read_text(spark, model.rstrip("/") + "/config.json"))
+    config = model_files.parse_config(model, hadoop.read_bytes(spark, model.rstrip("/") + "/config.json"))
     return config, hadoop.list_tree(spark, model)
 
 
@@ -343,7 +346,9 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     """Check the model and the input columns; choose the backend; fingerprint the model and the
     options. Writes nothing."""
     config, manifest, engine, df = check_inputs(spark, opts)
-    basis = fingerprint.score_basis(fingerprint.model_digest(spark, opts.model, manifest), engine.backend,
+    digest = fingerprint.model_digest(spark, opts.model, manifest, opts.cache_dir,
+                                      note=lambda text: cli.print_err(f"score: {text}"))
+    basis = fingerprint.score_basis(digest, engine.backend,
                                     opts.template, opts.text_col, opts.response_col, engine, opts.out.compression,
                                     df.schema.json())
     return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
@@ -351,12 +356,14 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
 
 def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tuple[str, int]] | None,
                                                                    EngineSpec, DataFrame]:
-    """Check the model (its config.json) and the input columns and choose the backend: the model's
-    config, its manifest (for a URI), the engine and the input. Reads no weights; writes nothing."""
+    """Check the model (its config.json, and that its weights files are there and their headers
+    read: ``model_files``) and the input columns and choose the backend: the model's config, its
+    manifest (for a URI), the engine and the input. Reads no weights; writes nothing."""
     from pyspark.errors import AnalysisException
 
     config, manifest = model_manifest(spark, opts.model)
     check_model(config, opts.model)
+    model_files.check_weights(spark, opts.model, manifest)
     engine = dataclasses.replace(opts.engine, backend=resolve_backend(spark, opts.engine.backend))
     try:
         df = spark.read.parquet(*opts.inputs)
@@ -497,6 +504,7 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
                                                                                opts.response_col), obs)),
                                  pcs.tmp(chunk), opts.out.compression, group)
             counts = {k: obs.get[k] for k in COUNTS}
+            out.verify_lock()  # a run whose lock was taken over commits nothing more
             marker = pcs.commit(chunk, out.run_id, counts, time.monotonic() - start)
             markers.append(marker)
             rows = int(counts["rows"])
@@ -611,7 +619,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
     clock = output.Phases()
     output.check_target(spark, opts.out, opts.inputs)
     plan = plan_score(spark, opts)
-    out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp))
+    out = output.open_output(spark, opts.out, opts.inputs, keep=pieces.keep_only(plan.fp), job="score")
     try:
         pcs = pieces.Pieces(spark, out.publisher.work, plan.fp)
         pcs.prepare(plan.basis)

@@ -33,6 +33,16 @@ def make_output(d: Path, run: str, rows: list[str], success: bool = True) -> Pat
     return d
 
 
+def _recover(spark, target: Path, keep=None) -> list[str]:
+    """What the next run does first: take the lock, recover; here it then gives the lock back."""
+    pub = Publisher(spark, f"file:{target}")
+    pub.hold("convert")
+    try:
+        return pub.recover(keep)
+    finally:
+        pub.release()
+
+
 def content(d: Path) -> dict[str, str]:
     return {p.relative_to(d).as_posix(): p.read_text() for p in sorted(d.rglob("*"))
             if p.is_file() and not p.name.endswith(".crc")}
@@ -56,6 +66,7 @@ def test_publish_replaces_the_old_output_and_leaves_nothing_behind(spark, tmp_pa
     make_output(target, "old", ["a", "b", "c"])
     pub = Publisher(spark, f"file:{target}")
     assert pub.strategy == strategy
+    pub.hold("convert")
     pub.prepare_staging()
     new = make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x"])
     expected = content(new)
@@ -75,6 +86,7 @@ def _cut_short(spark, tmp_path: Path, strategy: str, point: str) -> tuple[Path, 
     target = tmp_path / "out"
     old = content(make_output(target, "old", ["a", "b", "c"]))
     pub = Publisher(spark, f"file:{target}", strategy=strategy)
+    pub.hold("convert")
     pub.prepare_staging()
     new = content(make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x", "y"]))
     os.environ["PROMPTSCORE_TEST_FAIL_AT"] = point
@@ -83,6 +95,7 @@ def _cut_short(spark, tmp_path: Path, strategy: str, point: str) -> tuple[Path, 
             pub.publish()
     finally:
         del os.environ["PROMPTSCORE_TEST_FAIL_AT"]
+        pub.lock.release()  # the run ends here, as a killed one would (its lease aside)
     return target, old, new
 
 
@@ -99,7 +112,7 @@ def test_next_run_rolls_a_cut_short_publish_forward(spark, tmp_path, strategy, p
         assert now in (old, new)  # one atomic step: never anything else
     if now not in (old, new):
         assert "_SUCCESS" not in now  # readers waiting for _SUCCESS never see a mix
-    notes = Publisher(spark, f"file:{target}").recover()
+    notes = _recover(spark, target)
     assert content(target) == new
     assert not Path(work_dir(str(target))).exists()
     if point != "published":  # after that point only an empty work directory is left
@@ -113,7 +126,7 @@ def test_leftovers_of_a_run_killed_before_publishing_are_removed(spark, tmp_path
     pub.prepare_staging()
     (Path(pub.staging.removeprefix("file:")) / "_temporary" / "0").mkdir(parents=True)
     (Path(pub.staging.removeprefix("file:")) / "_temporary" / "0" / "part-0").write_text("half")
-    notes = Publisher(spark, f"file:{target}").recover()
+    notes = _recover(spark, target)
     assert content(target) == old
     assert not Path(work_dir(str(target))).exists()
     assert "leftover" in notes[0]
@@ -126,7 +139,7 @@ def test_a_journal_cut_short_while_written_means_the_publish_never_began(spark, 
     pub.prepare_staging()
     make_output(Path(pub.staging.removeprefix("file:")), pub.run_id, ["x"])
     Path(work_dir(str(target)), publish.JOURNAL).write_text('{"run": "2026')
-    Publisher(spark, f"file:{target}").recover()
+    _recover(spark, target)
     assert content(target) == old
 
 
@@ -137,7 +150,7 @@ def test_recovery_keeps_what_its_hook_names_and_an_adopted_staging_outlives_a_fa
     (work / "pieces-a" / "parts" / "p.parquet").write_text("scores")
     (work / "pieces-b").mkdir()
     (work / "staging-old").mkdir()
-    notes = Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    notes = _recover(spark, target, keep=lambda name: name == "pieces-a")
     assert sorted(p.name for p in work.iterdir()) == ["pieces-a"]
     assert "kept pieces-a to resume" in notes
 
@@ -147,6 +160,7 @@ def test_recovery_keeps_what_its_hook_names_and_an_adopted_staging_outlives_a_fa
     pub.discard()  # a failed run leaves its pieces for the next one
     assert (work / "pieces-a" / "parts" / "p.parquet").exists()
     (work / "pieces-a" / "parts" / "_report.json").write_text(json.dumps({"job": "score", "run_id": pub.run_id}))
+    pub.hold("score")
     pub.publish()
     assert content(target) == {"p.parquet": "scores", "_report.json": json.dumps({"job": "score",
                                                                                "run_id": pub.run_id})}
@@ -155,7 +169,7 @@ def test_recovery_keeps_what_its_hook_names_and_an_adopted_staging_outlives_a_fa
     # A publish that had to be completed consumed the pieces: nothing is kept after one.
     target, old, new = _cut_short(spark, tmp_path / "again", "rename", "publish-journaled")
     (Path(work_dir(str(target))) / "pieces-a").mkdir()
-    Publisher(spark, f"file:{target}").recover(keep=lambda name: name == "pieces-a")
+    _recover(spark, target, keep=lambda name: name == "pieces-a")
     assert content(target) == new and not Path(work_dir(str(target))).exists()
 
 

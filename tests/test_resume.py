@@ -7,6 +7,7 @@ Progress lines, and the --compare-sample check."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -154,12 +155,92 @@ def test_the_fingerprint_covers_the_model_and_every_option_that_changes_a_score(
     assert fingerprint.model_digest(None, str(copy), None) != digest
 
 
-def test_sampled_blocks_cover_the_file():
-    assert fingerprint.sample_offsets(0) == []
-    assert fingerprint.sample_offsets(1000) == [(0, 1000)]
-    blocks = fingerprint.sample_offsets(10 << 30)
-    assert len(blocks) == fingerprint.SAMPLES and blocks[0] == (0, fingerprint.BLOCK)
-    assert blocks[-1][0] + blocks[-1][1] == 10 << 30
+def _between_old_samples(size: int) -> int:
+    """An offset that the earlier fingerprint (16 blocks of 64 KiB spread over the file) never read."""
+    samples, block = 16, 64 << 10
+    step = (size - block) / (samples - 1)
+    starts = [round(i * step) for i in range(samples)]
+    offset = starts[7] + block + (starts[8] - starts[7] - block) // 2
+    assert all(not s <= offset < s + block for s in starts)
+    return offset
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1  # the lowest bit of a float32 weight: another model of the same shape and size
+    path.write_bytes(bytes(data))
+
+
+def test_the_model_digest_reads_every_byte_in_blocks_and_is_the_same_through_the_file_system(spark, tmp_path,
+                                                                                            oss_bucket):
+    import hashlib
+    import shutil
+
+    from fake_oss import counts, reset_counts
+
+    assert fingerprint.block_ranges(0) == [(0, 0)] and fingerprint.block_ranges(5, 2) == [(0, 2), (2, 2), (4, 1)]
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    size = 2 * fingerprint.BLOCK + 12345
+    with open(model / "model.safetensors", "wb") as f:  # sparse: mostly zeros, a few bytes set
+        for offset in (0, fingerprint.BLOCK - 1, fingerprint.BLOCK, size - 1):
+            f.seek(offset)
+            f.write(b"\x07")
+    blocks = [hashlib.sha256(open(model / "model.safetensors", "rb").read()[o:o + n]).digest()
+              for o, n in fingerprint.block_ranges(size)]
+    h = hashlib.sha256()
+    for rel, n, digest in [("config.json", 2, hashlib.sha256(hashlib.sha256(b"{}").digest()).hexdigest()),
+                           ("model.safetensors", size, hashlib.sha256(b"".join(blocks)).hexdigest())]:
+        h.update(f"{rel}\0{n}\0{digest}\n".encode())
+    local = fingerprint.model_digest(None, str(model))
+    assert local == h.hexdigest()
+    assert fingerprint.model_digest(spark, f"file:{model}") == local  # hashed in the JVM, the same bytes
+    shutil.copytree(model, oss_bucket.path("models/m"))
+    cache = tmp_path / "cache"
+    reset_counts(spark)
+    assert fingerprint.model_digest(spark, oss_bucket / "models/m", None, str(cache)) == local
+    assert counts(spark)["open"] >= 3  # three blocks of the weights, read in parallel
+    reset_counts(spark)
+    assert fingerprint.model_digest(spark, oss_bucket / "models/m", None, str(cache)) == local
+    assert counts(spark)["open"] == 0  # the node's cache: nothing read again
+
+    # One byte changes, in the middle of a block: a new digest, through the cache too (the object
+    # was written again: a new modification time) and on local disk even with the old time set back.
+    _flip(oss_bucket.path("models/m/model.safetensors"), fingerprint.BLOCK + 777)
+    assert fingerprint.model_digest(spark, oss_bucket / "models/m", None, str(cache)) != local
+    st = (model / "model.safetensors").stat()
+    assert fingerprint.model_digest(None, str(model), None, str(cache)) == local
+    _flip(model / "model.safetensors", 777)
+    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (model / "model.safetensors").stat().st_mtime_ns == st.st_mtime_ns
+    assert fingerprint.model_digest(None, str(model), None, str(cache)) != local
+    assert json.loads((cache / fingerprint.CACHE_FILE).read_text())["digests"]
+
+
+def test_a_model_changed_between_the_blocks_once_sampled_never_reuses_the_old_model_s_pieces(
+        spark, six_files, tiny_model, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "out"
+    base = ["--input", six_files, "--output", out, "--model", model, "--cache-dir", tmp_path / "cache"]
+    monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "chunk-committed")
+    code, _, _ = run_job("score", base, capsys)
+    monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
+    assert code == 1
+    (old,) = Path(work_dir(str(out))).glob("pieces-*")
+    assert list(old.glob("done/[!.]*.json"))
+
+    weights = model / "model.safetensors"
+    _flip(weights, _between_old_samples(weights.stat().st_size))
+    code, _, err = run_job("score", base, capsys)
+    assert code == 0, err
+    report = json.loads((out / "_report.json").read_text())
+    assert report["resumed_rows"] == 0 and report["resume"]["chunks_resumed"] == 0 and report["rows"] == 240
+    assert report["resume"]["fingerprint"] != old.name.removeprefix("pieces-")
+    assert any(f"removed 1 leftover(s) of unfinished runs: {old.name}" in note for note in report["recovered"])
 
 
 def test_chunks_are_whole_files_packed_in_path_order():
