@@ -443,7 +443,7 @@ class ConvertProgress:
         total, files = self.index.bytes, self.index.files
         if not done_bytes:
             return (f"convert: {read:,} lines read of {files:,} files ({human_bytes(total)}); bytes, rate and ETA "
-                    "once the first file is done")
+                    "as files are done")
         done = min(total, done_bytes) if total else done_bytes
         rate = self.rate.add(time.monotonic(), done)
         pct = done / total if total else 1.0

@@ -230,6 +230,7 @@ class StatusServer:
         self.lock = threading.Lock()
         self.groups: dict[str, dict[tuple, tuple[int, int]]] = {}
         self.engines: dict[tuple, dict[str, Any]] = {}
+        self.preparing: dict[tuple, tuple[float, float]] = {}  # task -> (heard at, seconds so far)
         self.heard = False
         server = self
 
@@ -279,6 +280,10 @@ class StatusServer:
                 seen = tasks.get((stage, partition))
                 if seen is None or attempt >= seen[0]:
                     tasks[(stage, partition)] = (attempt, max(0, int(msg.get("rows") or 0)))
+                if msg.get("preparing_s") is not None:
+                    self.preparing[task] = (now, float(msg["preparing_s"]))
+                else:
+                    self.preparing.pop(task, None)
             engine = msg.get("engine")
             if isinstance(engine, dict) and engine.get("key"):
                 ident = (engine.get("node"), engine["key"])
@@ -296,6 +301,8 @@ class StatusServer:
     def close(self, group: str) -> None:
         with self.lock:
             self.groups.pop(group, None)
+            for task in [t for t in self.preparing if t[0] == group]:
+                del self.preparing[task]
 
     def rows(self, group: str) -> int:
         """Rows whose scores have come back in the running tasks of ``group``."""
@@ -304,11 +311,17 @@ class StatusServer:
 
     def engine_states(self) -> dict[str, Any]:
         """``ready``: engines reported ready lately; ``starting``: engines starting now, and
-        ``starting_s``: the longest of their starts so far."""
+        ``starting_s``: the longest of their starts so far; ``preparing``: tasks that have not
+        asked for an engine yet (model files, tokenizer), and ``preparing_s``, the longest."""
         now = time.monotonic()
         ready = starting = 0
         longest = 0.0
         with self.lock:
+            for task, (at, so_far) in list(self.preparing.items()):
+                if now - at > self.stale_s:
+                    del self.preparing[task]
+            preparing = len(self.preparing)
+            preparing_s = max((so_far + now - at for at, so_far in self.preparing.values()), default=0.0)
             for ident, e in list(self.engines.items()):
                 age = now - e["at"]
                 if age > self.stale_s:
@@ -318,7 +331,8 @@ class StatusServer:
                 else:
                     starting += 1
                     longest = max(longest, float(e.get("for_s") or 0) + age)
-        return {"ready": ready, "starting": starting, "starting_s": longest}
+        return {"ready": ready, "starting": starting, "starting_s": longest, "preparing": preparing,
+                "preparing_s": preparing_s}
 
     def shutdown(self) -> None:
         self._server.shutdown()

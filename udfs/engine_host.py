@@ -514,7 +514,8 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
             cache_dir: str | None = None, max_rows_in_flight: int | None = None) -> EngineClient:
     """The engine client for this worker's device, starting the engine host if there is none.
 
-    Reuses the worker's connection across tasks; replaces a host that runs another spec or
+    Reuses the worker's connection across tasks (after a hello that shows the host is still
+    there); replaces a host that runs another spec or
     belongs to another executor; serialises concurrent starts with a lock. A host it starts
     keeps its compile caches in ``cache_dir``'s engine cache (``udfs.engine_cache``); a running
     host is reused whatever cache it started with. ``max_rows_in_flight``: the most rows of this
@@ -525,9 +526,7 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
     fp = fingerprint(spec)
     client = _CLIENTS.get(key)
     if client is not None and client.info.get("fingerprint") == fp and not client.conn.closed:
-        if client.limit == max_rows_in_flight:
-            return client
-        try:
+        try:  # one round trip: the host is still there (and takes this task's limit)
             if client.hello(fp, owner, max_rows_in_flight):
                 return client
         except EngineError:

@@ -1,5 +1,6 @@
-"""What a score task tells the driver while it runs: rows whose scores have come back, and the
-state of its engine (starting, for how long; ready).
+"""What a score task tells the driver while it runs: rows whose scores have come back, how long
+it has been preparing (model files, tokenizer), and the state of its engine (starting, for how
+long; ready).
 
 Spark has no live channel from a Python worker to the driver (accumulators arrive when a task
 ends; the SQL metrics that executor heartbeats carry count rows written to and read from the
@@ -27,6 +28,8 @@ class TaskReporter:
     def __init__(self, address: tuple[str, int], token: str, task: dict[str, Any], period: float = 0.5):
         self.address, self.token, self.task, self.period = address, token, task, period
         self.rows = 0
+        # Until the task asks for its engine: copying the model (a URI), loading the tokenizer.
+        self.preparing_since: float | None = time.monotonic()
         self.engine: EngineState | None = None
         self._sock: socket.socket | None = None
         self._sent: tuple | None = None
@@ -42,7 +45,9 @@ class TaskReporter:
                 engine = self.engine()
             except Exception:  # noqa: BLE001 - a report is never worth failing a task
                 engine = None
-        return {"rows": self.rows, "engine": engine}
+        since = self.preparing_since
+        preparing = round(time.monotonic() - since, 1) if since is not None and engine is None else None
+        return {"rows": self.rows, "engine": engine, "preparing_s": preparing}
 
     def _send(self, state: dict[str, Any], force: bool = False) -> None:
         if self._broken:

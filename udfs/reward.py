@@ -186,6 +186,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
         waiting = time.monotonic()
         if live is not None:
             live.engine = lambda: engine_state(key, waiting, host=engine_host.host_state(key))
+            live.preparing_since = None
         client = engine_host.connect(engine, gpus, spec.start_timeout_s, spec.cache_dir, limit)
         info = client.stats()
         if live is not None:
@@ -220,12 +221,19 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
         except engine_host.RowError:
             return isolate(client, [sl.enc.ids[i] for i in sl.todo])
 
+    def done(sl: _Slice) -> None:
+        nonlocal done_rows
+        done_rows += len(sl.enc.ids)
+        if live is not None:
+            live.rows = done_rows
+
     def await_oldest() -> None:
         nonlocal in_flight
         sl = sent[0]
         sl.values = with_engine(lambda: answer(sl))
         sent.popleft()
         in_flight -= len(sl.todo)
+        done(sl)
 
     def finish_slice(sl: _Slice) -> pd.DataFrame:
         enc = sl.enc
@@ -251,13 +259,9 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
         })
 
     def finish(slices: list[_Slice]) -> pd.DataFrame:
-        nonlocal done_rows
         while any(sl.todo and sl.values is None for sl in slices):
             await_oldest()
         frames = [finish_slice(sl) for sl in slices]
-        done_rows += sum(len(sl.enc.ids) for sl in slices)
-        if live is not None:
-            live.rows = done_rows
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     step = max(1, spec.slice_rows)
@@ -266,7 +270,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             # Connect (and start the engine host, if this is the executor's first task) before
             # the tokenizer's threads run: a process that forks after them loses them.
             t0 = time.monotonic()
-            stats.host = connect()
+            stats.host = with_engine(connect)
             stats.engine_wait_s = time.monotonic() - t0
             stats.busy_start = stats.host.get("busy_s")
             stats.idle_start = stats.host.get("idle_s")
@@ -279,7 +283,8 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             enc = prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
             sl = _Slice(enc, [i for i, ids in enumerate(enc.ids) if ids is not None])
             slices.append(sl)
-            if not sl.todo:
+            if not sl.todo:  # nothing for the engine (null or empty texts): done already
+                done(sl)
                 continue
             while sent and in_flight + len(sl.todo) > limit:
                 await_oldest()
@@ -292,7 +297,10 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
     while pending:
         yield finish(pending.popleft())
     if client is not None:
-        stats.host = client.stats()
+        try:
+            stats.host = client.stats()
+        except EngineError:
+            pass  # every row is back already: a host lost now costs this task nothing
 
 
 def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):

@@ -359,7 +359,7 @@ public final class ReadAheadLines {
      * connection, a response cut short. Never a missing file, a refused access (403), a bad request,
      * an interrupted (killed) task, or an error that says nothing of the kind.
      */
-    static boolean isTransient(Throwable error) {
+    public static boolean isTransient(Throwable error) {
         boolean transientSeen = false;
         for (Throwable t = error; t != null; t = t.getCause() == t ? null : t.getCause()) {
             String name = t.getClass().getName();

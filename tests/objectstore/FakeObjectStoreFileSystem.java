@@ -68,7 +68,8 @@ import org.apache.hadoop.util.Progressable;
  *       IOException, {@code read} (a GET's body) with a connection reset half way through. Only keys
  *       under {@code fs.oss.emu.fail.prefix} (default: all). Which requests fail is fixed by
  *       {@code fs.oss.emu.fail.seed}, the op, the key and how many times that op was made on that
- *       key before, whatever the order of threads. {@link #failures()} counts them.</li>
+ *       key since {@link #resetCounts()}, whatever the order of threads. {@link #failures()} counts
+ *       them.</li>
  * </ul>
  */
 public class FakeObjectStoreFileSystem extends FileSystem {
@@ -113,6 +114,7 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     /** Set every counter of this JVM back to zero. */
     public static void resetCounts() {
         COUNTS.clear();
+        SEEN.clear();
         FAILED.set(0);
     }
 
@@ -235,9 +237,8 @@ public class FakeObjectStoreFileSystem extends FileSystem {
         if (failRate <= 0 || !failOps.contains(op) || !key.startsWith(failPrefix)) {
             return false;
         }
-        String id = base.getName() + "/" + key;
-        long n = SEEN.computeIfAbsent(op + " " + id, k -> new AtomicLong()).getAndIncrement();
-        long h = mix(mix(mix(failSeed ^ op.hashCode()) ^ id.hashCode()) ^ n);
+        long n = SEEN.computeIfAbsent(op + " " + base.getName() + "/" + key, k -> new AtomicLong()).getAndIncrement();
+        long h = mix(mix(mix(failSeed ^ op.hashCode()) ^ key.hashCode()) ^ n);
         if ((h >>> 11) * 0x1.0p-53 >= failRate) {
             return false;
         }
