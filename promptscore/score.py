@@ -469,13 +469,14 @@ class ScoreProgress:
         rate = self.rate.add(time.monotonic(), scored) if scored > 0 else None
         engines = self.status.engine_states() if self.status is not None else None
         chunks = f"chunks {self.done_chunks:,} / {self.chunks:,} done"
+        rows = f"{now:,} / {self.total:,} rows scored"
         if engines and engines["starting"] and not scored:
             n = engines["starting"] + engines["ready"]
             return (f"score: engines starting ({engines['starting']} of {n}), "
-                    f"{progress.duration(engines['starting_s'])} so far; {now:,} / {self.total:,} rows scored; {chunks}")
+                    f"{progress.duration(engines['starting_s'])} so far; {rows}; {chunks}")
         if engines and engines["preparing"] and not engines["ready"] and not scored:
             return (f"score: tasks preparing ({engines['preparing']}: model files, tokenizer), "
-                    f"{progress.duration(engines['preparing_s'])} so far; {now:,} / {self.total:,} rows scored; {chunks}")
+                    f"{progress.duration(engines['preparing_s'])} so far; {rows}; {chunks}")
         pct = f"{100 * now / self.total:.1f}%" if self.total else "-"
         resumed = f", {self.resumed_rows:,} resumed" if self.resumed_rows else ""
         if engines is None:

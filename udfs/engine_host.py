@@ -27,8 +27,9 @@ Workers reach it with ``connect()``. Files, by device key, in the runtime direct
 per start, so that a host on its way out removes its own and never its successor's),
 ``<key>.state.json`` (the host's own state while it lives: ``starting`` since when, then ``ready``;
 workers waiting for it report it to the driver's progress line) and ``<key>.starts`` (one line per
-engine start, with its seconds and whether its compile cache was warm). A host started by ``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches
-in that directory's engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
+engine start, with its seconds and whether its compile cache was warm). A host started by
+``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches in that directory's
+engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
 Its log is ``promptscore-engine-<key>.log`` in the
 YARN container's log directory (the first of ``$LOG_DIRS``), else in the runtime directory. A host
 keyed by an executor (``cpu-…``) removes its files but the log when that executor is gone; a GPU's

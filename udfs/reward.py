@@ -270,7 +270,7 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             # Connect (and start the engine host, if this is the executor's first task) before
             # the tokenizer's threads run: a process that forks after them loses them.
             t0 = time.monotonic()
-            stats.host = with_engine(connect)
+            stats.host = connect()  # an engine that cannot start fails the task at once
             stats.engine_wait_s = time.monotonic() - t0
             stats.busy_start = stats.host.get("busy_s")
             stats.idle_start = stats.host.get("idle_s")
