@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 EngineState = Callable[[], "dict[str, Any] | None"]
+KEEPALIVE_S = 10.0
 
 
 class TaskReporter:
@@ -32,7 +33,8 @@ class TaskReporter:
         self.preparing_since: float | None = time.monotonic()
         self.engine: EngineState | None = None
         self._sock: socket.socket | None = None
-        self._sent: tuple | None = None
+        self._sent: str | None = None
+        self._sent_at = 0.0
         self._broken = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="promptscore-live", daemon=True)
@@ -53,14 +55,15 @@ class TaskReporter:
         if self._broken:
             return
         key = json.dumps(state, sort_keys=True)
-        if key == self._sent and not force:
+        # Unchanged: said again every KEEPALIVE_S all the same (the driver forgets silent engines).
+        if key == self._sent and not force and time.monotonic() - self._sent_at < KEEPALIVE_S:
             return
         try:
             if self._sock is None:
                 self._sock = socket.create_connection(self.address, timeout=5)
                 self._sock.sendall((json.dumps({"token": self.token, **self.task}) + "\n").encode())
             self._sock.sendall((json.dumps(state) + "\n").encode())
-            self._sent = key
+            self._sent, self._sent_at = key, time.monotonic()
         except OSError:
             self._broken = True
             self._close_socket()
