@@ -270,6 +270,8 @@ class ConvertResult:
     attempts: int = 1
     output_files: list[hadoop.FileInfo] = field(default_factory=list)
     reader: dict = field(default_factory=lambda: {"name": "spark"})
+    # Reads made again after a transient error: whole input files (read-ahead), driver calls.
+    read_retries: dict = field(default_factory=lambda: {"input_files": 0, "driver": 0})
 
 
 def check_options(opts: ConvertOptions) -> StructType | None:
@@ -413,11 +415,13 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
     state = ConvertProgress(spark, plan.index)
     in_flight = readahead.files_in_flight(spark)
+    retried = readahead.retry_counter(spark)
     noted = False
     reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
     try:
         while True:
-            lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight)
+            lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight,
+                                                        retried)
             if result.reader["name"] == "read-ahead":
                 # Spark pruned the scan's files by these filters; the rows are filtered again, so that
                 # a skipped or set-aside file can never reach the output even where it would not.
@@ -450,6 +454,7 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
                 result.attempts += 1
     finally:
         reporter.stop()
+    result.read_retries["input_files"] = int(retried.value())
     result.tasks = output.tasks_of_group(spark, group)
     m = obs.get
     result.lines, result.blank, result.rejected = int(m["lines"]), int(m["blank"] or 0), int(m["rejected"] or 0)
@@ -466,9 +471,11 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
 
 
 class ConvertProgress:
-    """The progress line of the write: lines read (live), and bytes and files from the tasks that
-    ended (Spark reports a task's bytes when it ends), spread over the live lines at the bytes per
-    line those tasks read."""
+    """The progress line of the write, from what the running tasks have done (live, at each
+    executor heartbeat): the lines handed on to be parsed and written, and the bytes of the files
+    whose lines have all been handed on (the read-ahead reader counts a file when its last line
+    goes; Spark's text source counts bytes as it reads them). Percent, rate and ETA are of those
+    bytes: never more than was done."""
 
     def __init__(self, spark: SparkSession, index: InputIndex):
         self.spark, self.index = spark, index
@@ -483,17 +490,16 @@ class ConvertProgress:
             self._live = progress.LiveRows(self.spark)
         group = self.group
         read = self._live.rows(group)
-        done_bytes, done_lines = progress.stage_input(self.spark, group)
+        done_bytes, _ = progress.stage_input(self.spark, group)
         total, files = self.index.bytes, self.index.files
-        if not done_lines:
+        if not done_bytes:
             return (f"convert: {read:,} lines read of {files:,} files ({human_bytes(total)}); bytes, rate and ETA "
-                    "once the first task ends")
-        est = min(total, done_bytes + max(0, read - done_lines) * done_bytes / done_lines)
-        rate = self.rate.add(time.monotonic(), est)
-        pct = est / total if total else 1.0
-        return (f"convert: {human_bytes(est)} / {human_bytes(total)} ({pct:.1%}), ~{round(files * pct):,} / "
-                f"{files:,} files, {read:,} lines, {human_bytes(rate or 0)}/s, "
-                f"ETA {progress.duration(progress.eta(est, total, rate))}")
+                    "as files are done")
+        done = min(total, done_bytes) if total else done_bytes
+        rate = self.rate.add(time.monotonic(), done)
+        pct = done / total if total else 1.0
+        return (f"convert: {human_bytes(done)} / {human_bytes(total)} of {files:,} files read ({pct:.1%}), "
+                f"{read:,} lines, {human_bytes(rate or 0)}/s, ETA {progress.duration(progress.eta(done, total, rate))}")
 
 
 def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult, header: dict,
@@ -537,6 +543,7 @@ def build_report(opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
         "tasks": result.tasks,
         "write_attempts": result.attempts,
         "reader": result.reader,
+        "read_retries": result.read_retries,
         "target_file_size": opts.target_file_size,
         "task_slots": plan.slots,
         "max_split_bytes": plan.split,
@@ -562,6 +569,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     UsageError / DataQualityError."""
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    driver_retries = hadoop.retries()
     explicit = check_options(opts)
     readahead.files_in_flight(spark)  # a bad setting fails here, before anything is written
     if opts.plan:
@@ -575,6 +583,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
                                   "spark.sql.files.minPartitionNum": "1"}):
             result = execute_convert(spark, opts, plan, out)
         plan.phases.lap("write")
+        result.read_retries["driver"] = hadoop.retries() - driver_retries
         header = output.report_header("convert", "ok", started_at, opts.inputs or [opts.input_list], out, opts.out)
         spark_info = {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
         report = build_report(opts, plan, result, header, spark_info, time.monotonic() - started)

@@ -3,16 +3,92 @@
 Everything goes through the JVM of the active SparkSession, so the connector and the credentials
 the cluster is configured with (JindoSDK and the ECS RAM role on EMR) are the ones used. Plain
 paths resolve against ``fs.defaultFS`` exactly as Spark resolves them.
+
+Reads, listings and status calls that fail with a transient error (``is_transient``: a 5xx or 429
+answer, a reset or timed-out connection) are made again, up to ``ATTEMPTS`` times with growing
+pauses, and counted (``retries()``). Writes, renames and deletes are not: the connector's own
+retries cover them, and the jobs' journals make a failed one safe to run again.
 """
 
 from __future__ import annotations
 
+import functools
+import random
 import re
+import threading
+import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from udfs.uris import has_scheme
 
 _GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
+ATTEMPTS = 5
+FIRST_PAUSE_S = 0.2
+_PERMANENT = re.compile(r"(?i)\b(400|401|403|404|405|409|412|416)\b|AccessDenied|Access Denied|Forbidden|NoSuchKey"
+                        r"|NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidObjectState|not found|no such")
+_TRANSIENT = re.compile(r"(?i)\b(429|500|502|503|504)\b|Service Unavailable|SlowDown|ServerBusy|Internal ?Error"
+                        r"|Connection reset|Broken pipe|timed out|timeout|RequestTimeout|Too Many Requests|temporarily")
+_PERMANENT_CLASSES = ("java.io.FileNotFoundException", "java.nio.file.NoSuchFileException",
+                      "java.nio.file.AccessDeniedException", "org.apache.hadoop.security.AccessControlException",
+                      "org.apache.hadoop.fs.PathNotFoundException", "org.apache.hadoop.fs.PathPermissionException",
+                      "org.apache.hadoop.fs.AccessDeniedException")
+_TRANSIENT_CLASSES = ("java.net.SocketException", "java.net.SocketTimeoutException", "java.net.ConnectException",
+                      "java.net.NoRouteToHostException")
+_retries = 0
+_retries_lock = threading.Lock()
+T = TypeVar("T")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed file-system call may succeed when made again: a Java exception whose
+    chain holds a socket error or a 5xx/429/timeout message, and no missing file, refused access
+    (403), bad request, corrupt data or interruption. Python errors are never transient here."""
+    from py4j.protocol import Py4JJavaError
+
+    if not isinstance(error, Py4JJavaError):
+        return False
+    seen = False
+    t, depth = error.java_exception, 0
+    while t is not None and depth < 16:
+        name, message = str(t.getClass().getName()), str(t.getMessage())
+        if name in _PERMANENT_CLASSES or _PERMANENT.search(message):
+            return False
+        if name == "java.io.InterruptedIOException" or name.startswith("java.util.zip."):
+            return False
+        if name in _TRANSIENT_CLASSES or _TRANSIENT.search(message):
+            seen = True
+        cause = t.getCause()
+        t = None if cause is None or cause.equals(t) else cause
+        depth += 1
+    return seen
+
+
+def retries() -> int:
+    """Calls of this module made again after a transient error, in this process so far."""
+    return _retries
+
+
+def _reads(fn: Callable[..., T]) -> Callable[..., T]:
+    """Make ``fn`` (a read: idempotent) again after a transient error, ``ATTEMPTS`` times in all."""
+
+    @functools.wraps(fn)
+    def again(*args, **kwargs):
+        global _retries
+        pause = FIRST_PAUSE_S
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - re-raised unless transient
+                if attempt == ATTEMPTS or not is_transient(e):
+                    raise
+            with _retries_lock:
+                _retries += 1
+            time.sleep(pause / 2 + random.uniform(0, pause / 2))
+            pause *= 2
+        raise AssertionError("unreachable")
+
+    return again
 
 
 def _jvm(spark):
@@ -52,12 +128,14 @@ def is_root(spark, uri: str) -> bool:
     return _path(spark, qualify(spark, uri)).getParent() is None
 
 
+@_reads
 def exists(spark, uri: str) -> bool:
     """Whether a file or directory exists at ``uri``."""
     p = _path(spark, uri)
     return bool(_fs(spark, p).exists(p))
 
 
+@_reads
 def is_dir(spark, uri: str) -> bool:
     """Whether ``uri`` is a directory (on object stores: a prefix that holds objects)."""
     p = _path(spark, uri)
@@ -69,7 +147,7 @@ def delete(spark, uri: str, recursive: bool = True) -> None:
     """Delete ``uri`` if it exists."""
     p = _path(spark, uri)
     fs = _fs(spark, p)
-    if fs.exists(p):
+    if exists(spark, uri):
         fs.delete(p, recursive)
 
 
@@ -111,6 +189,7 @@ def write_text(spark, uri: str, text: str) -> None:
     write_bytes(spark, uri, text.encode("utf-8"))
 
 
+@_reads
 def read_bytes(spark, uri: str) -> bytes:
     """Read a small file from ``uri``."""
     p = _path(spark, uri)
@@ -124,6 +203,7 @@ def read_bytes(spark, uri: str) -> bytes:
         stream.close()
 
 
+@_reads
 def read_range(spark, uri: str, offset: int, length: int) -> bytes:
     """Read ``length`` bytes of the file at ``uri`` from ``offset``, which must lie inside it."""
     jvm = _jvm(spark)
@@ -144,6 +224,7 @@ def read_text(spark, uri: str) -> str:
     return read_bytes(spark, uri).decode("utf-8")
 
 
+@_reads
 def read_through(spark, uri: str) -> None:
     """Read the whole file at ``uri`` as Spark's text reader would, decompressing by its name
     (``.gz``), and discard it: raises the reader's error when the file cannot be read to its end."""
@@ -170,6 +251,7 @@ class FileInfo:
     size: int
 
 
+@_reads
 def list_data_files(spark, uri: str) -> list[FileInfo]:
     """The data files directly under ``uri`` (not recursive), skipping ``_*`` and ``.*`` names.
 
@@ -196,6 +278,7 @@ class FileStatus:
     mtime: int
 
 
+@_reads
 def list_status(spark, uri: str) -> dict[str, FileStatus]:
     """The files directly under the directory ``uri`` by name (one listing request), or {}."""
     p = _path(spark, uri)
@@ -210,6 +293,7 @@ def list_status(spark, uri: str) -> dict[str, FileStatus]:
     return out
 
 
+@_reads
 def file_status(spark, uri: str) -> FileStatus:
     """The status of the one file at ``uri``."""
     p = _path(spark, uri)
@@ -217,6 +301,7 @@ def file_status(spark, uri: str) -> FileStatus:
     return FileStatus(str(st.getPath().getName()), int(st.getLen()), int(st.getModificationTime()))
 
 
+@_reads
 def list_names(spark, uri: str) -> list[str]:
     """The names directly under the directory ``uri`` (files and directories), or [] if absent."""
     p = _path(spark, uri)
@@ -226,6 +311,7 @@ def list_names(spark, uri: str) -> list[str]:
     return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
 
 
+@_reads
 def list_tree(spark, uri: str) -> list[tuple[str, int]]:
     """Every file under ``uri`` (recursively) as (path relative to ``uri``, size). For small trees,
     such as a model directory or one job's output."""
@@ -262,6 +348,7 @@ def escape_glob(path: str) -> str:
     return _GLOB_CHARS.sub(r"\\\1", path)
 
 
+@_reads
 def file_size(spark, uri: str) -> int:
     """The length of the file at ``uri`` in bytes."""
     p = _path(spark, uri)

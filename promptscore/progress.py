@@ -5,16 +5,22 @@ same in a terminal and in DataWorks or YARN logs) at least every ``spark.prompts
 seconds (default 10; 0 turns the lines off). The thread never keeps a finished job alive: it is a
 daemon, and the job stops it when it ends, however it ends.
 
-Live numbers come from Spark's SQL status store: the running writes' row counts, which executor
-heartbeats (``spark.executor.heartbeatInterval``, 10 s) update while tasks run. Spark's task-level
-input metrics are filled in only when a task ends, so they are not used for the live part.
+Live numbers of the convert job come from Spark's status stores: the rows its scan has handed
+on and the bytes of the files it has read, which executor heartbeats
+(``spark.executor.heartbeatInterval``, 10 s) update while tasks run. The score job's tasks report
+to the driver themselves (``StatusServer``, ``udfs.live``): Spark's own counts there are of rows
+handed to the Python workers, which run far ahead of the engine.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import socket
+import socketserver
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from promptscore import cli
 
@@ -135,6 +141,24 @@ class LiveRows:
                 return self._execs[group]
         return None
 
+    def node_rows(self, group: str, node_name: str) -> int:
+        """The live "number of output rows" of the plan nodes named ``node_name`` of the job group
+        ``group``. For ``ArrowEvalPython`` (a pandas UDF): rows the Python workers handed back,
+        which they buffer (64 KB), so this lags the rows they have finished."""
+        eid = self._execution_of(group)
+        if eid is None:
+            return 0
+        metrics = self.sql.executionMetrics(eid)
+        total = 0
+        for node in _seq(self.sql.planGraph(eid).allNodes()):
+            if node.name() != node_name:
+                continue
+            for m in _seq(node.metrics()):
+                if m.name() == "number of output rows":
+                    got = metrics.get(m.accumulatorId())
+                    total += _number(got.get()) if got.isDefined() else 0
+        return total
+
     def rows(self, group: str, node_name: str = "Scan") -> int:
         """The live rows of the job group ``group`` (0 when Spark has nothing yet)."""
         eid = self._execution_of(group)
@@ -169,24 +193,9 @@ def _number(text: str) -> int:
         return 0
 
 
-def busy_engines(spark) -> int:
-    """Engines running tasks now: each executor with running tasks holds one engine per GPU
-    its tasks use (one engine per executor without GPU scheduling)."""
-    conf = spark.sparkContext.getConf()
-    task_gpus = float(conf.get("spark.task.resource.gpu.amount", "0") or 0)
-    executor_gpus = float(conf.get("spark.executor.resource.gpu.amount", "0") or 0)
-    per_executor = max(1, int(executor_gpus // task_gpus)) if task_gpus > 0 and executor_gpus > 0 else 1
-    store = spark.sparkContext._jsc.sc().statusStore()
-    total = 0
-    for ex in _seq(store.executorList(True)):
-        active = int(ex.activeTasks())
-        if active > 0:
-            total += min(active, per_executor) if task_gpus > 0 else 1
-    return total
-
-
 def stage_input(spark, group: str) -> tuple[int, int]:
-    """(bytes, records) that the finished tasks of the job group ``group`` read."""
+    """(bytes, records) the tasks of the job group ``group``'s active stages have read so far
+    (running tasks' counts as of their executors' last heartbeats)."""
     tracker = spark.sparkContext.statusTracker()
     stage_ids = set()
     for job in tracker.getJobIdsForGroup(group):
@@ -199,3 +208,133 @@ def stage_input(spark, group: str) -> tuple[int, int]:
             nbytes += int(s.inputBytes())
             records += int(s.inputRecords())
     return nbytes, records
+
+
+# ---------------------------------------------------------------------------------------------
+# What running tasks say themselves
+
+
+class StatusServer:
+    """A TCP server on the driver that score tasks report to (``udfs.live``): per task, the rows
+    whose scores have come back, and the state of the engine it uses.
+
+    Only tasks of the job groups ``open``ed and not yet ``close``d are counted, and only
+    connections that present the token. Per (stage, partition) the latest attempt counts: a
+    retried task starts again from nothing. An engine counts as long as a task reported on it in
+    the last ``stale_s`` seconds.
+    """
+
+    def __init__(self, bind_host: str, advertise_host: str, stale_s: float = 30.0):
+        self.token = secrets.token_hex(16)
+        self.stale_s = stale_s
+        self.lock = threading.Lock()
+        self.groups: dict[str, dict[tuple, tuple[int, int]]] = {}
+        self.engines: dict[tuple, dict[str, Any]] = {}
+        self.preparing: dict[tuple, tuple[float, float]] = {}  # task -> (heard at, seconds so far)
+        self.heard = False
+        server = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.connection.settimeout(3600)
+                try:
+                    first = json.loads(self.rfile.readline(4096) or b"{}")
+                    if not secrets.compare_digest(str(first.get("token", "")), server.token):
+                        return
+                    task = (first.get("group"), first.get("stage"), first.get("partition"),
+                            int(first.get("attempt_id") or 0))
+                    while line := self.rfile.readline(65536):
+                        server._update(task, json.loads(line))
+                except (OSError, ValueError, TypeError, AttributeError):
+                    return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            block_on_close = False
+            allow_reuse_address = True
+
+        self._server = Server((bind_host, 0), Handler)
+        self.address = (advertise_host, self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="promptscore-status", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_session(cls, spark) -> "StatusServer | None":
+        """A server where this session's executors reach the driver (``spark.driver.host``),
+        or None when none can be started here."""
+        conf = spark.sparkContext.getConf()
+        host = conf.get("spark.driver.host", None) or socket.gethostname()
+        bind = conf.get("spark.driver.bindAddress", None) or host
+        try:
+            return cls(bind, host)
+        except OSError:
+            return None
+
+    def _update(self, task: tuple, msg: dict) -> None:
+        group, stage, partition, attempt = task
+        now = time.monotonic()
+        with self.lock:
+            self.heard = True
+            tasks = self.groups.get(group)
+            if tasks is not None:
+                seen = tasks.get((stage, partition))
+                if seen is None or attempt >= seen[0]:
+                    tasks[(stage, partition)] = (attempt, max(0, int(msg.get("rows") or 0)))
+                if msg.get("preparing_s") is not None:
+                    self.preparing[task] = (now, float(msg["preparing_s"]))
+                else:
+                    self.preparing.pop(task, None)
+            engine = msg.get("engine")
+            if isinstance(engine, dict) and engine.get("key"):
+                ident = (engine.get("node"), engine["key"])
+                old = self.engines.get(ident)
+                if (old is not None and old["state"] == "ready" and engine.get("state") == "starting"
+                        and engine.get("pid") in (None, old.get("pid"))):
+                    old["at"] = now  # a task still waiting on a host that is up by now
+                else:
+                    self.engines[ident] = {**engine, "at": now}
+
+    def open(self, group: str) -> None:
+        with self.lock:
+            self.groups.setdefault(group, {})
+
+    def close(self, group: str) -> None:
+        with self.lock:
+            self.groups.pop(group, None)
+            for task in [t for t in self.preparing if t[0] == group]:
+                del self.preparing[task]
+
+    def rows(self, group: str) -> int:
+        """Rows whose scores have come back in the running tasks of ``group``."""
+        with self.lock:
+            return sum(rows for _, rows in self.groups.get(group, {}).values())
+
+    def engine_states(self) -> dict[str, Any]:
+        """``ready``: engines reported ready lately; ``starting``: engines starting now, and
+        ``starting_s``: the longest of their starts so far; ``preparing``: tasks that have not
+        asked for an engine yet (model files, tokenizer), and ``preparing_s``, the longest."""
+        now = time.monotonic()
+        ready = starting = 0
+        longest = 0.0
+        with self.lock:
+            for task, (at, so_far) in list(self.preparing.items()):
+                if now - at > self.stale_s:
+                    del self.preparing[task]
+            preparing = len(self.preparing)
+            preparing_s = max((so_far + now - at for at, so_far in self.preparing.values()), default=0.0)
+            for ident, e in list(self.engines.items()):
+                age = now - e["at"]
+                if age > self.stale_s:
+                    del self.engines[ident]
+                elif e.get("state") == "ready":
+                    ready += 1
+                else:
+                    starting += 1
+                    longest = max(longest, float(e.get("for_s") or 0) + age)
+        return {"ready": ready, "starting": starting, "starting_s": longest, "preparing": preparing,
+                "preparing_s": preparing_s}
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

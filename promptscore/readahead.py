@@ -6,7 +6,9 @@ task one request's latency (tens of milliseconds) of doing nothing. ``read_lines
 tasks Spark planned for the scan (the same files in the same tasks) and reads them with
 ``promptscore/java/ReadAheadLines.java``: in each task a few threads fetch whole files ahead
 through the same Hadoop file system (JindoSDK for ``oss://``), and the lines are split exactly as
-Spark's text source splits them. Files split over tasks, and files over 16 MB, are read by
+Spark's text source splits them. A read that fails with a transient error (503, connection reset)
+is made again, up to 5 times with growing pauses, and counted; a missing file, a refused access
+or a broken ``.gz`` is not retried. Files split over tasks, and files over 16 MB, are read by
 Hadoop's ``LineRecordReader`` as Spark reads them, with nothing ahead.
 
 The reader is a jar, ``promptscore/jars/promptscore-readahead.jar``: built by ``make`` (with a
@@ -87,11 +89,18 @@ def files_in_flight(spark: SparkSession) -> int:
     return n
 
 
-def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int) -> tuple[DataFrame, dict]:
+def retry_counter(spark: SparkSession):
+    """A Spark accumulator (JVM ``LongAccumulator``) for ``read_lines`` to count retried reads in;
+    its ``value()`` once the job's write is done."""
+    return spark.sparkContext._jsc.sc().longAccumulator("promptscore.readahead.retries")
+
+
+def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, retries=None) -> tuple[DataFrame, dict]:
     """``lines`` (a text scan with ``_metadata``, filtered by file only) read by the read-ahead
     reader, and what was used: ``{"name": "read-ahead", "files_in_flight": n}``, or
     ``{"name": "spark", "why": ...}`` with ``lines`` unchanged when read-ahead is off or the jar
-    is not on the class path."""
+    is not on the class path. Whole-file reads that failed with a transient error and were made
+    again are counted in ``retries`` (from ``retry_counter``), if given."""
     if in_flight <= 0:
         return lines, {"name": "spark", "why": f"{KEY}=0"}
     jvm = spark.sparkContext._jvm
@@ -108,7 +117,7 @@ def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int) -> tuple[D
         # Spark internals (tested on 3.5): the scan's planned tasks, and a DataFrame of its rows.
         conf = jspark.sessionState().newHadoopConf()
         rdd = getattr(jvm, CLASS).lines(spark.sparkContext._jsc, scans[0].inputRDD(), conf, in_flight,
-                                        MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT)
+                                        MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT, retries)
         schema = jvm.org.apache.spark.sql.types.StructType.fromDDL(SCHEMA)
         df = DataFrame(jspark.internalCreateDataFrame(rdd.rdd(), schema, False), spark)
     except Py4JError as e:

@@ -36,6 +36,7 @@ from udfs.engines import EngineSpec
 from udfs.reasons import REASONS
 from udfs.uris import has_scheme
 
+MAX_ROWS_IN_FLIGHT_CONF = "spark.promptscore.score.maxRowsInFlight"
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 HISTOGRAM_PNG = "_score_histogram.png"
 
@@ -417,18 +418,25 @@ def _conf_int(spark: SparkSession, key: str, default: int) -> int:
 
 class ScoreProgress:
     """The numbers behind the progress line: rows of committed chunks (this run's and reused
-    ones) plus the live rows of the chunks being written."""
+    ones) plus the rows whose scores have come back in the chunks being written, as their tasks
+    report them (``progress.StatusServer``; without it, the rows the Python workers handed back
+    to Spark, which lag). While no row of this run is scored yet and engines are starting, the
+    line says so instead; the rate and ETA count scored rows only."""
 
-    def __init__(self, spark: SparkSession, total: int, chunks: int, resumed_rows: int, resumed_chunks: int):
+    def __init__(self, spark: SparkSession, total: int, chunks: int, resumed_rows: int, resumed_chunks: int,
+                 status: progress.StatusServer | None = None):
         self.spark, self.total, self.chunks = spark, total, chunks
         self.done_rows, self.done_chunks = resumed_rows, resumed_chunks
         self.resumed_rows = resumed_rows
+        self.status = status
         self.running: set[str] = set()
         self.lock = threading.Lock()
         self.rate = progress.Rate()
         self._live: progress.LiveRows | None = None
 
     def begin(self, group: str) -> None:
+        if self.status is not None:
+            self.status.open(group)
         with self.lock:
             self.running.add(group)
 
@@ -438,36 +446,57 @@ class ScoreProgress:
             if rows is not None:
                 self.done_rows += rows
                 self.done_chunks += 1
+            if self.status is not None:
+                self.status.close(group)
         if self._live is not None:
             self._live.forget(group)
 
     def rows_now(self) -> int:
-        """Rows scored or being scored now (see ``progress.LiveRows``)."""
-        if self._live is None:
-            self._live = progress.LiveRows(self.spark)
+        """Rows of committed chunks plus rows scored so far in the running ones."""
         with self.lock:
             done, running = self.done_rows, list(self.running)
-        live = 0
-        for group in running:
-            try:
-                live += self._live.rows(group)
-            except Exception:  # noqa: BLE001 - the status store of a job that just ended
-                pass
+            live = 0
+            for group in running:
+                reported = self.status.rows(group) if self.status is not None else 0
+                live += max(reported, self._handed_back(group))
         return min(self.total, done + live) if self.total else done + live
+
+    def _handed_back(self, group: str) -> int:
+        try:
+            if self._live is None:
+                self._live = progress.LiveRows(self.spark)
+            return self._live.node_rows(group, "ArrowEvalPython")
+        except Exception:  # noqa: BLE001 - the status store of a job that just ended
+            return 0
 
     def line(self) -> str:
         now = self.rows_now()
-        rate = self.rate.add(time.monotonic(), now - self.resumed_rows)
-        try:
-            engines = progress.busy_engines(self.spark)
-        except Exception:  # noqa: BLE001
-            engines = None
+        scored = now - self.resumed_rows
+        # The rate starts with the first scored row: an engine's start is no part of it.
+        rate = self.rate.add(time.monotonic(), scored) if scored > 0 else None
+        engines = self.status.engine_states() if self.status is not None else None
+        chunks = f"chunks {self.done_chunks:,} / {self.chunks:,} done"
+        rows = f"{now:,} / {self.total:,} rows scored"
+        if engines and engines["starting"] and not scored:
+            n = engines["starting"] + engines["ready"]
+            return (f"score: engines starting ({engines['starting']} of {n}), "
+                    f"{progress.duration(engines['starting_s'])} so far; {rows}; {chunks}")
+        if engines and engines["preparing"] and not engines["ready"] and not scored:
+            return (f"score: tasks preparing ({engines['preparing']}: model files, tokenizer), "
+                    f"{progress.duration(engines['preparing_s'])} so far; {rows}; {chunks}")
         pct = f"{100 * now / self.total:.1f}%" if self.total else "-"
         resumed = f", {self.resumed_rows:,} resumed" if self.resumed_rows else ""
-        return (f"score: {now:,} / {self.total:,} rows ({pct}){resumed}, "
-                f"{rate or 0:,.0f} rows/s, ETA {progress.duration(progress.eta(now, self.total, rate))}, "
-                f"{'?' if engines is None else engines} engines up; "
-                f"chunks {self.done_chunks:,} / {self.chunks:,} done")
+        if engines is None:
+            state = "no live engine status"
+        elif not self.status.heard:
+            state = "no task has reported yet"
+        else:
+            state = f"{engines['ready']} engine(s) scoring"
+            if engines["starting"]:
+                state += f", {engines['starting']} starting ({progress.duration(engines['starting_s'])} so far)"
+        return (f"score: {now:,} / {self.total:,} rows scored ({pct}){resumed}, "
+                f"{rate or 0:,.0f} rows/s, ETA {progress.duration(progress.eta(now, self.total, rate))}; "
+                f"{state}; {chunks}")
 
 
 def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out: output.Output,
@@ -476,13 +505,18 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
     counts of all of them and list the output files."""
     from udfs.reward import ScoreSpec, make_udf
 
+    interval = progress.interval_s(spark)
+    status = progress.StatusServer.for_session(spark) if interval > 0 and rp.todo else None
     spec = ScoreSpec(engine=plan.engine, template=opts.template, model_manifest=plan.manifest,
-                     cache_dir=opts.cache_dir)
+                     cache_dir=opts.cache_dir,
+                     max_rows_in_flight=_conf_int(spark, MAX_ROWS_IN_FLIGHT_CONF, ScoreSpec.max_rows_in_flight),
+                     status_address=status.address if status else None, status_token=status.token if status else None)
     tasks_acc = spark.sparkContext.accumulator([], _ListParam())
     udf = make_udf(spec, tasks_acc, with_response=opts.response_col is not None)
     total_bytes = sum(c.bytes for c in rp.todo) or 1
     resumed_rows = sum(int(m.counts.get("rows", 0)) for m in rp.reused)
-    state = ScoreProgress(spark, plan.input_rows, len(rp.reused) + len(rp.todo), resumed_rows, len(rp.reused))
+    state = ScoreProgress(spark, plan.input_rows, len(rp.reused) + len(rp.todo), resumed_rows, len(rp.reused),
+                          status)
     markers: list[pieces.Marker] = []
     cancel = threading.Event()
 
@@ -515,20 +549,24 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
     start = time.monotonic()
     concurrency = _conf_int(spark, pieces.CONCURRENT_CONF, score_slots(spark))
     if rp.todo:
-        with progress.Reporter(state.line, progress.interval_s(spark)), \
-                ThreadPoolExecutor(max_workers=min(concurrency, len(rp.todo)),
-                                   thread_name_prefix="promptscore-chunk") as pool:
-            futures = [pool.submit(score_chunk, c) for c in rp.todo]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in finished if f.exception() is not None), None)
-            if failed is not None:
-                cancel.set()
-                for f in futures:
-                    f.cancel()
-                for group in list(state.running):
-                    spark.sparkContext.cancelJobGroup(group)
-                wait(futures)
-                raise failed.exception()
+        try:
+            with progress.Reporter(state.line, interval), \
+                    ThreadPoolExecutor(max_workers=min(concurrency, len(rp.todo)),
+                                       thread_name_prefix="promptscore-chunk") as pool:
+                futures = [pool.submit(score_chunk, c) for c in rp.todo]
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = next((f for f in finished if f.exception() is not None), None)
+                if failed is not None:
+                    cancel.set()
+                    for f in futures:
+                        f.cancel()
+                    for group in list(state.running):
+                        spark.sparkContext.cancelJobGroup(group)
+                    wait(futures)
+                    raise failed.exception()
+        finally:
+            if status is not None:
+                status.shutdown()
     write_s = time.monotonic() - start
     tasks = sorted(tasks_acc.value, key=lambda t: (t["partition"] is None, t["partition"], t["attempt"]))
     every = rp.reused + markers

@@ -70,8 +70,9 @@ def spark(fake_oss_store, readahead_jar):
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
-        # No progress lines unless a test asks for them.
+        # No progress lines unless a test asks for them; live metrics every second when it does.
         .config("spark.promptscore.progress.interval", "0")
+        .config("spark.executor.heartbeatInterval", "1s")
         .getOrCreate()
     )
     yield session
@@ -195,6 +196,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
+    config.addinivalue_line("markers", "slow: takes minutes (real executor processes); -m 'not slow' skips it")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 

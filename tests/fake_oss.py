@@ -3,7 +3,8 @@
 The Java source is compiled with the machine's ``javac`` against pyspark's jars into a jar cached
 by the hash of the source (a rerun finds it at once). ``oss://bucket/key`` is then the file
 ``<root>/bucket/key``, with an object store's behaviour: flat keys, listings in pages of 1,000,
-copy-and-delete renames, a delay and a counter per request (see the Java class).
+copy-and-delete renames, a delay and a counter per request, transient faults on demand (see the
+Java class).
 
 In tests (fixtures in ``conftest.py``): the shared ``spark`` session has the filesystem when a JDK
 with ``javac`` is there; ``oss_bucket`` gives each test a fresh, empty bucket (and skips without
@@ -52,7 +53,8 @@ def hadoop_conf(delays_ms: dict[str, int] | None = None, counters_file: str | os
     ``delays_ms``: milliseconds per request by op (``head``, ``list``, ``open``, ``create``,
     ``rename``, ``delete``; ``all`` sets the default). ``counters_file``: each JVM appends its
     counts there when it exits. ``emu``: any other ``fs.oss.emu.*`` key, dots as underscores
-    (``list_page_size=100``, ``require_credentials=True``, ``fail_rename_after=2``).
+    (``list_page_size=100``, ``require_credentials=True``, ``fail_rename_after=2``; transient
+    faults: ``fail_rate=0.01``, ``fail_ops="open,read"``, ``fail_prefix="in/"``, ``fail_seed=1``).
     """
     conf = {}
     for op, ms in (delays_ms or {}).items():
@@ -97,8 +99,13 @@ def counts(spark) -> dict[str, int]:
 
 
 def reset_counts(spark) -> None:
-    """Set the session JVM's request counters to zero."""
+    """Set the session JVM's request counters (and its count of failed requests) to zero."""
     _fs_class(spark).resetCounts()
+
+
+def failures(spark) -> int:
+    """Requests the session's JVM made fail on purpose (``fail_rate=...``) since the last reset."""
+    return int(_fs_class(spark).failures())
 
 
 def read_counts(counters_file: str | os.PathLike) -> dict[str, int]:

@@ -276,4 +276,4 @@ def test_progress_lines_while_writing(spark, tmp_path, capsys):
         spark.conf.set("spark.promptscore.progress.interval", "0")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("convert: ")]
-    assert lines and all(" of 120 files (" in line or "/ 120 files, " in line for line in lines), err
+    assert lines and all(" of 120 files (" in line or " of 120 files read (" in line for line in lines), err

@@ -138,37 +138,89 @@ from udfs import engine_host
 from udfs.engines import EngineError, EngineSpec
 from udfs.reward import ScoreSpec, TaskStats, score_batches
 
-spec = ScoreSpec(engine=EngineSpec(model_dir=sys.argv[1], device="cpu"), inflight=1)
-out = {}
+spec = ScoreSpec(engine=EngineSpec(model_dir=sys.argv[1], device="cpu"), inflight=1, engine_restarts=1)
+out = {"pids": []}
 stats = TaskStats()
 
-def batches():
+def batches(kills, st):
     yield pd.Series(["the first prompt"])
-    os.kill(stats.host["pid"], signal.SIGKILL)  # the engine dies, as the kernel's OOM killer kills it
-    out["stale_socket"] = Path(engine_host.paths_for(stats.host["key"]).sock).exists()
-    yield pd.Series(["the second prompt"])
+    for _ in range(kills):
+        out["pids"].append(st.host["pid"])
+        os.kill(st.host["pid"], signal.SIGKILL)  # the engine dies, as the kernel's OOM killer kills it
+        out["stale_socket"] = Path(engine_host.paths_for(st.host["key"]).sock).exists()
+        yield pd.Series(["the second prompt"])
 
+out["scored"] = [float(df["score"][0]) for df in score_batches(spec, batches(1, stats), stats)]
+out["restarts"] = stats.restarts
+out["new_pid"] = stats.host["pid"]
+twice = TaskStats()
 try:
-    out["scored"] = [float(df["score"][0]) for df in score_batches(spec, batches(), stats)]
+    list(score_batches(spec, batches(2, twice), twice))
 except EngineError as e:
     out["error"] = str(e)
 again = TaskStats()  # the next task of this worker
 frames = list(score_batches(spec, iter([pd.Series(["the third prompt"])]), again))
-out.update(first_pid=stats.host["pid"], next_pid=again.host["pid"], next_error=frames[0]["score_error"][0])
+out.update(next_pid=again.host["pid"], next_error=frames[0]["score_error"][0])
 engine_host.stop_all()
 print(json.dumps(out))
 """
 
 
-def test_an_engine_crash_fails_the_task_and_the_next_task_gets_a_new_engine(tiny_model):
+def test_a_task_outlives_one_engine_crash_and_fails_on_the_next(tiny_model):
+    """An engine host killed under a task: the task starts it again and sends the rows it had not
+    answered (every row scored once, as before); a second loss in the same task fails it (Spark
+    retries it), and the worker's next task gets a new engine."""
+    from conftest import direct_scores
+
     proc = subprocess.run([sys.executable, "-c", WORKER, str(tiny_model)], capture_output=True, text=True,
-                          timeout=180)
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert "scored" not in out  # the task failed as a whole: no row is marked engine_rejected
-    assert out["error"].startswith("engine host cpu-") and "went away" in out["error"]
+    want = direct_scores(tiny_model, ["the first prompt", "the second prompt"])
+    assert len(out["scored"]) == 2 and max(abs(a - b) for a, b in zip(out["scored"], want)) < 1e-4
+    assert out["restarts"] == 1 and out["new_pid"] != out["pids"][0]
     assert out["stale_socket"]  # left by the killed host; the next host replaces it
-    assert out["next_pid"] != out["first_pid"] and out["next_error"] is None
+    assert out["error"].startswith("engine host cpu-") and "went away" in out["error"]
+    assert out["next_pid"] not in out["pids"] and out["next_error"] is None
+
+
+def test_a_connection_never_has_more_rows_in_the_host_than_its_limit(tiny_model, owner):
+    """A worker that sends far more than it may (no bound of its own): the host reads no more of
+    its rows while it holds ``limit`` of them; the rest wait in the worker's socket."""
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = f"cpu-{owner.pid}"
+    host = start_host(spec, key, owner.pid)
+    client = wait_for_socket(key)
+    assert client.hello(engine_host.fingerprint(spec), owner.pid, 256)
+    rids = [client.submit([[1, 2, 3, 4] * 8] * 50) for _ in range(60)]  # 3,000 rows at once
+    assert [len(client.result(r)) for r in rids] == [50] * 60
+    stats = client.stats()
+    assert stats["link_limit"] == 256 and stats["rows"] == 3000
+    assert 50 <= stats["link_peak_rows"] <= 256 and stats["peak_link_rows"] <= 256
+    assert stats["rows_in_flight"] == 0
+    big = client.submit([[5, 6]] * 300)  # one request over the limit is taken alone
+    assert len(client.result(big)) == 300 and client.stats()["link_peak_rows"] == 300
+    client.shutdown()
+    assert host.wait(timeout=30) == 0
+
+
+def test_the_host_says_when_it_is_starting_and_when_ready(tiny_model, owner):
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = f"cpu-{owner.pid}"
+    host = start_host(spec, key, owner.pid)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not seen or seen[-1]["state"] != "ready"):
+        state = engine_host.host_state(key)
+        if state is not None and (not seen or state != seen[-1]):
+            seen.append(state)
+        time.sleep(0.02)
+    assert seen[-1]["state"] == "ready" and seen[-1]["pid"] == host.pid and seen[-1]["start_s"] > 0
+    if len(seen) > 1:  # caught while the engine loaded (it may be quicker than this loop)
+        assert seen[0]["state"] == "starting" and seen[0]["since"] <= seen[-1]["since"] + seen[-1]["start_s"]
+    wait_for_socket(key).shutdown()
+    assert host.wait(timeout=30) == 0
+    assert engine_host.host_state(key) is None and not Path(paths_for(key).state).exists()
 
 
 def test_a_host_that_dies_while_starting_is_reported_with_the_end_of_its_log(tmp_path):

@@ -56,3 +56,18 @@ def test_task_gpus_is_none_without_gpus_from_spark(spark):
 
     assert task_gpus() is None  # no task here (the driver)
     assert spark.sparkContext.parallelize([0], 1).map(lambda _: task_gpus()).collect() == [None]
+
+
+def test_rows_in_flight_stay_under_the_limit_however_many_come(tiny_model):
+    """A task streaming far more rows than its limit (as a 128 MB chunk would): the engine host
+    never holds more than ``max_rows_in_flight`` of them, and every row comes back in order."""
+    texts = [f"prompt {i} " + "word " * (i % 17) for i in range(4000)]
+    batches = [pd.Series(texts[i:i + 1000]) for i in range(0, len(texts), 1000)]
+    stats = TaskStats()
+    spec = ScoreSpec(engine=EngineSpec(model_dir=str(tiny_model), device="cpu"), slice_rows=64,
+                     max_rows_in_flight=200, inflight=4)
+    out = pd.concat(list(score_batches(spec, iter(batches), stats)), ignore_index=True)
+    assert len(out) == 4000 and out["score"].notna().all()
+    assert stats.host["link_limit"] == 200 and 64 <= stats.host["link_peak_rows"] <= 200
+    want = direct_scores(tiny_model, [texts[0], texts[3999]])
+    assert abs(out["score"][0] - want[0]) < 1e-4 and abs(out["score"][3999] - want[1]) < 1e-4

@@ -12,6 +12,11 @@ pool, which
 - serves any number of workers over a Unix socket, queueing their requests (each a slice of an
   Arrow batch, 128 rows by default) into one engine that stays busy across slices, batches and
   tasks (a worker sends each slice as soon as it is tokenized and keeps a second batch in flight);
+- holds at most a bounded number of rows per connection (one connection per worker, so per
+  task): the limit the worker declared in its hello (``DEFAULT_LINK_ROWS`` otherwise). Past it the
+  host stops reading from that worker until the engine has handed rows back, so rows never pile
+  up in the host however far Spark runs ahead (``rows_in_flight``, ``peak_link_rows`` in its
+  stats);
 - shuts the engine down cleanly (vLLM's engine core is a child process) when the executor JVM that
   owns it exits (also when dynamic allocation removes the executor after its idle timeout), on
   SIGTERM/SIGHUP, or when asked.
@@ -19,10 +24,12 @@ pool, which
 Workers reach it with ``connect()``. Files, by device key, in the runtime directory
 (``runtime_dir()``): ``<key>.sock``, ``<key>.lock`` (held by the running host), ``<key>.spawn.lock``
 (held by the worker starting one), ``<key>.<n>.spec.json`` (the spec it was started with; one name
-per start, so that a host on its way out removes its own and never its successor's) and
-``<key>.starts`` (one line per engine start, with its seconds and whether its compile cache was
-warm). A host started by ``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches
-in that directory's engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
+per start, so that a host on its way out removes its own and never its successor's),
+``<key>.state.json`` (the host's own state while it lives: ``starting`` since when, then ``ready``;
+workers waiting for it report it to the driver's progress line) and ``<key>.starts`` (one line per
+engine start, with its seconds and whether its compile cache was warm). A host started by
+``connect(..., cache_dir=...)`` keeps vLLM's, torch's and Triton's caches in that directory's
+engine cache (``udfs.engine_cache``), not in the container's fresh ``HOME``.
 Its log is ``promptscore-engine-<key>.log`` in the
 YARN container's log directory (the first of ``$LOG_DIRS``), else in the runtime directory. A host
 keyed by an executor (``cpu-…``) removes its files but the log when that executor is gone; a GPU's
@@ -63,6 +70,8 @@ class RowError(Exception):
 
 # A host that cannot build its engine says why in one line of its log starting with this.
 ERROR_PREFIX = "engine host: error: "
+# Rows a connection may have queued for or inside the engine when its hello sets no limit.
+DEFAULT_LINK_ROWS = 4096
 
 
 def runtime_dir() -> Path:
@@ -80,13 +89,34 @@ class HostPaths:
     spawn_lock: str
     log: str
     starts: str
+    state: str
 
 
 def paths_for(key: str) -> HostPaths:
     d = runtime_dir()
     log_dir = Path((os.environ.get("LOG_DIRS") or "").split(",")[0] or d)
     return HostPaths(str(d / f"{key}.sock"), str(d / f"{key}.lock"), str(d / f"{key}.spawn.lock"),
-                     str(log_dir / f"promptscore-engine-{key}.log"), str(d / f"{key}.starts"))
+                     str(log_dir / f"promptscore-engine-{key}.log"), str(d / f"{key}.starts"),
+                     str(d / f"{key}.state.json"))
+
+
+def host_state(key: str) -> dict[str, Any] | None:
+    """The state the engine host of ``key`` on this node wrote about itself (``state``:
+    ``starting`` or ``ready``, ``since``: when it began to start, ``start_s`` once ready), or None
+    when no live host wrote one."""
+    try:
+        state = json.loads(Path(paths_for(key).state).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def _write_state(path: str, **state: Any) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"pid": os.getpid(), **state}, f)
+    os.replace(tmp, path)  # readers never see half a file
 
 
 def fingerprint(spec: EngineSpec) -> str:
@@ -126,13 +156,34 @@ class _Request:
 
 class _Link:
     """One worker's connection: a reader thread queues requests, a writer thread sends replies,
-    so a worker that stops reading (``limit()``) never blocks the engine."""
+    so a worker that stops reading (``limit()``) never blocks the engine. The reader stops
+    reading while the link has ``limit`` rows queued for or inside the engine (a single larger
+    request is taken alone), so what a worker sends waits in its own socket, not in the host."""
 
     def __init__(self, host: "Host", conn: Connection):
         self.host, self.conn = host, conn
         self.outbox: queue.Queue = queue.Queue()
+        self.limit = DEFAULT_LINK_ROWS
+        self.in_flight = 0  # rows queued for or inside the engine
+        self.peak = 0  # the most rows in flight at once since the last hello
+        self.room = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._write, daemon=True).start()
+
+    def admit(self, rows: int) -> None:
+        """Wait until ``rows`` more fit under the limit, then count them in."""
+        with self.room:
+            while self.in_flight and self.in_flight + rows > self.limit and not self.host.stopping():
+                self.room.wait(0.5)
+            self.in_flight += rows
+            self.peak = max(self.peak, self.in_flight)
+            self.host.note_in_flight(self.in_flight, rows)
+
+    def release(self, rows: int) -> None:
+        with self.room:
+            self.in_flight -= rows
+            self.host.note_in_flight(self.in_flight, -rows)
+            self.room.notify_all()
 
     def _read(self) -> None:
         try:
@@ -140,12 +191,18 @@ class _Link:
                 msg = self.conn.recv()
                 kind, rid = msg[0], msg[1]
                 if kind == "score":
+                    self.admit(len(msg[2]))
                     self.host.requests.put(_Request(self, rid, msg[2]))
                 elif kind == "hello":
                     matches = msg[2] == self.host.fp and msg[3] == self.host.owner
+                    if len(msg) > 4 and msg[4]:
+                        self.limit = max(1, int(msg[4]))
+                    with self.room:
+                        self.peak = self.in_flight
                     self.outbox.put(("hello", rid, self.host.info(), matches))
                 elif kind == "stats":
-                    self.outbox.put(("stats", rid, self.host.info()))
+                    self.outbox.put(("stats", rid, {**self.host.info(), "link_limit": self.limit,
+                                                    "link_peak_rows": self.peak}))
                 elif kind == "shutdown":
                     self.outbox.put(("bye", rid))
                     self.host.stop("asked to shut down")
@@ -178,7 +235,9 @@ class Host:
         self._stop = threading.Event()
         self.reason = ""
         self.owner_gone = False
-        self.stats = {"requests": 0, "rows": 0, "tokens": 0, "failed_requests": 0}
+        self.stats = {"requests": 0, "rows": 0, "tokens": 0, "failed_requests": 0,
+                      "rows_in_flight": 0, "peak_link_rows": 0}
+        self._count_lock = threading.Lock()
         self.started_at = time.time()
         self.start_s = start_s
         self.idle_s = 0.0  # the engine waiting for rows (with none of its own left to compute)
@@ -198,6 +257,12 @@ class Host:
             "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3),
             "idle_s": round(self.idle_s if idle is None else idle, 3), **self.stats,
         }
+
+    def note_in_flight(self, link_rows: int, change: int) -> None:
+        """Count rows in (``change`` > 0) or out of the engine; ``link_rows``: the link's rows now."""
+        with self._count_lock:
+            self.stats["rows_in_flight"] += change
+            self.stats["peak_link_rows"] = max(self.stats["peak_link_rows"], link_rows)
 
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -222,6 +287,7 @@ class Host:
             self.idle_s += time.monotonic() - start
 
     def deliver(self, req: _Request, result) -> None:
+        req.link.release(len(req.ids))
         if isinstance(result, BaseException):
             self.stats["failed_requests"] += 1
             fatal = isinstance(result, EngineError)
@@ -295,11 +361,16 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, owner {owner}, "
           f"cache {cache[0]}, {'warm' if cache[1] else 'cold'})", flush=True)
     t0 = time.monotonic()
+    _write_state(paths.state, state="starting", since=time.time())
     try:
         engine = engines.build(spec)
     except EngineError as e:
         print(f"{ERROR_PREFIX}{e}", flush=True)
+        _remove(Path(paths.state))
         return 4
+    except BaseException:
+        _remove(Path(paths.state))
+        raise
     start_s = time.monotonic() - t0
     engine_cache.record_start(fp, start_s)
     with open(paths.starts, "a") as f:
@@ -311,9 +382,11 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
     listener = Listener(paths.sock, family="AF_UNIX")
     print(f"engine host {os.getpid()}: ready in {start_s:.1f} s on {host.info()['device']} "
           f"({getattr(engine, 'start_parts', None) or 'no breakdown'})", flush=True)
+    _write_state(paths.state, state="ready", since=time.time() - start_s, start_s=round(start_s, 3))
     try:
         host.serve(listener)
     finally:
+        _remove(Path(paths.state))
         try:
             listener.close()
         except OSError:
@@ -346,6 +419,7 @@ class EngineClient:
     def __init__(self, conn: Connection, key: str):
         self.conn, self.key = conn, key
         self.info: dict[str, Any] = {}
+        self.limit: int | None = None
         self._ids = itertools.count()
         self._ready: dict[int, tuple] = {}
 
@@ -369,9 +443,11 @@ class EngineClient:
             self._ready[msg[1]] = msg
         return self._ready.pop(rid)
 
-    def hello(self, fp: str, owner: int) -> bool:
-        """Whether the host runs the engine ``fp`` for executor ``owner``; fills ``info``."""
-        _, _, self.info, matches = self._reply(self._send("hello", fp, owner))
+    def hello(self, fp: str, owner: int, max_rows_in_flight: int | None = None) -> bool:
+        """Whether the host runs the engine ``fp`` for executor ``owner``; fills ``info``. With
+        ``max_rows_in_flight``, the host holds at most that many of this connection's rows."""
+        _, _, self.info, matches = self._reply(self._send("hello", fp, owner, max_rows_in_flight))
+        self.limit = max_rows_in_flight
         return bool(matches)
 
     def submit(self, rows: list[list[int]]) -> int:
@@ -436,20 +512,26 @@ def _log_tail(path: str, lines: int = 15) -> str:
 
 
 def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: float = 1800.0,
-            cache_dir: str | None = None) -> EngineClient:
+            cache_dir: str | None = None, max_rows_in_flight: int | None = None) -> EngineClient:
     """The engine client for this worker's device, starting the engine host if there is none.
 
-    Reuses the worker's connection across tasks; replaces a host that runs another spec or
+    Reuses the worker's connection across tasks (after a hello that shows the host is still
+    there); replaces a host that runs another spec or
     belongs to another executor; serialises concurrent starts with a lock. A host it starts
     keeps its compile caches in ``cache_dir``'s engine cache (``udfs.engine_cache``); a running
-    host is reused whatever cache it started with.
+    host is reused whatever cache it started with. ``max_rows_in_flight``: the most rows of this
+    worker the host holds at once (``DEFAULT_LINK_ROWS`` when None).
     """
     owner = owner_pid()
     key, env = device_key(gpus, spec, owner)
     fp = fingerprint(spec)
     client = _CLIENTS.get(key)
     if client is not None and client.info.get("fingerprint") == fp and not client.conn.closed:
-        return client
+        try:  # one round trip: the host is still there (and takes this task's limit)
+            if client.hello(fp, owner, max_rows_in_flight):
+                return client
+        except EngineError:
+            pass  # a host gone since this worker's last task: start over below
     _CLIENTS.pop(key, None)
     paths = paths_for(key)
     with file_lock(paths.spawn_lock):
@@ -457,7 +539,7 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
         if conn is not None:
             client = EngineClient(conn, key)
             try:
-                if client.hello(fp, owner):
+                if client.hello(fp, owner, max_rows_in_flight):
                     _CLIENTS[key] = client
                     return client
                 client.shutdown()  # another spec, or the host of an executor that is gone
@@ -472,7 +554,7 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
             conn = _try_connect(paths.sock)
             if conn is not None:
                 client = EngineClient(conn, key)
-                if not client.hello(fp, owner):
+                if not client.hello(fp, owner, max_rows_in_flight):
                     raise EngineError(f"the engine host on {key} runs another model or executor")
                 _CLIENTS[key] = client
                 return client
@@ -491,6 +573,11 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
 
 
 _SPAWNED: dict[str, subprocess.Popen] = {}
+
+
+def key_for(spec: EngineSpec, gpus: list[str] | None = None) -> str:
+    """The device key ``connect(spec, gpus)`` uses in this worker."""
+    return device_key(gpus, spec, owner_pid())[0]
 
 
 def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> subprocess.Popen:

@@ -6,6 +6,9 @@ started lazily by the first batch that needs it and kept for the life of the exe
 keeps the next batch in flight while it waits, so the GPU does not idle between batches. A batch
 goes to the engine in slices (128 rows by default), each sent as soon as it is tokenized, so the
 engine starts on a task's first rows while the rest of its first batch is still being tokenized.
+No more than ``max_rows_in_flight`` rows of a task are with the engine at once, however far Spark
+reads ahead. Each task reports the rows whose scores are back, and its engine's start, to the
+driver's progress line (``udfs.live``).
 
 Rows that cannot be scored never sink a batch: null, empty or whitespace-only text gets a null
 score and a reason before any engine sees it, and a row the engine refuses is isolated by
@@ -42,6 +45,13 @@ class ScoreSpec:
     inflight: int = 2
     slice_rows: int = 128
     start_timeout_s: float = 1800.0
+    # Rows of one task with the engine at once (the engine host holds no more of them).
+    max_rows_in_flight: int = 2048
+    # Times a task starts its engine host again after losing it, before the task fails.
+    engine_restarts: int = 1
+    # The driver's live status server (promptscore.progress.StatusServer), if any.
+    status_address: tuple[str, int] | None = None
+    status_token: str | None = None
 
 
 _PROMPTERS: dict[tuple, Prompter] = {}
@@ -92,6 +102,7 @@ class TaskStats:
         self.start = time.monotonic()
         self.rows = self.scored = self.tokens = 0
         self.engine_wait_s = 0.0
+        self.restarts = 0
         self.busy_start: float | None = None
         self.idle_start: float | None = None
         self.host: dict[str, Any] = {}
@@ -119,6 +130,7 @@ class TaskStats:
             "tokens": self.tokens,
             "seconds": round(seconds, 3),
             "engine_wait_s": round(self.engine_wait_s, 3),
+            "engine_restarts": self.restarts,
             # The engine's busy seconds while this task ran (exact when one task uses the engine).
             "gpu_s": round(busy_end - self.busy_start, 3) if busy_end is not None and self.busy_start is not None else None,
             # The engine's lifetime counters at this task's start and end: seconds computing, and
@@ -132,35 +144,109 @@ class TaskStats:
         }
 
 
+class _Slice:
+    """Up to ``slice_rows`` rows of a batch: their encoding, which of them go to the engine, the
+    request that carries them and, once back, their values."""
+
+    __slots__ = ("enc", "todo", "rid", "values")
+
+    def __init__(self, enc, todo: list[int]):
+        self.enc, self.todo, self.rid, self.values = enc, todo, None, None
+
+
 def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | None = None,
-                  gpus: list[str] | None = None) -> Iterator[pd.DataFrame]:
+                  gpus: list[str] | None = None, live=None) -> Iterator[pd.DataFrame]:
     """The UDF's body: Arrow batches (a Series of texts, or a (texts, responses) tuple) in,
-    DataFrames of ``score``, ``score_error``, ``n_tokens``, ``truncated`` out, in order."""
+    DataFrames of ``score``, ``score_error``, ``n_tokens``, ``truncated`` out, in order.
+
+    At most ``spec.max_rows_in_flight`` rows are with the engine at once (the oldest slice's
+    scores are awaited before more are sent) and at most ``spec.inflight`` batches are held.
+    An engine host that goes away mid-task (killed, out of memory) is started again and given
+    the rows it had not answered, ``spec.engine_restarts`` times per task; every row is still
+    scored once. ``live`` (a ``udfs.live.TaskReporter``) hears the rows whose scores are back
+    and the engine's state while the task waits for it to start."""
     from udfs import engine_host, staging
+    from udfs.engines import EngineError
+    from udfs.live import engine_state
 
     stats = stats or TaskStats()
     model_dir = staging.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
     engine = dataclasses.replace(spec.engine, model_dir=model_dir)
     prompter = cached_prompter(model_dir, spec.template, engine.max_model_len)
+    limit = max(1, spec.max_rows_in_flight)
     client = None
-    pending: deque = deque()
+    pending: deque[list[_Slice]] = deque()  # batches not yet handed back
+    sent: deque[_Slice] = deque()  # slices with the engine, oldest first
+    in_flight = 0
+    done_rows = 0
 
-    def finish_slice(enc, todo: list[int], rid: int | None) -> pd.DataFrame:
+    def connect():
+        nonlocal client
+        key = engine_host.key_for(engine, gpus)
+        waiting = time.monotonic()
+        if live is not None:
+            live.engine = lambda: engine_state(key, waiting, host=engine_host.host_state(key))
+            live.preparing_since = None
+        client = engine_host.connect(engine, gpus, spec.start_timeout_s, spec.cache_dir, limit)
+        info = client.stats()
+        if live is not None:
+            start_s = info.get("engine_start_s")
+            live.engine = lambda: engine_state(key, None, start_s, info)
+        return info
+
+    def restart(error: EngineError) -> None:
+        """Start the engine host again and send it every slice the lost one had not answered."""
+        if stats.restarts >= spec.engine_restarts:
+            raise error
+        stats.restarts += 1
+        stats.host = connect()
+        stats.busy_start = stats.host.get("busy_s")
+        stats.idle_start = stats.host.get("idle_s")
+        for sl in sent:
+            sl.rid = client.submit([sl.enc.ids[i] for i in sl.todo])
+
+    def with_engine(call):
+        while True:
+            try:
+                return call()
+            except EngineError as e:
+                restart(e)
+
+    def send(sl: _Slice) -> None:
+        sl.rid = client.submit([sl.enc.ids[i] for i in sl.todo])
+
+    def answer(sl: _Slice) -> list[float | str]:
+        try:
+            return list(client.result(sl.rid))
+        except engine_host.RowError:
+            return isolate(client, [sl.enc.ids[i] for i in sl.todo])
+
+    def done(sl: _Slice) -> None:
+        nonlocal done_rows
+        done_rows += len(sl.enc.ids)
+        if live is not None:
+            live.rows = done_rows
+
+    def await_oldest() -> None:
+        nonlocal in_flight
+        sl = sent[0]
+        sl.values = with_engine(lambda: answer(sl))
+        sent.popleft()
+        in_flight -= len(sl.todo)
+        done(sl)
+
+    def finish_slice(sl: _Slice) -> pd.DataFrame:
+        enc = sl.enc
         n = len(enc.ids)
         scores: list[float | None] = [None] * n
         errors = list(enc.errors)
-        if rid is not None:
-            try:
-                values: list[float | str] = list(client.result(rid))
-            except engine_host.RowError:
-                values = isolate(client, [enc.ids[i] for i in todo])
-            for i, v in zip(todo, values):
-                if isinstance(v, str):
-                    errors[i] = v
-                elif not math.isfinite(v):
-                    errors[i] = NON_FINITE
-                else:
-                    scores[i] = v
+        for i, v in zip(sl.todo, sl.values or []):
+            if isinstance(v, str):
+                errors[i] = v
+            elif not math.isfinite(v):
+                errors[i] = NON_FINITE
+            else:
+                scores[i] = v
         stats.rows += n
         stats.scored += sum(s is not None for s in scores)
         n_tokens = [len(x) if x is not None else None for x in enc.ids]
@@ -172,8 +258,10 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             "truncated": pd.array(enc.truncated, dtype="boolean"),
         })
 
-    def finish(slices: list) -> pd.DataFrame:
-        frames = [finish_slice(*item) for item in slices]
+    def finish(slices: list[_Slice]) -> pd.DataFrame:
+        while any(sl.todo and sl.values is None for sl in slices):
+            await_oldest()
+        frames = [finish_slice(sl) for sl in slices]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     step = max(1, spec.slice_rows)
@@ -182,9 +270,8 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             # Connect (and start the engine host, if this is the executor's first task) before
             # the tokenizer's threads run: a process that forks after them loses them.
             t0 = time.monotonic()
-            client = engine_host.connect(engine, gpus, spec.start_timeout_s, spec.cache_dir)
+            stats.host = connect()  # an engine that cannot start fails the task at once
             stats.engine_wait_s = time.monotonic() - t0
-            stats.host = client.stats()
             stats.busy_start = stats.host.get("busy_s")
             stats.idle_start = stats.host.get("idle_s")
         if isinstance(batch, tuple):
@@ -194,16 +281,26 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
         slices = []
         for lo in range(0, max(len(prompts), 1), step):
             enc = prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
-            todo = [i for i, ids in enumerate(enc.ids) if ids is not None]
-            rid = client.submit([enc.ids[i] for i in todo]) if todo else None
-            slices.append((enc, todo, rid))
+            sl = _Slice(enc, [i for i, ids in enumerate(enc.ids) if ids is not None])
+            slices.append(sl)
+            if not sl.todo:  # nothing for the engine (null or empty texts): done already
+                done(sl)
+                continue
+            while sent and in_flight + len(sl.todo) > limit:
+                await_oldest()
+            with_engine(lambda: send(sl))
+            sent.append(sl)
+            in_flight += len(sl.todo)
         pending.append(slices)
         if len(pending) >= spec.inflight:
             yield finish(pending.popleft())
     while pending:
         yield finish(pending.popleft())
     if client is not None:
-        stats.host = client.stats()
+        try:
+            stats.host = client.stats()
+        except EngineError:
+            pass  # every row is back already: a host lost now costs this task nothing
 
 
 def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):
@@ -211,8 +308,15 @@ def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):
     from pyspark.sql.functions import pandas_udf
 
     def run(batches):
+        from udfs.live import reporter_for_task
+
         stats = TaskStats()
-        yield from score_batches(spec, batches, stats, task_gpus())
+        live = reporter_for_task(spec.status_address, spec.status_token)
+        try:
+            yield from score_batches(spec, batches, stats, task_gpus(), live)
+        finally:
+            if live is not None:
+                live.close()
         if accumulator is not None:
             accumulator.add([stats.as_dict(stats.host.get("busy_s"))])
 

@@ -2,11 +2,16 @@ package promptscore.readahead;
 
 import java.io.ByteArrayInputStream;
 import java.io.ByteArrayOutputStream;
+import java.io.EOFException;
+import java.io.FileNotFoundException;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.InterruptedIOException;
 import java.io.Serializable;
 import java.io.UncheckedIOException;
 import java.lang.reflect.Method;
+import java.net.SocketException;
+import java.net.SocketTimeoutException;
 import java.net.URI;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -20,7 +25,9 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.ThreadFactory;
+import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.regex.Pattern;
 
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FSDataInputStream;
@@ -46,6 +53,7 @@ import org.apache.spark.rdd.RDD;
 import org.apache.spark.sql.catalyst.InternalRow;
 import org.apache.spark.sql.catalyst.expressions.GenericInternalRow;
 import org.apache.spark.unsafe.types.UTF8String;
+import org.apache.spark.util.LongAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
 
 /**
@@ -65,6 +73,12 @@ import org.apache.spark.util.SerializableConfiguration;
  * {@code file_name}, {@code file_size} and {@code file_modification_time}. A file that cannot be
  * read fails the task with Spark's wording, "Encountered error while reading file URI", when the
  * task reaches it.
+ *
+ * <p>A whole-file read that fails with a transient error (a 5xx answer, a connection reset or
+ * timeout, a response cut short) is read again from its start, up to {@code FETCH_ATTEMPTS} times
+ * with growing pauses; each retry is counted in the {@code retries} accumulator. A missing file,
+ * a refused access or any other error fails at once. A file's bytes count in the task's input
+ * metrics once all its lines have been handed on.
  */
 public final class ReadAheadLines {
     private ReadAheadLines() {
@@ -91,6 +105,13 @@ public final class ReadAheadLines {
     /** The rows of the files of {@code scan}, a file scan's RDD (FileScanRDD): one task per partition. */
     public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
                                              long maxBufferedBytes, long wholeFileLimit) throws Exception {
+        return lines(jsc, scan, conf, inFlight, maxBufferedBytes, wholeFileLimit, null);
+    }
+
+    /** As above, counting the retried reads of whole files in {@code retries} (may be null). */
+    public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
+                                             long maxBufferedBytes, long wholeFileLimit, LongAccumulator retries)
+            throws Exception {
         List<Piece[]> bins = new ArrayList<Piece[]>();
         Method[] get = null;
         for (Partition p : scan.partitions()) {
@@ -114,7 +135,8 @@ public final class ReadAheadLines {
         own.setInt(LineRecordReader.MAX_LINE_LENGTH, Integer.MAX_VALUE);
         Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(own));
         return jsc.parallelize(bins, Math.max(1, bins.size()))
-                  .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit), false);
+                  .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit,
+                                            retries), false);
     }
 
 
@@ -124,12 +146,15 @@ public final class ReadAheadLines {
         private final int inFlight;
         private final long maxBufferedBytes;
         private final long wholeFileLimit;
+        private final LongAccumulator retries;
 
-        Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
+        Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit,
+               LongAccumulator retries) {
             this.conf = conf;
             this.inFlight = inFlight;
             this.maxBufferedBytes = maxBufferedBytes;
             this.wholeFileLimit = wholeFileLimit;
+            this.retries = retries;
         }
 
         @Override
@@ -139,7 +164,7 @@ public final class ReadAheadLines {
                 pieces.addAll(Arrays.asList(bins.next()));
             }
             final TaskLines lines = new TaskLines(conf.value().value(), pieces, inFlight, maxBufferedBytes,
-                                                  wholeFileLimit);
+                                                  wholeFileLimit, retries);
             TaskContext ctx = TaskContext.get();
             if (ctx != null) {
                 ctx.addTaskCompletionListener(new org.apache.spark.util.TaskCompletionListener() {
@@ -160,6 +185,7 @@ public final class ReadAheadLines {
         private final int inFlight;
         private final long maxBufferedBytes;
         private final long wholeFileLimit;
+        private final LongAccumulator retries;
         private final ExecutorService pool;
         private final LinkedList<Future<byte[]>> ahead = new LinkedList<Future<byte[]>>();  // null: streamed
         private final CompressionCodecFactory codecs;
@@ -170,12 +196,14 @@ public final class ReadAheadLines {
         private Lines current;
         private InternalRow nextRow;
 
-        TaskLines(Configuration conf, List<Piece> pieces, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
+        TaskLines(Configuration conf, List<Piece> pieces, int inFlight, long maxBufferedBytes, long wholeFileLimit,
+                  LongAccumulator retries) {
             this.conf = conf;
             this.pieces = pieces;
             this.inFlight = inFlight;
             this.maxBufferedBytes = maxBufferedBytes;
             this.wholeFileLimit = wholeFileLimit;
+            this.retries = retries;
             this.codecs = new CompressionCodecFactory(conf);
             final AtomicInteger n = new AtomicInteger();
             this.pool = Executors.newFixedThreadPool(inFlight, new ThreadFactory() {
@@ -203,10 +231,11 @@ public final class ReadAheadLines {
                     }
                     buffered += p.size;
                     final Configuration c = conf;
+                    final LongAccumulator counted = retries;
                     ahead.add(pool.submit(new Callable<byte[]>() {
                         @Override
                         public byte[] call() throws IOException {
-                            return fetch(c, p);
+                            return fetchWithRetries(c, p, counted);
                         }
                     }));
                 }
@@ -251,6 +280,9 @@ public final class ReadAheadLines {
                         return row;
                     }
                     current.close();
+                    if (ctx != null) {  // counted once every line of the file has been handed on
+                        ctx.taskMetrics().inputMetrics().incBytesRead(current.bytes);
+                    }
                     current = null;
                 }
                 if (opened >= pieces.size()) {
@@ -264,16 +296,12 @@ public final class ReadAheadLines {
                 try {
                     if (f == null) {
                         current = Lines.streamed(conf, p);
-                        if (ctx != null) {
-                            ctx.taskMetrics().inputMetrics().incBytesRead(p.length);
-                        }
+                        current.bytes = p.length;
                     } else {
                         byte[] data = f.get();
                         buffered -= p.size;
                         current = Lines.fetched(conf, codecs, p, data);
-                        if (ctx != null) {
-                            ctx.taskMetrics().inputMetrics().incBytesRead(data.length);
-                        }
+                        current.bytes = data.length;
                     }
                 } catch (ExecutionException e) {
                     throw failed(p, e.getCause());
@@ -315,6 +343,68 @@ public final class ReadAheadLines {
         return new Path(new Path(URI.create(uri)).toString()).toUri().toString();
     }
 
+    /** Attempts of one whole-file read before its error fails the task. */
+    static final int FETCH_ATTEMPTS = 5;
+    /** The pause before the first retry; it doubles before each next one (with jitter). */
+    static final long FIRST_PAUSE_MS = 200;
+    private static final Pattern PERMANENT = Pattern.compile(
+        "(?i)\\b(400|401|403|404|405|409|412|416)\\b|AccessDenied|Access Denied|Forbidden|NoSuchKey|NoSuchBucket"
+        + "|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidObjectState|not found|no such");
+    private static final Pattern TRANSIENT = Pattern.compile(
+        "(?i)\\b(429|500|502|503|504)\\b|Service Unavailable|SlowDown|ServerBusy|Internal ?Error|Connection reset"
+        + "|Broken pipe|timed out|timeout|RequestTimeout|Too Many Requests|temporarily|premature end");
+
+    /**
+     * Whether a failed read may succeed when tried again: a 5xx or 429 answer, a reset or timed-out
+     * connection, a response cut short. Never a missing file, a refused access (403), a bad request,
+     * an interrupted (killed) task, or an error that says nothing of the kind.
+     */
+    public static boolean isTransient(Throwable error) {
+        boolean transientSeen = false;
+        for (Throwable t = error; t != null; t = t.getCause() == t ? null : t.getCause()) {
+            String name = t.getClass().getName();
+            String message = String.valueOf(t.getMessage());
+            if (t instanceof FileNotFoundException || t instanceof java.nio.file.NoSuchFileException
+                || t instanceof java.nio.file.AccessDeniedException || name.endsWith(".AccessDeniedException")
+                || name.endsWith(".PathNotFoundException") || name.endsWith(".PathPermissionException")
+                || PERMANENT.matcher(message).find()) {
+                return false;
+            }
+            if (t instanceof InterruptedIOException && !(t instanceof SocketTimeoutException)) {
+                return false;
+            }
+            if (t instanceof SocketException || t instanceof SocketTimeoutException || t instanceof EOFException
+                || TRANSIENT.matcher(message).find()) {
+                transientSeen = true;
+            }
+        }
+        return transientSeen;
+    }
+
+    /** {@link #fetch}, read again from the start after a transient error; each retry counted. */
+    static byte[] fetchWithRetries(Configuration conf, Piece p, LongAccumulator retries) throws IOException {
+        long pause = FIRST_PAUSE_MS;
+        for (int attempt = 1; ; attempt++) {
+            try {
+                return fetch(conf, p);
+            } catch (IOException e) {
+                if (attempt >= FETCH_ATTEMPTS || Thread.currentThread().isInterrupted() || !isTransient(e)) {
+                    throw e;
+                }
+            }
+            if (retries != null) {
+                retries.add(1L);
+            }
+            try {
+                Thread.sleep(pause / 2 + ThreadLocalRandom.current().nextLong(pause / 2 + 1));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new InterruptedIOException("interrupted before reading " + metadataPath(p.uri) + " again");
+            }
+            pause *= 2;
+        }
+    }
+
     static byte[] fetch(Configuration conf, Piece p) throws IOException {
         Path path = new Path(URI.create(p.uri));
         FileSystem fs = path.getFileSystem(conf);
@@ -333,6 +423,7 @@ public final class ReadAheadLines {
     abstract static class Lines {
         final Piece piece;
         final InternalRow meta;
+        long bytes;  // read from storage for this piece
 
         Lines(Piece piece) {
             this.piece = piece;

@@ -9,6 +9,7 @@ import java.io.InterruptedIOException;
 import java.io.OutputStream;
 import java.io.RandomAccessFile;
 import java.lang.management.ManagementFactory;
+import java.net.SocketException;
 import java.net.URI;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -66,6 +67,14 @@ import org.apache.hadoop.util.Progressable;
  *   <li>Buckets and keys are checked as OSS checks them; with {@code fs.oss.emu.require.credentials}
  *       a client without an AccessKey (in the URI, {@code fs.oss.accessKeyId}/{@code Secret} or the
  *       OSS_ACCESS_KEY_ID/SECRET environment) is refused.</li>
+ *   <li>Transient faults: with {@code fs.oss.emu.fail.rate} (a fraction) that share of the requests
+ *       of the ops in {@code fs.oss.emu.fail.ops} (default {@code head,list,open,read}) fails as OSS
+ *       fails under load: {@code open}, {@code head} and {@code list} with a 503 "SlowDown"
+ *       IOException, {@code read} (a GET's body) with a connection reset half way through. Only keys
+ *       under {@code fs.oss.emu.fail.prefix} (default: all). Which requests fail is fixed by
+ *       {@code fs.oss.emu.fail.seed}, the op, the key and how many times that op was made on that
+ *       key since {@link #resetCounts()}, whatever the order of threads. {@link #failures()} counts
+ *       them.</li>
  * </ul>
  */
 public class FakeObjectStoreFileSystem extends FileSystem {
@@ -76,6 +85,8 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     private static final long BLOCK_SIZE = 128L << 20;
     private static final Pattern BUCKET = Pattern.compile("[a-z0-9][a-z0-9-]{1,61}[a-z0-9]");
     private static final Map<String, AtomicLong> COUNTS = new ConcurrentHashMap<>();
+    private static final Map<String, AtomicLong> SEEN = new ConcurrentHashMap<>();
+    private static final AtomicLong FAILED = new AtomicLong();
     private static final AtomicBoolean DUMP_REGISTERED = new AtomicBoolean();
 
     private URI uri;
@@ -84,6 +95,10 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     private File staging;
     private int pageSize;
     private long failRenameAfter;
+    private double failRate;
+    private long failSeed;
+    private String failPrefix = "";
+    private final java.util.Set<String> failOps = new java.util.HashSet<>();
     private final Map<String, Long> delays = new TreeMap<>();
 
     /** The requests of each kind this JVM has made, by op name. */
@@ -104,6 +119,13 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     /** Set every counter of this JVM back to zero. */
     public static void resetCounts() {
         COUNTS.clear();
+        SEEN.clear();
+        FAILED.set(0);
+    }
+
+    /** The requests this JVM made fail on purpose ({@code fs.oss.emu.fail.rate}). */
+    public static long failures() {
+        return FAILED.get();
     }
 
     @Override
@@ -132,6 +154,12 @@ public class FakeObjectStoreFileSystem extends FileSystem {
         Files.createDirectories(staging.toPath());
         pageSize = conf.getInt(PREFIX + "list.page.size", 1000);
         failRenameAfter = conf.getLong(PREFIX + "fail.rename.after", -1);
+        failRate = conf.getDouble(PREFIX + "fail.rate", 0.0);
+        failSeed = conf.getLong(PREFIX + "fail.seed", 0);
+        failPrefix = conf.get(PREFIX + "fail.prefix", "");
+        for (String op : conf.get(PREFIX + "fail.ops", "head,list,open,read").split(",")) {
+            failOps.add(op.trim());
+        }
         long all = conf.getLong(PREFIX + "delay.ms", 0);
         for (String op : OPS) {
             delays.put(op, conf.getLong(PREFIX + "delay." + op + ".ms", all));
@@ -206,6 +234,33 @@ public class FakeObjectStoreFileSystem extends FileSystem {
                 Thread.currentThread().interrupt();
                 throw new InterruptedIOException("interrupted in a simulated " + op + " request");
             }
+        }
+    }
+
+    /** Whether this request of {@code op} on {@code key} is one that fails (see the class comment). */
+    private boolean fails(String op, String key) {
+        if (failRate <= 0 || !failOps.contains(op) || !key.startsWith(failPrefix)) {
+            return false;
+        }
+        long n = SEEN.computeIfAbsent(op + " " + base.getName() + "/" + key, k -> new AtomicLong()).getAndIncrement();
+        long h = mix(mix(mix(failSeed ^ op.hashCode()) ^ key.hashCode()) ^ n);
+        if ((h >>> 11) * 0x1.0p-53 >= failRate) {
+            return false;
+        }
+        FAILED.incrementAndGet();
+        return true;
+    }
+
+    private static long mix(long z) {
+        z = (z ^ (z >>> 30)) * 0xbf58476d1ce4e5b9L;
+        z = (z ^ (z >>> 27)) * 0x94d049bb133111ebL;
+        return z ^ (z >>> 31);
+    }
+
+    private void maybeFail(String op, String key) throws IOException {
+        if (fails(op, key)) {
+            throw new IOException("simulated 503 Service Unavailable (SlowDown: please reduce your request rate) "
+                + "for " + op + " oss://" + base.getName() + "/" + key);
         }
     }
 
@@ -304,11 +359,13 @@ public class FakeObjectStoreFileSystem extends FileSystem {
             return dirStatus(key);
         }
         request("head");
+        maybeFail("head", key);
         File f = local(key);
         if (f.isFile()) {
             return fileStatus(key, f);
         }
         request("list");
+        maybeFail("list", key);
         return isPrefix(key) ? dirStatus(key) : null;
     }
 
@@ -420,11 +477,13 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     public FSDataInputStream open(Path p, int bufferSize) throws IOException {
         String k = key(p);
         request("open");
+        maybeFail("open", k);
         File f = local(k);
         if (!f.isFile()) {
             throw new FileNotFoundException((isPrefix(k) ? "is a directory: " : "no such object: ") + p);
         }
-        return new FSDataInputStream(new BufferedFSInputStream(new GetStream(f), bufferSize));
+        long cutAt = fails("read", k) ? f.length() / 2 : -1;
+        return new FSDataInputStream(new BufferedFSInputStream(new GetStream(f, cutAt), bufferSize));
     }
 
     @Override
@@ -594,6 +653,7 @@ public class FakeObjectStoreFileSystem extends FileSystem {
             }
         }
         pages(entries);
+        maybeFail("list", k);
         if (entries == 0 && !k.isEmpty()) {
             request("head");
             if (isObject(k)) {
@@ -612,23 +672,25 @@ public class FakeObjectStoreFileSystem extends FileSystem {
         String k = key(p);
         List<String> keys = keysUnder(k);
         if (!keys.isEmpty() || k.isEmpty()) {
-            return new FlatListing(keys, false);
+            return new FlatListing(k, keys, false);
         }
         request("list");
         request("head");
         if (!isObject(k)) {
             throw new FileNotFoundException("no such object or prefix: " + p);
         }
-        return new FlatListing(Collections.singletonList(k), true);
+        return new FlatListing(k, Collections.singletonList(k), true);
     }
 
     /** A flat listing that asks for each page of keys when the caller gets to it. */
     private final class FlatListing implements RemoteIterator<LocatedFileStatus> {
         private final List<String> keys;
+        private final String prefix;
         private int next;
         private int pagesFetched;
 
-        FlatListing(List<String> keys, boolean fetched) throws IOException {
+        FlatListing(String prefix, List<String> keys, boolean fetched) throws IOException {
+            this.prefix = prefix;
             this.keys = keys;
             pagesFetched = fetched ? Integer.MAX_VALUE : 0;
             fetchPageOf(0);
@@ -638,6 +700,7 @@ public class FakeObjectStoreFileSystem extends FileSystem {
             int needed = Math.min(index, Math.max(keys.size() - 1, 0)) / pageSize + 1;
             while (pagesFetched < needed) {
                 request("list");
+                maybeFail("list", prefix);
                 pagesFetched++;
             }
         }
@@ -706,12 +769,21 @@ public class FakeObjectStoreFileSystem extends FileSystem {
         }
     }
 
-    /** A GET of an object: its bytes, seekable. */
+    /** A GET of an object: its bytes, seekable; with {@code cutAt} >= 0, the connection is reset
+     *  when the reader gets there. */
     private static final class GetStream extends FSInputStream {
         private final RandomAccessFile file;
+        private final long cutAt;
 
-        GetStream(File f) throws IOException {
+        GetStream(File f, long cutAt) throws IOException {
             file = new RandomAccessFile(f, "r");
+            this.cutAt = cutAt;
+        }
+
+        private void check(long wanted) throws IOException {
+            if (cutAt >= 0 && file.getFilePointer() + wanted > cutAt) {
+                throw new SocketException("Connection reset (simulated, after " + file.getFilePointer() + " bytes)");
+            }
         }
 
         @Override
@@ -731,11 +803,19 @@ public class FakeObjectStoreFileSystem extends FileSystem {
 
         @Override
         public int read() throws IOException {
+            check(1);
             return file.read();
         }
 
         @Override
         public int read(byte[] b, int off, int len) throws IOException {
+            if (cutAt >= 0 && len > 0) {
+                long left = cutAt - file.getFilePointer();
+                if (left > 0) {
+                    return file.read(b, off, (int) Math.min(len, left));
+                }
+                check(len);
+            }
             return file.read(b, off, len);
         }
 
