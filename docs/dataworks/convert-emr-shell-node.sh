@@ -39,6 +39,7 @@ spark-submit \
   --conf spark.sql.files.ignoreCorruptFiles=false \
   --conf spark.sql.files.ignoreMissingFiles=false \
   --conf spark.sql.parquet.compression.codec=zstd \
+  --conf spark.promptscore.convert.fileChecksums=false \
   --conf spark.hadoop.fs.oss.committer.magic.enabled=true \
   --conf spark.hadoop.fs.oss.committer.threads=16 \
   --conf spark.hadoop.fs.oss.retry.count=10 \
