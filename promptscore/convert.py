@@ -268,6 +268,7 @@ def check_options(opts: ConvertOptions) -> StructType | None:
     if not opts.schema:
         return None
     explicit = parse_schema(opts.schema)
+    jsonl.check_schema(explicit)
     absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
     if absent:
         raise cli.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
@@ -362,21 +363,24 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
     state = ConvertProgress(spark, plan.index)
     in_flight = readahead.files_in_flight(spark)
+    spec = jsonl.parser_spec(spark, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema)
     noted = False
     reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
     try:
         while True:
-            lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight)
+            lines = inputs.input_lines(plan.lines, bad)
+            parsed, result.reader = readahead.read_lines(spark, lines, in_flight, spec, plan.schema)
             if result.reader["name"] == "read-ahead":
                 # Spark pruned the scan's files by these filters; the rows are filtered again, so that
                 # a skipped or set-aside file can never reach the output even where it would not.
-                lines = inputs.input_lines(lines, bad)
-            elif in_flight and not noted:
-                noted = True
-                cli.print_err(f"convert: note: reading with Spark's text source, one file after another per task "
-                              f"(slower on object stores): {result.reader['why']}")
-            parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
-                                       opts.strict_schema)
+                source = F.col("source_file")
+                parsed = parsed.where(inputs.is_input_name(source) & ~source.isin(sorted(bad)))
+            else:
+                if in_flight and not noted:
+                    noted = True
+                    cli.print_err(f"convert: note: reading with Spark's text source, one file after another per "
+                                  f"task (slower on object stores): {result.reader['why']}")
+                parsed = jsonl.parse_lines(lines, plan.schema, spec=spec)
             obs = Observation(f"convert-{result.attempts}")
             observed = parsed.observe(obs, *_metrics())
             group = output.new_group("convert")
@@ -511,6 +515,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     explicit = check_options(opts)
     readahead.files_in_flight(spark)  # a bad setting fails here, before anything is written
+    readahead.require(spark)  # the line parser: without it, exit 2 here
     if opts.plan:
         return run_plan(spark, opts, explicit, started)
     out = output.open_output(spark, opts.out, opts.inputs or [opts.input_list or ""])
@@ -653,8 +658,7 @@ def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOpti
         for i in range(rounds):
             parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                        opts.strict_schema)
-            # Observed as the job observes it: the same metrics, and the same single parse per line
-            # (without the observation Spark copies the parse into the filters above it).
+            # Observed as the job observes it: the same metrics over the same parse.
             good = jsonl.good_rows(parsed.observe(Observation(f"measure-{i}"), *_metrics()), plan.schema)
             t0 = time.monotonic()
             if scratch:
@@ -734,8 +738,7 @@ def _write_rejects(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan,
     if result.reject_files:
         again = spark.read.text([hadoop.escape_glob(hadoop.uri_to_path(spark, f)) for f in result.reject_files])
         frames.append(jsonl.reject_rows(
-            jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema),
-            plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema))
+            jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema)))
     if result.bad_files:
         frames.append(spark.createDataFrame([(b.uri, None, None, b.reason, b.detail) for b in result.bad_files],
                                             jsonl.REJECTS_SCHEMA))

@@ -91,6 +91,16 @@ public final class ReadAheadLines {
     /** The rows of the files of {@code scan}, a file scan's RDD (FileScanRDD): one task per partition. */
     public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
                                              long maxBufferedBytes, long wholeFileLimit) throws Exception {
+        return lines(jsc, scan, conf, inFlight, maxBufferedBytes, wholeFileLimit, null);
+    }
+
+    /**
+     * As above; with a {@code parser} spec each line is parsed as it is read, without a copy, and
+     * the rows are {@link JsonLineParser}'s (with {@code source_file} the line's file_path).
+     */
+    public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
+                                             long maxBufferedBytes, long wholeFileLimit,
+                                             JsonLineParser.Spec parser) throws Exception {
         List<Piece[]> bins = new ArrayList<Piece[]>();
         Method[] get = null;
         for (Partition p : scan.partitions()) {
@@ -114,7 +124,8 @@ public final class ReadAheadLines {
         own.setInt(LineRecordReader.MAX_LINE_LENGTH, Integer.MAX_VALUE);
         Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(own));
         return jsc.parallelize(bins, Math.max(1, bins.size()))
-                  .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit), false);
+                  .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit, parser),
+                                 false);
     }
 
 
@@ -124,12 +135,15 @@ public final class ReadAheadLines {
         private final int inFlight;
         private final long maxBufferedBytes;
         private final long wholeFileLimit;
+        private final JsonLineParser.Spec parser;
 
-        Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
+        Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit,
+               JsonLineParser.Spec parser) {
             this.conf = conf;
             this.inFlight = inFlight;
             this.maxBufferedBytes = maxBufferedBytes;
             this.wholeFileLimit = wholeFileLimit;
+            this.parser = parser;
         }
 
         @Override
@@ -140,6 +154,7 @@ public final class ReadAheadLines {
             }
             final TaskLines lines = new TaskLines(conf.value().value(), pieces, inFlight, maxBufferedBytes,
                                                   wholeFileLimit);
+            lines.parser = parser == null ? null : parser.newParser();
             TaskContext ctx = TaskContext.get();
             if (ctx != null) {
                 ctx.addTaskCompletionListener(new org.apache.spark.util.TaskCompletionListener() {
@@ -169,6 +184,7 @@ public final class ReadAheadLines {
         private long buffered;   // bytes of whole files fetched ahead and not yet opened
         private Lines current;
         private InternalRow nextRow;
+        JsonLineParser parser;  // null: rows of the lines themselves
 
         TaskLines(Configuration conf, List<Piece> pieces, int inFlight, long maxBufferedBytes, long wholeFileLimit) {
             this.conf = conf;
@@ -283,6 +299,7 @@ public final class ReadAheadLines {
                 } catch (IOException | RuntimeException e) {
                     throw failed(p, e);
                 }
+                current.parser = parser;
                 fill();
             }
         }
@@ -333,6 +350,7 @@ public final class ReadAheadLines {
     abstract static class Lines {
         final Piece piece;
         final InternalRow meta;
+        JsonLineParser parser;
 
         Lines(Piece piece) {
             this.piece = piece;
@@ -346,6 +364,9 @@ public final class ReadAheadLines {
         abstract void close();
 
         InternalRow row(Text line) {
+            if (parser != null) {
+                return parser.parse(line.getBytes(), 0, line.getLength(), meta.getUTF8String(0));
+            }
             byte[] bytes = Arrays.copyOf(line.getBytes(), line.getLength());
             return new GenericInternalRow(new Object[] {UTF8String.fromBytes(bytes), meta});
         }
