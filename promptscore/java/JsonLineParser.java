@@ -511,6 +511,10 @@ public final class JsonLineParser {
         if (nl >= 0) {
             m = m.substring(0, nl);
         }
+        int hint = m.indexOf(": enable `");  // Jackson's advice on its own settings, not the user's
+        if (hint >= 0) {
+            m = m.substring(0, hint);
+        }
         if (m.length() > 200) {
             m = m.substring(0, 200) + "...";
         }
