@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --plan: the object store's time to first byte per request (default: 0 for "
                    "local and HDFS paths, 30 for object stores)")
     p.add_argument("--schema", metavar="DDL",
-                   help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint'; "
-                   "default: inferred from --sample-files files")
+                   help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint' (types: "
+                   "string, boolean, tinyint, smallint, int, bigint, float, double, decimal, struct, array, "
+                   "map<string,...>); default: inferred from --sample-files files")
     p.add_argument("--sample-files", type=int, default=32, metavar="N",
                    help="files read to infer the schema and estimate compression (default 32; "
                    "0 needs --schema)")
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-line-bytes", type=cli.parse_size, default=64 << 20, metavar="SIZE",
                    help="longer lines are rejected as line_too_long (default 64m)")
     p.add_argument("--strict-schema", action="store_true",
-                   help="reject lines that carry fields the schema lacks (unknown_field), instead "
-                   "of writing them without those fields")
+                   help="reject lines that carry fields the schema lacks, at any depth (unknown_field), "
+                   "instead of writing them without those fields")
     output.add_args(p, output_required=False)
     return p
 
@@ -174,9 +175,14 @@ def schema_ddl(schema: StructType) -> str:
 
 
 def with_required(schema: StructType, required: Sequence[str]) -> StructType:
-    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them)."""
+    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them). A
+    sampled field whose name differs from a required one only in case gives way to it (its values
+    are then a field the schema lacks): two such columns could not be told apart."""
     names = set(schema.fieldNames())
-    return StructType(list(schema.fields) + [StructField(n, StringType()) for n in required if n not in names])
+    missing = [n for n in required if n not in names]
+    folded = {n.lower() for n in missing}
+    kept = [f for f in schema.fields if f.name.lower() not in folded]
+    return StructType(kept + [StructField(n, StringType()) for n in missing])
 
 
 def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructType, codec: str) -> float:

@@ -201,3 +201,36 @@ def test_unknown_fields_are_found_at_every_depth(spark):
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
     unchecked = jsonl.parse_lines(lines, schema, check_fields=False).select("unknown").collect()
     assert [r.unknown for r in unchecked] == [[], []]
+
+
+def test_a_required_field_spelled_otherwise_in_the_sample_is_its_own_column():
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    sampled = StructType([StructField("Prompt", LongType()), StructField("id", StringType())])
+    assert convert.with_required(sampled, ["prompt"]) == StructType(
+        [StructField("id", StringType()), StructField("prompt", StringType())])
+
+
+def test_utf8_is_checked_as_strictly_as_python_decodes_it(spark, tmp_path):
+    """Random short byte strings inside a JSON string: a line is invalid_utf8, at the offset of
+    the first bad sequence, exactly when Python's strict decoder refuses it."""
+    import random
+
+    rng = random.Random(7)
+    pieces = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xdf\xbf", b"\xe0\x80\x80", b"\xe0\xa0\x80",
+              b"\xed\x9f\xbf", b"\xed\xa0\x80", b"\xef\xbf\xbf", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80",
+              b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xe6\x97", b"\xe6\x97\xa5",
+              b"a", b"abcdefgh", b"\xe4\xbd\xa0\xe5\xa5\xbd"]
+    lines = [b'{"prompt": "' + b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) + b'"}'
+             for _ in range(3000)]
+    (tmp_path / "f.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    schema = convert.parse_schema("prompt string")
+    got = {bytes(r.raw_bytes) if r.raw_bytes else r.raw.encode(): r.detail
+           for r in jsonl.reject_rows(jsonl.parse_lines(spark.read.text(str(tmp_path / "f.jsonl")), schema)).collect()}
+    expected = {}
+    for line in lines:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            expected[line] = f"byte {e.start} is not UTF-8"
+    assert got == expected and 0 < len(expected) < len(lines)

@@ -43,6 +43,7 @@ import org.apache.spark.sql.types.ShortType;
 import org.apache.spark.sql.types.StringType;
 import org.apache.spark.sql.types.StructField;
 import org.apache.spark.sql.types.StructType;
+import org.apache.spark.unsafe.Platform;
 import org.apache.spark.unsafe.types.UTF8String;
 
 /**
@@ -452,16 +453,51 @@ public final class JsonLineParser {
         return true;
     }
 
+    private static final long HIGH_BITS = 0x8080808080808080L;
+    private static final long LOW_BITS = 0x0101010101010101L;
+    private static final long QUOTES = LOW_BITS * '"';
+    private static final long BACKSLASHES = LOW_BITS * '\\';
+
+    /** The index of the first {@code "} or backslash in {@code b[from, to)}, or {@code to}. */
+    static int quoteOrEscape(byte[] b, int from, int to) {
+        int i = from;
+        while (i + 8 <= to) {
+            long w = Platform.getLong(b, Platform.BYTE_ARRAY_OFFSET + i);
+            long q = w ^ QUOTES;
+            long e = w ^ BACKSLASHES;
+            if (((((q - LOW_BITS) & ~q) | ((e - LOW_BITS) & ~e)) & HIGH_BITS) != 0) {
+                break;  // a byte of the eight is one of them
+            }
+            i += 8;
+        }
+        while (i < to && b[i] != '"' && b[i] != '\\') {
+            i++;
+        }
+        return i;
+    }
+
     /** The index of the first byte that is not part of well-formed UTF-8, or -1. */
     static int invalidUtf8(byte[] b, int from, int to) {
         int i = from;
         while (i < to) {
+            if (i + 8 <= to && (Platform.getLong(b, Platform.BYTE_ARRAY_OFFSET + i) & HIGH_BITS) == 0) {
+                i += 8;  // eight ASCII bytes
+                continue;
+            }
             int c = b[i];
             if (c >= 0) {
                 i++;
                 continue;
             }
             c &= 0xFF;
+            if (c >= 0xE1 && c != 0xED && c <= 0xEF && i + 2 < to) {
+                // the common three-byte form (CJK): no overlong or surrogate forms start with these
+                if ((b[i + 1] & 0xC0) != 0x80 || (b[i + 2] & 0xC0) != 0x80) {
+                    return i;
+                }
+                i += 3;
+                continue;
+            }
             int need;
             int lo = 0x80;
             int hi = 0xBF;
@@ -882,18 +918,9 @@ public final class JsonLineParser {
     private UTF8String stringValue(JsonParser p) throws IOException {
         int q = base + (int) p.currentTokenLocation().getByteOffset();
         if (q < end && buf[q] == '"') {
-            int i = q + 1;
-            byte[] b = buf;
-            int e = end;
-            while (i < e) {
-                byte c = b[i];
-                if (c == '"') {
-                    return UTF8String.fromBytes(Arrays.copyOfRange(b, q + 1, i));
-                }
-                if (c == '\\') {
-                    break;
-                }
-                i++;
+            int i = quoteOrEscape(buf, q + 1, end);
+            if (i < end && buf[i] == '"') {
+                return UTF8String.fromBytes(Arrays.copyOfRange(buf, q + 1, i));
             }
         }
         char[] cs = p.getTextCharacters();
@@ -1002,14 +1029,9 @@ public final class JsonLineParser {
     private void checkString(JsonParser p) throws IOException {
         int q = base + (int) p.currentTokenLocation().getByteOffset();
         if (q < end && buf[q] == '"') {
-            for (int i = q + 1; i < end; i++) {
-                byte c = buf[i];
-                if (c == '"') {
-                    return;
-                }
-                if (c == '\\') {
-                    break;
-                }
+            int i = quoteOrEscape(buf, q + 1, end);
+            if (i < end && buf[i] == '"') {
+                return;
             }
         }
         char[] cs = p.getTextCharacters();
