@@ -50,6 +50,9 @@ def main() -> int:
     timed("json_object_keys (unknown fields)", df, [F.array_except(F.json_object_keys(v), known)])
     timed("UTF-8 check of every line (Spark expression)", df,
           [F.decode(v.cast("binary"), "UTF-8") != v])
+    timed("the three together: the checks of the parse before the JVM parser", df,
+          [F.from_json(F.concat(F.lit('{"r":'), v, F.lit("}")), wrapped),
+           F.array_except(F.json_object_keys(v), known), F.decode(v.cast("binary"), "UTF-8") != v])
     timed("jsonl.parse_lines: the JVM parser, every check in one pass", jsonl.parse_lines(df, schema),
           ["parsed", "kind", "unknown"])
     timed("jsonl.parse_lines, no unknown-field paths", jsonl.parse_lines(df, schema, check_fields=False),

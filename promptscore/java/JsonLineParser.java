@@ -712,8 +712,7 @@ public final class JsonLineParser {
         long set = 0L;
         long[] setMore = size > 64 ? new long[(size + 63) >>> 6] : null;
         HashSet<String> others = null;
-        long variants = 0L;
-        String[] variantNames = null;
+        String[] variantNames = null;  // per field: another spelling of its name met in this object
         JsonToken t;
         while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
             String name = p.currentName();
@@ -749,9 +748,6 @@ public final class JsonLineParser {
                         variantNames = new String[size];
                     }
                     variantNames[ci] = name;
-                    if (ci < 64) {
-                        variants |= 1L << ci;
-                    }
                 }
                 if (spec.checkFields) {
                     addUnknown(name);
