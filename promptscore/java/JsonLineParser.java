@@ -339,8 +339,20 @@ public final class JsonLineParser {
         return String.join(",", REASONS);
     }
 
-    /** The row of one line: {@code bytes[off, off + len)} of {@code file}. */
+    /**
+     * The row of one line: {@code bytes[off, off + len)} of {@code file}. A failure of the parser
+     * itself (never of the line: every line gets a row) is an {@code AssertionError}, so that the
+     * reader cannot take it for a file it failed to read.
+     */
     public InternalRow parse(byte[] bytes, int off, int len, UTF8String file) {
+        try {
+            return parseLine(bytes, off, len, file);
+        } catch (RuntimeException e) {
+            throw new AssertionError("the JSONL parser failed on a line of " + file + ": " + e, e);
+        }
+    }
+
+    private InternalRow parseLine(byte[] bytes, int off, int len, UTF8String file) {
         if (len > spec.maxLineBytes) {
             return reject(file, LINE_TOO_LONG, len + " bytes, over the limit of " + spec.maxLineBytes, bytes, off, len);
         }
