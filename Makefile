@@ -85,10 +85,11 @@ package: venv
 	@$(MAKE) -s $(DIST)/promptscore.zip
 	@ls -l $(DIST)
 
-# The zip for --py-files needs nothing but Python, so that `make submit` works on a cluster node.
-%/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py)
+# The zip for --py-files needs nothing but Python, so that `make submit` works on a cluster node. It
+# carries the convert job's jar and the Java sources it was built from (the job copies the jar out).
+%/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py promptscore/java/*.java promptscore/jars/*.jar)
 	@mkdir -p $(@D) && rm -f $@
-	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("promptscore", "udfs") for p in sorted(pathlib.Path(d).rglob("*.py"))]' $@
+	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d, pat in (("promptscore", "*.py"), ("udfs", "*.py"), ("promptscore/java", "*.java"), ("promptscore/jars", "*.jar")) for p in sorted(pathlib.Path(d).rglob(pat))]' $@
 
 # Wheels for nodes without a package index (install-python-env.sh --wheels DIR): the package with its
 # pinned extras and every dependency, built or fetched for this machine's Python and platform (make it

@@ -172,6 +172,8 @@ def main() -> int:
             r["peak_rss"].append(peak)
             r["rows"] = parquet_rows(target)
             r["output_files"] = parquet_files(target)
+            if (target / "_report.json").is_file():  # the job's own phases: its one write pass alone
+                r.setdefault("write_s", []).append(json.loads((target / "_report.json").read_text())["phase_s"]["write"])
             print(f"  round {rep + 1}: {name:<12} {secs:6.1f} s", flush=True)
 
     rows = {r["rows"] for r in results.values()}
@@ -195,6 +197,12 @@ def main() -> int:
         r["median_s"] = s
         print(f"| {name} | {s:.1f} | {n_files / s:,.0f} | {mb / s / a.cores:.1f} | {r['output_files']} | "
               f"{max(r['peak_rss']) / 2**30:.1f} GiB |" + "".join(f" {s / m:.2f}x |" for _, m in peers))
+
+    writes = {name: statistics.median(r["write_s"]) for name, r in results.items() if r.get("write_s")}
+    if writes:
+        print()
+        print("The write pass alone (the job's report, phase_s.write; median): " + ", ".join(
+            f"{name} {s:.1f} s ({mb / s / a.cores:.1f} MB/s per core)" for name, s in writes.items()))
 
     planning = None
     if a.planning_files:

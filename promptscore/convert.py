@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --plan: the object store's time to first byte per request (default: 0 for "
                    "local and HDFS paths, 30 for object stores)")
     p.add_argument("--schema", metavar="DDL",
-                   help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint'; "
-                   "default: inferred from --sample-files files")
+                   help="Spark DDL of the records, e.g. 'id string, prompt string, turns bigint' (types: "
+                   "string, boolean, tinyint, smallint, int, bigint, float, double, decimal, struct, array, "
+                   "map<string,...>); default: inferred from --sample-files files")
     p.add_argument("--sample-files", type=int, default=32, metavar="N",
                    help="files read to infer the schema and estimate compression (default 32; "
                    "0 needs --schema)")
@@ -112,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-line-bytes", type=cli.parse_size, default=64 << 20, metavar="SIZE",
                    help="longer lines are rejected as line_too_long (default 64m)")
     p.add_argument("--strict-schema", action="store_true",
-                   help="reject lines that carry fields the schema lacks (unknown_field), instead "
-                   "of writing them without those fields")
+                   help="reject lines that carry fields the schema lacks, at any depth (unknown_field), "
+                   "instead of writing them without those fields")
     output.add_args(p, output_required=False)
     return p
 
@@ -183,9 +184,14 @@ def schema_ddl(schema: StructType) -> str:
 
 
 def with_required(schema: StructType, required: Sequence[str]) -> StructType:
-    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them)."""
+    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them). A
+    sampled field whose name differs from a required one only in case gives way to it (its values
+    are then a field the schema lacks): two such columns could not be told apart."""
     names = set(schema.fieldNames())
-    return StructType(list(schema.fields) + [StructField(n, StringType()) for n in required if n not in names])
+    missing = [n for n in required if n not in names]
+    folded = {n.lower() for n in missing}
+    kept = [f for f in schema.fields if f.name.lower() not in folded]
+    return StructType(kept + [StructField(n, StringType()) for n in missing])
 
 
 def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructType, codec: str) -> float:
@@ -279,6 +285,7 @@ def check_options(opts: ConvertOptions) -> StructType | None:
     if not opts.schema:
         return None
     explicit = parse_schema(opts.schema)
+    jsonl.check_schema(explicit)
     absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
     if absent:
         raise cli.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
@@ -416,22 +423,24 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     state = ConvertProgress(spark, plan.index)
     in_flight = readahead.files_in_flight(spark)
     retried = readahead.retry_counter(spark)
+    spec = jsonl.parser_spec(spark, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema)
     noted = False
     reporter = progress.Reporter(state.line, progress.interval_s(spark)).start()
     try:
         while True:
-            lines, result.reader = readahead.read_lines(spark, inputs.input_lines(plan.lines, bad), in_flight,
-                                                        retried)
+            lines = inputs.input_lines(plan.lines, bad)
+            parsed, result.reader = readahead.read_lines(spark, lines, in_flight, spec, plan.schema, retried)
             if result.reader["name"] == "read-ahead":
                 # Spark pruned the scan's files by these filters; the rows are filtered again, so that
                 # a skipped or set-aside file can never reach the output even where it would not.
-                lines = inputs.input_lines(lines, bad)
-            elif in_flight and not noted:
-                noted = True
-                cli.print_err(f"convert: note: reading with Spark's text source, one file after another per task "
-                              f"(slower on object stores): {result.reader['why']}")
-            parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
-                                       opts.strict_schema)
+                source = F.col("source_file")
+                parsed = parsed.where(inputs.is_input_name(source) & ~source.isin(sorted(bad)))
+            else:
+                if in_flight and not noted:
+                    noted = True
+                    cli.print_err(f"convert: note: reading with Spark's text source, one file after another per "
+                                  f"task (slower on object stores): {result.reader['why']}")
+                parsed = jsonl.parse_lines(lines, plan.schema, spec=spec)
             obs = Observation(f"convert-{result.attempts}")
             observed = parsed.observe(obs, *_metrics())
             group = output.new_group("convert")
@@ -572,6 +581,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
     driver_retries = hadoop.retries()
     explicit = check_options(opts)
     readahead.files_in_flight(spark)  # a bad setting fails here, before anything is written
+    readahead.require(spark)  # the line parser: without it, exit 2 here
     if opts.plan:
         return run_plan(spark, opts, explicit, started)
     out = output.open_output(spark, opts.out, opts.inputs or [opts.input_list or ""])
@@ -732,8 +742,7 @@ def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOpti
         for i in range(rounds):
             parsed = jsonl.parse_lines(lines, plan.schema, opts.required_fields, opts.max_line_bytes,
                                        opts.strict_schema)
-            # Observed as the job observes it: the same metrics, and the same single parse per line
-            # (without the observation Spark copies the parse into the filters above it).
+            # Observed as the job observes it: the same metrics over the same parse.
             good = jsonl.good_rows(parsed.observe(Observation(f"measure-{i}"), *_metrics()), plan.schema)
             t0 = time.monotonic()
             if scratch:
@@ -818,8 +827,7 @@ def _write_rejects(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan,
     if result.reject_files:
         again = spark.read.text([hadoop.escape_glob(hadoop.uri_to_path(spark, f)) for f in result.reject_files])
         frames.append(jsonl.reject_rows(
-            jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema),
-            plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema))
+            jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema)))
     if result.bad_files:
         frames.append(spark.createDataFrame([(b.uri, None, None, b.reason, b.detail) for b in result.bad_files],
                                             jsonl.REJECTS_SCHEMA))

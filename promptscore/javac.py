@@ -12,6 +12,9 @@ import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Sequence
+
+_FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 def javac() -> str | None:
@@ -29,10 +32,12 @@ def spark_jars_dir() -> Path:
     return Path(pyspark.__file__).resolve().parent / "jars"
 
 
-def compile_jar(source: Path, jar: Path, extra: dict[str, str] | None = None) -> Path:
-    """Compile ``source`` into ``jar`` (replaced whole, never half-written), with ``extra`` files
-    (name: text) beside the classes. Raises RuntimeError when there is no ``javac`` or the source
-    does not compile."""
+def compile_jar(source: Path | Sequence[Path], jar: Path, extra: dict[str, str] | None = None) -> Path:
+    """Compile ``source`` (one file or several) into ``jar`` (replaced whole, never half-written),
+    with ``extra`` files (name: text) beside the classes. The jar's bytes depend only on the class
+    files and ``extra`` (fixed entry times), so a rebuild from the same sources is the same file.
+    Raises RuntimeError when there is no ``javac`` or the source does not compile."""
+    sources = [source] if isinstance(source, Path) else list(source)
     compiler = javac()
     if compiler is None:
         raise RuntimeError("no javac (install a JDK, e.g. openjdk-17-jdk-headless, or set JAVA_HOME)")
@@ -40,15 +45,18 @@ def compile_jar(source: Path, jar: Path, extra: dict[str, str] | None = None) ->
     with tempfile.TemporaryDirectory(dir=jar.parent) as work:
         classes = Path(work) / "classes"
         proc = subprocess.run([compiler, "--release", "8", "-nowarn", "-cp", f"{spark_jars_dir()}/*",
-                               "-d", str(classes), str(source)], capture_output=True, text=True)
+                               "-d", str(classes), *map(str, sources)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"javac failed on {source.name}:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(f"javac failed on {', '.join(s.name for s in sources)}:\n{proc.stderr[-4000:]}")
         partial = Path(work) / jar.name
+        entries = {"META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\r\n\r\n"}
+        entries.update((f.relative_to(classes).as_posix(), f.read_bytes()) for f in sorted(classes.rglob("*.class")))
+        entries.update((name, text.encode()) for name, text in (extra or {}).items())
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
-            for f in sorted(classes.rglob("*.class")):
-                z.write(f, f.relative_to(classes).as_posix())
-            for name, text in (extra or {}).items():
-                z.writestr(name, text)
+            for name, data in entries.items():
+                info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                z.writestr(info, data)
         os.replace(partial, jar)  # concurrent builders: the last complete jar wins
     return jar

@@ -1,159 +1,171 @@
-"""Lines of JSONL as the convert job judges them: pure DataFrame transformations.
+"""Lines of JSONL as the convert job judges them.
 
-Every line is parsed once, in the JVM, and sorted into ``ok`` (a row of the output), ``blank``
-(only whitespace) or ``reject``. A line is a reject when it is longer than the line limit, is not
-one JSON object with nothing after it, has values that do not fit the schema, lacks a required
-field, holds bytes that are not UTF-8, is nested deeper than the parser takes, or (with
-``strict``) carries a field the schema does not have. ``reject_rows`` says which, for the lines
-set aside.
+Every line is parsed once, in the JVM, by one streaming pass (``promptscore/java/JsonLineParser.java``,
+Jackson's ``JsonParser``) that yields either the row of the schema or the reason the line is set
+aside, with a ``detail``, plus the paths of the fields the schema lacks. A line is ``ok`` (a row
+of the output), ``blank`` (only whitespace, after an optional byte-order mark) or ``reject``. The
+reasons, in the order they are looked for:
+
+``line_too_long``, then ``invalid_utf8`` (strict UTF-8), then the line's syntax (``not_json_object``,
+``trailing_data``, ``too_deep``), then the first value problem in the line (``invalid_unicode``,
+``duplicate_key``, ``schema_mismatch``, ``number_out_of_range``), then ``missing_required_field``,
+then (with ``strict``) ``unknown_field``.
+
+Values are kept exactly: a number that does not fit its column (or overflows to infinity, or
+underflows to zero) is ``number_out_of_range``, never rounded into range; a string in a numeric or
+boolean column is ``schema_mismatch``; a value of any other JSON type in a ``string`` column keeps
+its JSON text byte for byte as the line wrote it.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DataType, MapType, StringType, StructField, StructType
+from pyspark.sql.types import (ArrayType, DataType, MapType, StringType, StructField, StructType)
 
-CORRUPT = "_corrupt_record"
 KIND_OK, KIND_BLANK, KIND_REJECT = "ok", "blank", "reject"
+# The one list of line reasons; the JVM parser names exactly these (a test checks).
 REASONS = ("line_too_long", "invalid_utf8", "not_json_object", "trailing_data", "too_deep",
-           "schema_mismatch", "missing_required_field", "unknown_field")
+           "schema_mismatch", "missing_required_field", "unknown_field", "duplicate_key",
+           "number_out_of_range", "invalid_unicode")
 FILE_REASONS = ("corrupt_file", "unreadable_file")
 MAX_DEPTH = 1000
 REJECTS_SCHEMA = "source_file string, raw string, raw_bytes binary, reason string, detail string"
-_BOM = "\ufeff"
-_BLANK = r"^[ \t\r\n]*$"
+PARSER_CLASS = "promptscore.readahead.JsonLineParser"
+_PARSED = "parsed"
 
 
-def _opts(max_line_bytes: int, depth: int | None = MAX_DEPTH + 1) -> dict[str, str]:
-    opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT,
-            # Jackson's own limit on one string (20 MB by default) must not reject a valid line
-            # that is within the job's line limit.
-            "maxStringLen": str(max(max_line_bytes, 1))}
-    if depth is not None:
-        opts["maxNestingDepth"] = str(depth)  # +1: the parse wraps each line in one more object
-    return opts
+def output_schema(schema: StructType) -> StructType:
+    """The parse's rows: the file, the kind, why (for rejects), the unknown field paths, the line
+    itself (``value``, only for rejects) and the record (``parsed``, only for ``ok`` lines)."""
+    return StructType([
+        StructField("source_file", StringType()),
+        StructField("kind", StringType(), False),
+        StructField("reason", StringType()),
+        StructField("detail", StringType()),
+        StructField("unknown", ArrayType(StringType(), False), False),
+        StructField("value", StringType()),
+        StructField(_PARSED, schema),
+    ])
 
 
-def _wrap(text: Column) -> Column:
-    """``{"r": <line>}``: the parser then fails on anything after the line's first value."""
-    return F.concat(F.lit('{"r":'), text, F.lit("}"))
+def check_schema(schema: StructType, what: str = "--schema") -> None:
+    """Refuse (UsageError, exit 2) a schema the parser cannot fill exactly: a type it does not
+    support, or two fields of one struct whose names differ only in case (Spark would not tell
+    them apart)."""
+    from promptscore import cli
+
+    problem = unsupported(schema)
+    if problem:
+        raise cli.UsageError(f"{what}: {problem}")
+    clash = case_clash(schema)
+    if clash:
+        raise cli.UsageError(f"{what}: fields {clash[0]!r} and {clash[1]!r} differ only in case; Spark does not "
+                             "tell them apart: keep one (the other is then an unknown field)")
 
 
-def _text(value: Column) -> Column:
-    return F.when(value.startswith(_BOM), F.expr("substring(value, 2)")).otherwise(value)
+_SUPPORTED = ("string", "boolean", "tinyint", "smallint", "int", "bigint", "float", "double")
 
 
-def _string_checks(r: Column, schema: StructType) -> Column:
-    """True when a parsed string holds U+FFFD, the mark of bytes that were not UTF-8 (or of a
-    real U+FFFD, which the exact check that follows tells apart)."""
-    cond = F.lit(False)
-    for f in schema.fields:
-        if isinstance(f.dataType, StringType):
-            cond = cond | (F.instr(r[f.name], "\ufffd") > 0)
-        elif _holds_strings(f.dataType):
-            cond = cond | (F.instr(F.to_json(r[f.name]), "\ufffd") > 0)
-    return cond
+def unsupported(t: DataType, path: str = "") -> str | None:
+    """Why the parser cannot fill a column of type ``t`` (None when it can); mirrors the JVM's check."""
+    from pyspark.sql.types import DecimalType
 
-
-def _holds_strings(t: DataType) -> bool:
-    if isinstance(t, StringType):
-        return True
-    if isinstance(t, ArrayType):
-        return _holds_strings(t.elementType)
-    if isinstance(t, MapType):
-        return True
     if isinstance(t, StructType):
-        return any(_holds_strings(f.dataType) for f in t.fields)
-    return False
+        for f in t.fields:
+            found = unsupported(f.dataType, f"{path}.{f.name}" if path else f.name)
+            if found:
+                return found
+        return None
+    if isinstance(t, ArrayType):
+        return unsupported(t.elementType, path + "[]")
+    if isinstance(t, MapType):
+        if not isinstance(t.keyType, StringType):
+            return f"{path}: map keys must be string (JSON object keys are strings)"
+        return unsupported(t.valueType, path + "{}")
+    if isinstance(t, DecimalType) or type(t) is StringType or t.simpleString() in _SUPPORTED:
+        return None
+    return (f"{path}: type {t.simpleString()} is not supported (use string, boolean, tinyint, smallint, int, "
+            "bigint, float, double, decimal, struct, array or map<string,...>; read dates and times as string)")
 
 
-def not_utf8(value: Column) -> Column:
-    """True when the line's bytes are not valid UTF-8 (Spark keeps the bytes it read as they are)."""
-    return F.decode(value.cast("binary"), "UTF-8") != value
+def case_clash(t: DataType) -> tuple[str, str] | None:
+    """Two field names of one struct (at any depth) that differ only in case, or None."""
+    if isinstance(t, StructType):
+        seen: dict[str, str] = {}
+        for f in t.fields:
+            key = f.name.lower()
+            if key in seen:
+                return seen[key], f.name
+            seen[key] = f.name
+        for f in t.fields:
+            found = case_clash(f.dataType)
+            if found:
+                return found
+    elif isinstance(t, ArrayType):
+        return case_clash(t.elementType)
+    elif isinstance(t, MapType):
+        return case_clash(t.valueType)
+    return None
+
+
+def parser_spec(spark: SparkSession, schema: StructType, required: Sequence[str] = ("prompt",),
+                max_line_bytes: int = 64 << 20, strict: bool = False, check_fields: bool = True):
+    """The JVM parser's spec (``JsonLineParser.Spec``): what each task's parser is built from.
+    Raises UsageError (exit 2) when the parser's jar cannot be loaded or the schema holds a type
+    it does not support."""
+    from promptscore import readahead
+
+    check_schema(schema)
+    readahead.require(spark)
+    cls = getattr(spark.sparkContext._jvm, PARSER_CLASS)
+    return cls.spec(schema.json(), "\u0000".join(required), int(max_line_bytes), bool(strict), bool(check_fields))
+
+
+def parsed_frame(spark: SparkSession, rows, schema: StructType) -> DataFrame:
+    """A DataFrame of the parser's rows (a JVM ``JavaRDD[InternalRow]``)."""
+    jvm = spark.sparkContext._jvm
+    jschema = jvm.org.apache.spark.sql.types.DataType.fromJson(output_schema(schema).json())
+    return DataFrame(spark._jsparkSession.internalCreateDataFrame(rows.rdd(), jschema, False), spark)
 
 
 def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",),
-                max_line_bytes: int = 64 << 20, strict: bool = False, check_fields: bool = True) -> DataFrame:
+                max_line_bytes: int = 64 << 20, strict: bool = False, check_fields: bool = True,
+                spec=None) -> DataFrame:
     """Parse each line against ``schema`` and sort it: ``ok``, ``blank`` or ``reject``.
 
-    Input: the lines of files (``value`` plus the hidden ``_metadata``), or any DataFrame with
-    ``value`` and ``source_file`` columns. Output columns: ``source_file``, ``value``, ``parsed``
-    (the record as a struct), ``kind`` and ``unknown`` (the line's top-level fields that are not
-    in the schema, for ``ok`` lines; empty with ``check_fields=False``). A leading byte-order mark
-    is ignored.
+    Input: the lines of files (Spark's text source: ``value`` plus the hidden ``_metadata``), or
+    any DataFrame with ``value`` and ``source_file`` columns. Output: ``output_schema(schema)``.
+    ``unknown`` holds the dotted paths of fields the schema lacks (``x``, ``o.deep``, ``arr[].b``,
+    ``m{}.k`` inside a map's values); empty with ``check_fields=False``. ``spec``: a parser spec
+    made before (``parser_spec``), instead of the arguments.
     """
-    value = F.col("value")
+    spark = lines.sparkSession
+    if spec is None:
+        spec = parser_spec(spark, schema, required, max_line_bytes, strict, check_fields)
     source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
-    wrapped = StructType([StructField("r", schema), StructField(CORRUPT, StringType())])
-    known = F.array(*[F.lit(f.name) for f in schema.fields]) if schema.fields else F.array().cast("array<string>")
-    text = _text(value)
-    keys = F.coalesce(F.array_except(F.json_object_keys(F.col("_text")), known), F.array().cast("array<string>")) \
-        if check_fields else F.array().cast("array<string>")
-    # Two projections, so that Spark parses each line once: the optimizer does not merge a
-    # projection whose expensive results (the parse, the keys) are used more than once above it.
-    first = (lines.select(source.alias("source_file"), value, text.alias("_text"))
-             .select("source_file", "value", "_text",
-                     F.from_json(_wrap(F.col("_text")), wrapped, _opts(max_line_bytes)).alias("_w"),
-                     keys.alias("unknown")))
-    w = F.col("_w")
-    r = w["r"]
-    missing = F.lit(False)
-    for name in required:
-        missing = missing | r[name].isNull()
-    kind = (F.when(F.octet_length(value) > max_line_bytes, F.lit(KIND_REJECT))
-            .when(w[CORRUPT].isNotNull() | r.isNull(),
-                  F.when(F.col("_text").rlike(_BLANK), F.lit(KIND_BLANK)).otherwise(F.lit(KIND_REJECT)))
-            .when(missing, F.lit(KIND_REJECT))
-            .when(_string_checks(r, schema) & not_utf8(value), F.lit(KIND_REJECT)))
-    if strict:
-        kind = kind.when(F.size(F.col("unknown")) > 0, F.lit(KIND_REJECT))
-    kind = kind.otherwise(F.lit(KIND_OK))
-    return first.select("source_file", "value", r.alias("parsed"), kind.alias("kind"), "unknown", "_text", "_w")
+    rows = lines.select(source.cast("string").alias("source_file"), F.col("value").cast("string"))
+    jvm = spark.sparkContext._jvm
+    parsed = getattr(jvm, PARSER_CLASS).parseRows(rows._jdf.queryExecution().toRdd(), spec)
+    return parsed_frame(spark, parsed, schema)
 
 
 def good_rows(parsed: DataFrame, schema: StructType, with_source_file: bool = False) -> DataFrame:
     """The written rows: one column per schema field (plus ``source_file`` when asked)."""
-    cols = [F.col("parsed")[f.name].alias(f.name) for f in schema.fields]
+    cols = [F.col(_PARSED).getField(f.name).alias(f.name) for f in schema.fields]
     if with_source_file:
         cols.append(F.col("source_file"))
     return parsed.filter(F.col("kind") == KIND_OK).select(*cols)
 
 
-def reject_reason(parsed: DataFrame, schema: StructType, required: Sequence[str], max_line_bytes: int,
-                  strict: bool) -> Column:
-    """Why a rejected line (a row of ``parse_lines``) was set aside: one of ``REASONS``."""
-    value, text, w = F.col("value"), F.col("_text"), F.col("_w")
-    parsed_ok = w[CORRUPT].isNull() & w["r"].isNotNull()
-    missing = F.lit(False)
-    for name in required:
-        missing = missing | w["r"][name].isNull()
-    deep = _opts(max_line_bytes, depth=1 << 20)
-    as_object = F.from_json(text, "map<string,string>", deep)
-    single = F.from_json(_wrap(text), "struct<r:map<string,string>, _corrupt_record:string>", deep)
-    shallow = F.from_json(text, "map<string,string>", _opts(max_line_bytes, depth=MAX_DEPTH))
-    reason = (F.when(F.octet_length(value) > max_line_bytes, F.lit("line_too_long"))
-              .when(not_utf8(value), F.lit("invalid_utf8"))
-              .when(parsed_ok & missing, F.lit("missing_required_field")))
-    if strict:
-        reason = reason.when(parsed_ok & (F.size(F.col("unknown")) > 0), F.lit("unknown_field"))
-    return (reason.when(as_object.isNull(), F.lit("not_json_object"))
-            .when(single[CORRUPT].isNotNull() | single["r"].isNull(), F.lit("trailing_data"))
-            .when(shallow.isNull(), F.lit("too_deep"))
-            .otherwise(F.lit("schema_mismatch")))
-
-
-def reject_rows(parsed: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",),
-                max_line_bytes: int = 64 << 20, strict: bool = False) -> DataFrame:
+def reject_rows(parsed: DataFrame) -> DataFrame:
     """The set-aside lines: ``source_file``, ``raw`` (the line as read), ``raw_bytes`` (its exact
     bytes, only when they are not UTF-8: ``raw`` then shows them with U+FFFD), ``reason`` and
-    ``detail`` (null for lines; the error for files that could not be read)."""
+    ``detail``."""
     value = F.col("value")
-    reason = reject_reason(parsed, schema, required, max_line_bytes, strict)
     return (parsed.filter(F.col("kind") == KIND_REJECT)
-            .select("source_file", value.alias("raw"), reason.alias("reason"))
-            .select("source_file", F.decode(F.col("raw").cast("binary"), "UTF-8").alias("raw"),
-                    F.when(F.col("reason") == "invalid_utf8", F.col("raw").cast("binary")).alias("raw_bytes"),
-                    "reason", F.lit(None).cast("string").alias("detail")))
+            .select("source_file", F.decode(value.cast("binary"), "UTF-8").alias("raw"),
+                    F.when(F.col("reason") == "invalid_utf8", value.cast("binary")).alias("raw_bytes"),
+                    "reason", "detail"))

@@ -11,30 +11,38 @@ is made again, up to 5 times with growing pauses, and counted; a missing file, a
 or a broken ``.gz`` is not retried. Files split over tasks, and files over 16 MB, are read by
 Hadoop's ``LineRecordReader`` as Spark reads them, with nothing ahead.
 
-The reader is a jar, ``promptscore/jars/promptscore-readahead.jar``: built by ``make`` (with a
-JDK) and shipped in the wheel, so it lies beside the installed package on every node. The job
-adds it to its session itself (``SparkContext.addJar`` sends it to the executors); a jar passed
-with ``spark-submit --jars`` is used as it is. Without either, the job reads with Spark's text
-source and says so in its report (``reader``). Set
-``spark.promptscore.convert.readAhead`` (files in flight per task, default 16) to 0 to read with
-Spark's text source anyway.
+The reader and the convert job's line parser (``JsonLineParser.java``, see ``promptscore.jsonl``) are
+one jar, ``promptscore/jars/promptscore-readahead.jar``, built from every ``promptscore/java/*.java``
+and committed with the sources it was built from (a test checks that its recorded digest matches
+them). The wheel and the ``--py-files`` zip carry it; the job adds it to its session itself
+(``SparkContext.addJar`` sends it to the executors; from a zip it is first copied to a local
+file), and a jar passed with ``spark-submit --jars`` is used as it is. The parser is required:
+without the jar the convert job exits 2 saying how to get it. Read-ahead is not: when Spark's
+internals differ, or with ``spark.promptscore.convert.readAhead`` (files in flight per task,
+default 16) set to 0, the lines are read by Spark's text source and parsed by the same parser,
+and the report's ``reader`` says so.
 
-    python -m promptscore.readahead build     # (re)build the jar; exits 0 with a note without javac
+    python -m promptscore.readahead build     # (re)build the jar when its sources changed (needs javac then)
     python -m promptscore.readahead path      # print the jar's path (exit 1 when it is not built)
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import pkgutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
-SOURCE = Path(__file__).resolve().parent / "java" / "ReadAheadLines.java"
+JAVA_DIR = Path(__file__).resolve().parent / "java"
 JAR = Path(__file__).resolve().parent / "jars" / "promptscore-readahead.jar"
 CLASS = "promptscore.readahead.ReadAheadLines"
+PARSER_CLASS = "promptscore.readahead.JsonLineParser"
 KEY = "spark.promptscore.convert.readAhead"
 DEFAULT_IN_FLIGHT = 16
 MAX_IN_FLIGHT = 64  # threads per task
@@ -45,33 +53,87 @@ SCHEMA = ("value string, _metadata struct<file_path: string not null, file_name:
 _DIGEST_ENTRY = "META-INF/promptscore-readahead.sha256"
 
 
+def sources() -> list[Path]:
+    """The Java sources of the jar."""
+    return sorted(JAVA_DIR.glob("*.java"))
+
+
+def digest_of(texts: dict[str, bytes]) -> str:
+    """The hash of Java sources given as {file name: bytes} (what the jar records)."""
+    h = hashlib.sha256()
+    for name in sorted(texts):
+        h.update(name.encode() + b"\0" + hashlib.sha256(texts[name]).hexdigest().encode() + b"\n")
+    return h.hexdigest()
+
+
 def source_digest() -> str:
-    """The hash of the Java source (the jar records the source it was built from)."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    """The hash of the Java sources (the jar records the sources it was built from)."""
+    return digest_of({p.name: p.read_bytes() for p in sources()})
+
+
+def jar_digest(jar: Path | bytes) -> str | None:
+    """The source digest a jar records, or None when it is not such a jar."""
+    try:
+        with zipfile.ZipFile(jar if isinstance(jar, Path) else io.BytesIO(jar)) as z:
+            return z.read(_DIGEST_ENTRY).decode().strip()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def jar_path() -> Path | None:
-    """The built jar, or None when it has not been built from today's source."""
-    return JAR if JAR.is_file() and is_current(JAR) else None
+    """The jar built from today's sources: the package's own file, or, when the package is
+    imported from a zip (``--py-files``), the jar in the zip copied to a local file. None when
+    there is none."""
+    if JAR.is_file():
+        return JAR if is_current(JAR) else None
+    return _jar_from_zip()
 
 
 def is_current(jar: Path | None = None) -> bool:
-    """Whether ``jar`` (default: the package's) was built from today's source."""
+    """Whether ``jar`` (default: the package's) was built from today's sources."""
+    return jar_digest(jar or JAR) == source_digest()
+
+
+_extracted: list[Path] = []
+
+
+def _jar_from_zip() -> Path | None:
+    if _extracted:
+        return _extracted[0]
     try:
-        with zipfile.ZipFile(jar or JAR) as z:
-            return z.read(_DIGEST_ENTRY).decode().strip() == source_digest()
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return False
+        data = pkgutil.get_data("promptscore", "jars/" + JAR.name)
+        texts = {}
+        for name in _zip_java_names():
+            texts[name] = pkgutil.get_data("promptscore", "java/" + name) or b""
+    except OSError:
+        return None
+    if not data or not texts or jar_digest(data) != digest_of(texts):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="promptscore-jar-"))
+    path = folder / JAR.name
+    path.write_bytes(data)
+    _extracted.append(path)
+    return path
+
+
+def _zip_java_names() -> list[str]:
+    loader = getattr(sys.modules["promptscore"], "__loader__", None)
+    archive = getattr(loader, "archive", None)  # zipimport
+    if not archive:
+        return []
+    prefix = getattr(loader, "prefix", "") + "promptscore/java/"
+    with zipfile.ZipFile(archive) as z:
+        return sorted(n[len(prefix):] for n in z.namelist() if n.startswith(prefix) and n.endswith(".java"))
 
 
 def build(force: bool = False) -> Path:
-    """Build the jar when it is missing or older than the source. Raises RuntimeError without
+    """Build the jar when it is missing or older than the sources. Raises RuntimeError without
     ``javac`` or on a compile error."""
     from promptscore.javac import compile_jar
 
     if not force and is_current():
         return JAR
-    return compile_jar(SOURCE, JAR, {_DIGEST_ENTRY: source_digest()})
+    return compile_jar(sources(), JAR, {_DIGEST_ENTRY: source_digest() + "\n"})
 
 
 def files_in_flight(spark: SparkSession) -> int:
@@ -95,12 +157,16 @@ def retry_counter(spark: SparkSession):
     return spark.sparkContext._jsc.sc().longAccumulator("promptscore.readahead.retries")
 
 
-def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, retries=None) -> tuple[DataFrame, dict]:
+def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, spec=None,
+               schema: StructType | None = None, retries=None) -> tuple[DataFrame, dict]:
     """``lines`` (a text scan with ``_metadata``, filtered by file only) read by the read-ahead
     reader, and what was used: ``{"name": "read-ahead", "files_in_flight": n}``, or
-    ``{"name": "spark", "why": ...}`` with ``lines`` unchanged when read-ahead is off or the jar
-    is not on the class path. Whole-file reads that failed with a transient error and were made
-    again are counted in ``retries`` (from ``retry_counter``), if given."""
+    ``{"name": "spark", "why": ...}`` with ``lines`` unchanged when read-ahead is off or Spark's
+    internals differ. With a parser ``spec`` (``jsonl.parser_spec``, for records of ``schema``)
+    the reader's tasks parse each line as they read it, and the rows are those of
+    ``jsonl.parse_lines`` (the lines, unparsed, still come back when read-ahead is off).
+    Whole-file reads that failed with a transient error and were made again are counted in
+    ``retries`` (from ``retry_counter``), if given."""
     if in_flight <= 0:
         return lines, {"name": "spark", "why": f"{KEY}=0"}
     jvm = spark.sparkContext._jvm
@@ -117,9 +183,14 @@ def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, retries=No
         # Spark internals (tested on 3.5): the scan's planned tasks, and a DataFrame of its rows.
         conf = jspark.sessionState().newHadoopConf()
         rdd = getattr(jvm, CLASS).lines(spark.sparkContext._jsc, scans[0].inputRDD(), conf, in_flight,
-                                        MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT, retries)
-        schema = jvm.org.apache.spark.sql.types.StructType.fromDDL(SCHEMA)
-        df = DataFrame(jspark.internalCreateDataFrame(rdd.rdd(), schema, False), spark)
+                                        MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT, retries, spec)
+        if spec is not None:
+            from promptscore import jsonl
+
+            df = jsonl.parsed_frame(spark, rdd, schema)
+        else:
+            jschema = jvm.org.apache.spark.sql.types.StructType.fromDDL(SCHEMA)
+            df = DataFrame(jspark.internalCreateDataFrame(rdd.rdd(), jschema, False), spark)
     except Py4JError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return lines, {"name": "spark", "why": f"read-ahead is not available on Spark {spark.version}: {first}"}
@@ -139,11 +210,25 @@ def load(spark: SparkSession) -> bool:
     return _loadable(spark)
 
 
+def require(spark: SparkSession) -> None:
+    """Load the jar (``load``), or raise UsageError (exit 2) saying how to get it: the convert job
+    parses every line with it."""
+    if load(spark):
+        return
+    from promptscore import cli
+
+    raise cli.UsageError(f"the JSONL parser ({JAR.name}) cannot be loaded: this package holds no jar built from "
+                         "its Java sources; reinstall the package (the wheel and the --py-files zip of `make "
+                         "package` carry it), run `python -m promptscore.readahead build` (needs a JDK), or pass "
+                         "the jar with spark-submit --jars")
+
+
 def _loadable(spark: SparkSession) -> bool:
     jvm = spark.sparkContext._jvm
     try:
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName(CLASS, True, loader)
+        jvm.java.lang.Class.forName(PARSER_CLASS, True, loader)
         return True
     except Exception:  # noqa: BLE001 - py4j reports a missing class as a Java exception
         return False
@@ -171,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         from promptscore.javac import javac
 
         if javac() is None:
-            print("readahead: no javac, so the read-ahead reader is not built; the convert job reads with Spark's "
-                  "text source (slower on OSS). Install a JDK (e.g. openjdk-17-jdk-headless) and run "
+            if is_current() and "--force" not in args:
+                print(JAR)  # the committed jar was built from these sources: nothing to do
+                return 0
+            print(f"readahead: no javac, and {JAR.name} was not built from these Java sources, so the convert "
+                  "job cannot parse its input. Install a JDK (e.g. openjdk-17-jdk-headless) and run "
                   "python -m promptscore.readahead build", file=sys.stderr)
-            return 0
+            return 2
         print(build(force="--force" in args))
         return 0
     print("usage: python -m promptscore.readahead build [--force] | path", file=sys.stderr)

@@ -4,25 +4,31 @@ Reading a sample through a Spark job costs a job (seconds on a cold JVM); the sa
 so the driver reads it through the Hadoop FileSystem and types the values with the rules of
 Spark's own JSON schema inference (``spark.read.json``):
 
-- integers -> ``bigint``; wider ones -> ``decimal(digits, 0)`` (``double`` past 38 digits);
-  other numbers -> ``double``; booleans -> ``boolean``; strings -> ``string``; objects ->
-  ``struct``; lists -> ``array``;
+- integers -> ``bigint``; wider ones -> ``decimal(digits, 0)`` up to 38 digits, ``string`` past
+  that (the job keeps the number's exact text; Spark would round it into a ``double``); other
+  numbers -> ``double``; booleans -> ``boolean``; strings -> ``string``; objects -> ``struct``;
+  lists -> ``array``;
 - when values disagree: ``bigint`` + ``double`` -> ``double``; ``decimal`` + ``bigint`` ->
   ``decimal`` wide enough for both; ``decimal`` + ``double`` -> ``double``; structs merge field
   by field; anything else -> ``string`` (Spark's parser keeps the raw JSON text of such values);
 - a field that is only ever ``null`` (or an empty list's element) becomes ``string``; an empty
   object is no field at all.
 
-Unlike Spark, fields keep the order in which the sample first shows them. A line counts only if
-the convert job would accept it as a JSON object: valid UTF-8, one JSON value and nothing after
-it, nested at most ``MAX_DEPTH`` deep.
+Unlike Spark, fields keep the order in which the sample first shows them, and two names that
+differ only in case are never both columns: the first spelling seen wins, and the other is a
+field the schema lacks. A line counts only if the convert job would accept it as a JSON object:
+valid UTF-8, one JSON value and nothing after it, nested at most ``MAX_DEPTH`` deep, no ``NaN``
+or ``Infinity`` constants, no number that overflows a double or underflows to zero, no key twice
+(nor two keys that differ only in case) in one object, and no lone surrogate escape.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import json
 import os
+import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -43,8 +49,49 @@ from pyspark.sql.types import (
 
 MAX_DEPTH = 1000  # Jackson's default nesting limit, which Spark's JSON parser keeps
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-_DECODER = json.JSONDecoder()
 _WS = " \t\r\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _Unusable(ValueError):
+    """A line the convert job would reject (not a row)."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict:
+    names: set[str] = set()
+    folded: set[str] = set()
+    for key, _ in pairs:
+        lowered = key.lower()
+        if key in names or lowered in folded:
+            raise _Unusable(f"duplicate key {key!r}")
+        names.add(key)
+        folded.add(lowered)
+    return dict(pairs)
+
+
+def _constant(name: str) -> Any:
+    raise _Unusable(f"{name} is not JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value) or value == 0.0 and any(c in "123456789" for c in re.split("[eE]", text)[0]):
+        raise _Unusable(f"{text} does not fit a double")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    return False
 
 
 def type_of(value: Any) -> DataType:
@@ -57,7 +104,7 @@ def type_of(value: Any) -> DataType:
         if _LONG_MIN <= value <= _LONG_MAX:
             return LongType()
         digits = len(str(abs(value)))
-        return DecimalType(digits, 0) if digits <= 38 else DoubleType()
+        return DecimalType(digits, 0) if digits <= 38 else StringType()
     if isinstance(value, float):
         return DoubleType()
     if isinstance(value, str):
@@ -88,11 +135,15 @@ def merge(a: DataType, b: DataType) -> DataType:
         db = b if isinstance(b, DecimalType) else DecimalType(20, 0)
         scale = max(da.scale, db.scale)
         digits = max(da.precision - da.scale, db.precision - db.scale)
-        return DecimalType(digits + scale, scale) if digits + scale <= 38 else DoubleType()
+        return DecimalType(digits + scale, scale) if digits + scale <= 38 else StringType()
     if isinstance(a, StructType) and isinstance(b, StructType):
         fields = {f.name: f.dataType for f in a.fields}
+        spelled = {name.lower(): name for name in fields}
         for f in b.fields:
-            fields[f.name] = merge(fields[f.name], f.dataType) if f.name in fields else f.dataType
+            name = spelled.setdefault(f.name.lower(), f.name)
+            if name != f.name:
+                continue  # another spelling of a field already seen: not a column of its own
+            fields[name] = merge(fields[name], f.dataType) if name in fields else f.dataType
         return StructType([StructField(k, t, True) for k, t in fields.items()])
     if isinstance(a, ArrayType) and isinstance(b, ArrayType):
         return ArrayType(merge(a.elementType, b.elementType), True)
@@ -153,10 +204,12 @@ def parse_line(raw: bytes, max_line_bytes: int) -> dict | None:
         return None
     try:
         value, end = _DECODER.raw_decode(text)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # _Unusable is a ValueError
         return None
     if text[end:].strip(_WS):
         return None  # trailing data after the first value
+    if _ESCAPED_SURROGATE.search(text) and _has_surrogate(value):
+        return None  # a lone surrogate escape (a pair decodes to one character)
     return value if isinstance(value, dict) else None
 
 

@@ -268,7 +268,7 @@ def test_help_exits_0(capsys):
 def test_progress_lines_while_writing(spark, tmp_path, capsys):
     src = tmp_path / "in"
     for i in range(120):
-        write_lines(src / f"d{i % 10}" / f"f{i:03d}.jsonl", records(*(f"prompt {i}-{j}" for j in range(50))))
+        write_lines(src / f"d{i % 10}" / f"f{i:03d}.jsonl", records(*(f"prompt {i}-{j}" for j in range(400))))
     spark.conf.set("spark.promptscore.progress.interval", "0.2")
     try:
         code, _, err = run_job("convert", ["--input", src, "--output", tmp_path / "out"], capsys)

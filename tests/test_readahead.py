@@ -151,17 +151,66 @@ def test_without_the_jar_the_job_says_it_reads_with_sparks_text_source(spark, tm
     assert same is lines and used["name"] == "spark" and "python -m promptscore.readahead build" in used["why"]
 
 
-def test_the_jar_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
-    source = tmp_path / "ReadAheadLines.java"
-    source.write_text(readahead.SOURCE.read_text())
-    monkeypatch.setattr(readahead, "SOURCE", source)
+def test_the_jar_is_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
+    java = tmp_path / "java"
+    java.mkdir()
+    for source in readahead.sources():
+        (java / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setattr(readahead, "JAVA_DIR", java)
     monkeypatch.setattr(readahead, "JAR", tmp_path / "jars" / "r.jar")
     readahead.build()
     assert readahead.is_current(readahead.JAR)
-    source.write_text(source.read_text() + "\n// changed\n")
+    first = readahead.JAR.read_bytes()
+    readahead.build(force=True)
+    assert readahead.JAR.read_bytes() == first  # the same sources build the same bytes
+    parser = java / "JsonLineParser.java"
+    parser.write_text(parser.read_text() + "\n// changed\n")
     assert not readahead.is_current(readahead.JAR)
     readahead.build()
     assert readahead.is_current(readahead.JAR)
+
+
+def test_the_committed_jar_was_built_from_the_committed_sources():
+    """The jar travels in the repository (and so in the wheel and the zip): a commit that changes
+    a Java source must carry the jar rebuilt from it (python -m promptscore.readahead build)."""
+    import subprocess
+
+    from conftest import ROOT
+
+    def at_head(path: str) -> bytes | None:
+        proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True)
+        return proc.stdout if proc.returncode == 0 else None
+
+    if at_head("setup.py") is None:
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "promptscore/java/"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    texts = {Path(p).name: at_head(p) for p in listed if p.endswith(".java")}
+    jar = at_head("promptscore/jars/" + readahead.JAR.name)
+    assert jar is not None, "the jar is not committed"
+    assert readahead.jar_digest(jar) == readahead.digest_of(texts)
+
+
+def test_from_a_py_files_zip_the_jar_is_copied_out_and_loads(tmp_path):
+    """As spark-submit --py-files promptscore.zip gives the package: the jar inside the zip."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    zipped = tmp_path / "promptscore.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for p in sorted((ROOT / "promptscore").rglob("*")):
+            if p.suffix in (".py", ".java", ".jar"):
+                z.write(p, p.relative_to(ROOT).as_posix())
+    code = ("import promptscore.readahead as r; p = r.jar_path(); "
+            "print(p, p.read_bytes() == r.pkgutil.get_data('promptscore', 'jars/' + r.JAR.name))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(zipped), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    path, same = proc.stdout.split()
+    assert same == "True" and not path.startswith(str(zipped)) and path.endswith(readahead.JAR.name)
 
 
 def test_spark_submit_without_jars_reads_ahead_and_sets_a_broken_file_aside(tmp_path):

@@ -98,5 +98,36 @@ def test_the_sample_types_a_corpus_as_spark_read_json_does(spark, tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in CORPUS) + "\n")
     sample = infer.sample_schema(spark, [str(path)])
     expected = spark.read.json(str(path)).schema
+    # Except an integer wider than 38 digits: Spark rounds it into a double, the sample keeps its
+    # exact text as a string.
+    assert expected["huge"].dataType == DoubleType()
+    expected = StructType([StructField(f.name, StringType() if f.name == "huge" else f.dataType, True)
+                           for f in expected.fields])
     assert _canonical(sample.schema) == _canonical(expected)
     assert sample.records == len(CORPUS) and sample.unusable_lines == 0
+
+
+def test_wide_integers_become_decimals_then_strings():
+    s = schema_of({"a": 10**37, "b": 10**38, "c": -(10**18)}, {"a": 1, "b": 2, "c": 10**19})
+    assert s == StructType([StructField("a", DecimalType(38, 0)), StructField("b", StringType()),
+                            StructField("c", DecimalType(20, 0))])
+
+
+def test_the_sample_leaves_out_what_the_job_rejects():
+    lines = [
+        b'{"a": 1}',
+        b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}',          # not JSON
+        b'{"a": 1e400}', b'{"a": -1e999}', b'{"a": 1e-400}',                # out of a double's range
+        b'{"a": 1, "a": 2}', b'{"o": {"k": 1, "k": 2}}',                   # duplicate keys
+        b'{"a": 1, "A": 2}',                                                # keys that differ only in case
+        b'{"s": "\\ud800"}', b'{"s": ["x\\udc00"]}', b'{"\\udfff": 1}',    # lone surrogates
+        b'{"s": "\\ud83d\\ude00", "z": 0e-400, "u": "\\u00e9"}',          # a pair, an exact zero: fine
+    ]
+    records, bad = infer.parse_sample(b"\n".join(lines) + b"\n", compressed=False, complete=True)
+    assert records == [{"a": 1}, {"s": "\U0001f600", "z": 0.0, "u": "\u00e9"}] and bad == len(lines) - 2
+
+
+def test_names_that_differ_only_in_case_are_one_column_the_first_spelling():
+    s = schema_of({"prompt": "a", "Meta": {"x": 1}}, {"Prompt": 5, "meta": {"y": 2}, "META": "z"}, {"prompt": "c"})
+    assert s == StructType([StructField("prompt", StringType()),
+                            StructField("Meta", StructType([StructField("x", LongType())]))])

@@ -105,13 +105,17 @@ public final class ReadAheadLines {
     /** The rows of the files of {@code scan}, a file scan's RDD (FileScanRDD): one task per partition. */
     public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
                                              long maxBufferedBytes, long wholeFileLimit) throws Exception {
-        return lines(jsc, scan, conf, inFlight, maxBufferedBytes, wholeFileLimit, null);
+        return lines(jsc, scan, conf, inFlight, maxBufferedBytes, wholeFileLimit, null, null);
     }
 
-    /** As above, counting the retried reads of whole files in {@code retries} (may be null). */
+    /**
+     * As above, counting the retried reads of whole files in {@code retries} (may be null); with a
+     * {@code parser} spec each line is parsed as it is read, without a copy, and the rows are
+     * {@link JsonLineParser}'s (with {@code source_file} the line's file_path).
+     */
     public static JavaRDD<InternalRow> lines(JavaSparkContext jsc, RDD<?> scan, Configuration conf, int inFlight,
-                                             long maxBufferedBytes, long wholeFileLimit, LongAccumulator retries)
-            throws Exception {
+                                             long maxBufferedBytes, long wholeFileLimit, LongAccumulator retries,
+                                             JsonLineParser.Spec parser) throws Exception {
         List<Piece[]> bins = new ArrayList<Piece[]>();
         Method[] get = null;
         for (Partition p : scan.partitions()) {
@@ -136,7 +140,7 @@ public final class ReadAheadLines {
         Broadcast<SerializableConfiguration> shared = jsc.broadcast(new SerializableConfiguration(own));
         return jsc.parallelize(bins, Math.max(1, bins.size()))
                   .mapPartitions(new Reader(shared, Math.max(1, inFlight), maxBufferedBytes, wholeFileLimit,
-                                            retries), false);
+                                            retries, parser), false);
     }
 
 
@@ -147,14 +151,16 @@ public final class ReadAheadLines {
         private final long maxBufferedBytes;
         private final long wholeFileLimit;
         private final LongAccumulator retries;
+        private final JsonLineParser.Spec parser;
 
         Reader(Broadcast<SerializableConfiguration> conf, int inFlight, long maxBufferedBytes, long wholeFileLimit,
-               LongAccumulator retries) {
+               LongAccumulator retries, JsonLineParser.Spec parser) {
             this.conf = conf;
             this.inFlight = inFlight;
             this.maxBufferedBytes = maxBufferedBytes;
             this.wholeFileLimit = wholeFileLimit;
             this.retries = retries;
+            this.parser = parser;
         }
 
         @Override
@@ -165,6 +171,7 @@ public final class ReadAheadLines {
             }
             final TaskLines lines = new TaskLines(conf.value().value(), pieces, inFlight, maxBufferedBytes,
                                                   wholeFileLimit, retries);
+            lines.parser = parser == null ? null : parser.newParser();
             TaskContext ctx = TaskContext.get();
             if (ctx != null) {
                 ctx.addTaskCompletionListener(new org.apache.spark.util.TaskCompletionListener() {
@@ -195,6 +202,7 @@ public final class ReadAheadLines {
         private long buffered;   // bytes of whole files fetched ahead and not yet opened
         private Lines current;
         private InternalRow nextRow;
+        JsonLineParser parser;  // null: rows of the lines themselves
 
         TaskLines(Configuration conf, List<Piece> pieces, int inFlight, long maxBufferedBytes, long wholeFileLimit,
                   LongAccumulator retries) {
@@ -311,6 +319,7 @@ public final class ReadAheadLines {
                 } catch (IOException | RuntimeException e) {
                     throw failed(p, e);
                 }
+                current.parser = parser;
                 fill();
             }
         }
@@ -424,6 +433,7 @@ public final class ReadAheadLines {
         final Piece piece;
         final InternalRow meta;
         long bytes;  // read from storage for this piece
+        JsonLineParser parser;
 
         Lines(Piece piece) {
             this.piece = piece;
@@ -437,6 +447,9 @@ public final class ReadAheadLines {
         abstract void close();
 
         InternalRow row(Text line) {
+            if (parser != null) {
+                return parser.parse(line.getBytes(), 0, line.getLength(), meta.getUTF8String(0));
+            }
             byte[] bytes = Arrays.copyOf(line.getBytes(), line.getLength());
             return new GenericInternalRow(new Object[] {UTF8String.fromBytes(bytes), meta});
         }
