@@ -636,6 +636,8 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats
         "tokens_per_s": round(run_tokens / write_s, 1) if write_s and run_rows else None,
         "engines": engines,
         "engine_start_s": max((e["start_s"] or 0 for e in engines), default=None),
+        # Where the slowest engine's start went (udfs.start_parts); each engine's own: engines[].start_parts.
+        "engine_start_parts": max(engines, key=lambda e: e["start_s"] or 0)["start_parts"] if engines else None,
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
         "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
         "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
