@@ -347,12 +347,27 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     """Check the model and the input columns; choose the backend; fingerprint the model and the
     options. Writes nothing."""
     config, manifest, engine, df = check_inputs(spark, opts)
+    prestart_engines(spark, opts, engine, manifest)
     digest = fingerprint.model_digest(spark, opts.model, manifest, opts.cache_dir,
                                       note=lambda text: cli.print_err(f"score: {text}"))
     basis = fingerprint.score_basis(digest, engine.backend,
                                     opts.template, opts.text_col, opts.response_col, engine, opts.out.compression,
                                     df.schema.json())
     return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
+
+
+def prestart_engines(spark: SparkSession, opts: ScoreOptions, engine: EngineSpec,
+                     manifest: list[tuple[str, int]] | None) -> None:
+    """Start the engine hosts now, while the driver plans, in a Spark job of their own
+    (``udfs.prestart``), unless ``spark.promptscore.score.prestart`` is false."""
+    from udfs import prestart
+
+    value = (spark.conf.get(prestart.CONF, "true") or "true").strip().lower()
+    if value not in ("true", "false"):
+        raise cli.UsageError(f"{prestart.CONF} must be true or false, not {value!r}")
+    if value == "true":
+        prestart.start_engines(spark, engine, manifest, opts.cache_dir, score_slots(spark),
+                               note=lambda text: cli.print_err(f"score: {text}"))
 
 
 def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tuple[str, int]] | None,
@@ -621,6 +636,8 @@ def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats
         "tokens_per_s": round(run_tokens / write_s, 1) if write_s and run_rows else None,
         "engines": engines,
         "engine_start_s": max((e["start_s"] or 0 for e in engines), default=None),
+        # Where the slowest engine's start went (udfs.start_parts); each engine's own: engines[].start_parts.
+        "engine_start_parts": max(engines, key=lambda e: e["start_s"] or 0)["start_parts"] if engines else None,
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
         "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
         "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
@@ -712,13 +729,21 @@ def engine_summaries(tasks: list[dict]) -> list[dict]:
     for (key, pid), spans in by_engine.items():
         e = {"key": key, "pid": pid, "device": spans[0]["engine_device"], "start_s": spans[0]["engine_start_s"],
              "cache_dir": spans[0].get("engine_cache_dir"), "cache_warm": spans[0].get("engine_cache_warm"),
-             "tasks": len(spans)}
+             "tasks": len(spans), **engine_start_fields(spans[0])}
         for name in ("busy", "idle"):
             starts = [t[f"engine_{name}_start_s"] for t in spans if t.get(f"engine_{name}_start_s") is not None]
             ends = [t[f"engine_{name}_s"] for t in spans if t.get(f"engine_{name}_s") is not None]
             e[f"{name}_s"] = round(max(ends) - min(starts), 3) if starts and ends else None
         out.append(e)
     return out
+
+
+def engine_start_fields(task: dict) -> dict:
+    """How an engine started, as a task saw it: ``start_parts`` (where its start went,
+    ``udfs.start_parts``), ``started_by`` (``prestart`` or ``task``), and the epoch seconds its
+    process began (``process_started_at``) and it was ready (``ready_at``)."""
+    return {"start_parts": task.get("engine_start_parts"), "started_by": task.get("engine_started_by"),
+            "process_started_at": task.get("engine_process_started_at"), "ready_at": task.get("engine_ready_at")}
 
 
 def histogram_png(histogram: list[list[float]], title: str) -> bytes | None:
