@@ -11,15 +11,20 @@ DEMO := demo-data
 DIST ?= dist
 BENCH_FILES ?= 4000
 BENCH_OSS_FILES ?= 2000
+BENCH_OSS_DELAYS ?= 0,10,30
+# The variant that bench-objectstore runs beside Spark's text source (readAhead=0), interleaved.
+EXTRA_CONF ?= spark.promptscore.convert.readAhead=16
 
-.PHONY: help venv demo test bench-scale bench-convert bench-objectstore bench-score package wheelhouse submit clean
+.PHONY: help venv demo test bench-scale bench-convert bench-objectstore bench-leftovers bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
-	@echo "make bench-objectstore  the convert job on a fake oss:// at 0, 10 and 30 ms per request, BENCH_OSS_FILES"
-	@echo "                    files (default 2000); EXTRA_CONF='k=v k2=v2' adds a run with those Spark settings"
+	@echo "make bench-objectstore  the convert job on a fake oss:// at BENCH_OSS_DELAYS ms per request (0,10,30),"
+	@echo "                    BENCH_OSS_FILES files (default 2000): Spark's text source against a run with"
+	@echo "                    EXTRA_CONF='k=v k2=v2' (default: the read-ahead reader, readAhead=16)"
+	@echo "make bench-leftovers  requests the jobs make beyond reading, counted on the fake oss://"
 	@echo "make bench-scale    convert --plan at 250k, 500k and 1M files: listing time and driver memory, fitted to 4M"
 	@echo "make bench-score    on a GPU machine with vLLM: this job vs bare vLLM vs transformers (python3 on PATH)"
 	@echo "make package        dist/: a wheel of the package and a zip for spark-submit --py-files"
@@ -71,7 +76,11 @@ bench-convert: venv
 	@$(RUN) python bench/convert_bench.py --files $(BENCH_FILES)
 
 bench-objectstore: venv
-	@$(RUN) python bench/objectstore_bench.py --files $(BENCH_OSS_FILES) $(foreach c,$(EXTRA_CONF),--extra-conf $(c))
+	@$(RUN) python bench/objectstore_bench.py --files $(BENCH_OSS_FILES) --delays $(BENCH_OSS_DELAYS) \
+		$(foreach c,$(EXTRA_CONF),--extra-conf $(c)) --variant "$(EXTRA_CONF)"
+
+bench-leftovers: venv
+	@$(RUN) python bench/leftovers_bench.py
 
 # Runs with the machine's python3, which must have vLLM 0.25 and PySpark (pip install '.[gpu,spark]').
 bench-score:

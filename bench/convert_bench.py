@@ -8,7 +8,11 @@
    - naive:     spark-submit bench/naive_convert.py (spark.read.json(...).write.parquet(...))
    - DuckDB:    COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)
    and checks that all three wrote the same number of rows.
-3. Planning scale: the job over --planning-files tiny files (driver seconds, peak driver memory).
+3. The job's steady state apart from its fixed costs: from each run's ``_report.json``
+   (``phase_s``, ``elapsed_s``), the seconds before the job's clock starts (JVM, session, imports),
+   listing, schema sample and the one write pass, and the write pass's MB/s per core, against
+   DuckDB's whole process and against ``--baseline-mb-s`` (an earlier steady-state rate).
+4. Planning scale: the job over --planning-files tiny files (driver seconds, peak driver memory).
 
 Prints a Markdown table to paste into bench/RESULTS.md.
 """
@@ -132,6 +136,8 @@ def main() -> int:
                    help="also run the job of another checkout of this repository (an earlier commit, "
                    "e.g. made with `git worktree add DIR REV`) as a peer, interleaved with this one")
     p.add_argument("--only", help="run only these peers (comma-separated names, e.g. 'this job,earlier')")
+    p.add_argument("--baseline-mb-s", type=float, default=0.0,
+                   help="an earlier steady-state rate (write pass, MB/s per core) to compare the job's with")
     a = p.parse_args()
 
     work = Path(a.work)
@@ -159,6 +165,7 @@ def main() -> int:
         keep = {n.strip() for n in a.only.split(",")}
         runs = {k: v for k, v in runs.items() if k in keep}
     results: dict[str, dict] = {}
+    loads: list[float] = []  # other work on the machine slows every peer alike: say how much there was
     for rep in range(a.repeat):
         for name, cmd in runs.items():
             out = work / f"out-{name.split()[0].lower()}"
@@ -172,9 +179,13 @@ def main() -> int:
             r["peak_rss"].append(peak)
             r["rows"] = parquet_rows(target)
             r["output_files"] = parquet_files(target)
+            loads.append(os.getloadavg()[0])
             if (target / "_report.json").is_file():  # the job's own phases: its one write pass alone
-                r.setdefault("write_s", []).append(json.loads((target / "_report.json").read_text())["phase_s"]["write"])
-            print(f"  round {rep + 1}: {name:<12} {secs:6.1f} s", flush=True)
+                report = json.loads((target / "_report.json").read_text())
+                r.setdefault("write_s", []).append(report["phase_s"]["write"])
+                r.setdefault("phases", []).append({**report["phase_s"], "elapsed": report["elapsed_s"],
+                                                   "start": max(0.0, secs - report["elapsed_s"])})
+            print(f"  round {rep + 1}: {name:<12} {secs:6.1f} s (load {loads[-1]:.1f})", flush=True)
 
     rows = {r["rows"] for r in results.values()}
     if len(rows) != 1:
@@ -188,7 +199,8 @@ def main() -> int:
                                                         ("vs earlier", "earlier")) if name in results]
     print()
     print(f"Machine: {machine()}; {a.cores} cores used (local[{a.cores}], DuckDB threads={a.cores})")
-    print(f"Input: {n_files:,} files, {mb:,.0f} MB, {rows.pop():,} rows; median of {a.repeat} whole-process runs")
+    print(f"Input: {n_files:,} files, {mb:,.0f} MB, {rows.pop():,} rows; median of {a.repeat} whole-process runs, "
+          f"interleaved; 1-minute load average after each run {min(loads):.1f}-{max(loads):.1f}")
     print()
     print("| run | seconds | files/s | MB/s per core | output files | peak RSS |" + "".join(f" {p} |" for p, _ in peers))
     print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(peers))
@@ -198,11 +210,30 @@ def main() -> int:
         print(f"| {name} | {s:.1f} | {n_files / s:,.0f} | {mb / s / a.cores:.1f} | {r['output_files']} | "
               f"{max(r['peak_rss']) / 2**30:.1f} GiB |" + "".join(f" {s / m:.2f}x |" for _, m in peers))
 
-    writes = {name: statistics.median(r["write_s"]) for name, r in results.items() if r.get("write_s")}
-    if writes:
+    steady = {name: r for name, r in results.items() if r.get("phases")}
+    if steady:
+        duck = median_of("DuckDB")
         print()
-        print("The write pass alone (the job's report, phase_s.write; median): " + ", ".join(
-            f"{name} {s:.1f} s ({mb / s / a.cores:.1f} MB/s per core)" for name, s in writes.items()))
+        print("Where the job's seconds go (its report: `elapsed_s`, `phase_s`; start = whole process - elapsed_s: "
+              "JVM, session and imports; other = elapsed_s - list - schema - write: the output's lock, the reader's "
+              "check, the report), median of each; the steady state is the write pass, listing and JVM start "
+              "excluded:")
+        print()
+        print("| run | whole s | start s | list s | schema s | write s | other s | write MB/s per core |"
+              + (" write vs DuckDB (whole) |" if duck else "") + (" vs baseline |" if a.baseline_mb_s else ""))
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if duck else "")
+              + (" ---: |" if a.baseline_mb_s else ""))
+        for name, r in steady.items():
+            def med(key: str) -> float:
+                return statistics.median(ph.get(key, 0.0) for ph in r["phases"])
+            other = statistics.median(ph["elapsed"] - ph.get("list", 0.0) - ph.get("schema", 0.0) - ph["write"]
+                                      for ph in r["phases"])
+            write = med("write")
+            rate = mb / write / a.cores
+            r["write_mb_s_per_core"] = rate
+            print(f"| {name} | {r['median_s']:.1f} | {med('start'):.1f} | {med('list'):.1f} | {med('schema'):.1f} | "
+                  f"{write:.1f} | {other:.1f} | {rate:.1f} |" + (f" {write / duck:.2f}x |" if duck else "")
+                  + (f" {rate / a.baseline_mb_s:.2f}x |" if a.baseline_mb_s else ""))
 
     planning = None
     if a.planning_files:
@@ -219,6 +250,7 @@ def main() -> int:
               f"driver phases {report['phase_s']}, peak RSS of driver + local executor {peak / 2**30:.2f} GiB")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": machine(), "cores": a.cores, "files": n_files,
+                                            "load_averages": loads,
                                             "input_bytes": in_bytes, "results": results,
                                             "planning": planning}, indent=2, default=str))
     return 0

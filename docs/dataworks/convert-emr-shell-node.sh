@@ -26,8 +26,8 @@ spark-submit \
   --conf spark.app.name=promptscore-convert \
   --conf spark.driver.memory=8g \
   --conf spark.driver.maxResultSize=2g \
-  --conf spark.promptscore.convert.readAhead=4 \
-  --conf spark.executor.cores=8 \
+  --conf spark.promptscore.convert.readAhead=7 \
+  --conf spark.executor.cores=5 \
   --conf spark.executor.memory=8g \
   --conf spark.executor.memoryOverhead=2g \
   --conf spark.dynamicAllocation.enabled=true \
