@@ -12,11 +12,12 @@ DIST ?= dist
 BENCH_FILES ?= 4000
 BENCH_OSS_FILES ?= 2000
 
-.PHONY: help venv demo test bench-scale bench-convert bench-objectstore bench-score package wheelhouse submit clean
+.PHONY: help venv demo test test-fast bench-scale bench-convert bench-objectstore bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
+	@echo "make test-fast      the tests that need no spark-submit, other JVM or wheel build (-m 'not slow')"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-objectstore  the convert job on a fake oss:// at 0, 10 and 30 ms per request, BENCH_OSS_FILES"
 	@echo "                    files (default 2000); EXTRA_CONF='k=v k2=v2' adds a run with those Spark settings"
@@ -63,6 +64,9 @@ demo: venv
 
 test: venv
 	@$(RUN) python -m pytest -q tests
+
+test-fast: venv
+	@$(RUN) python -m pytest -q -m "not slow" tests
 
 bench-scale: venv
 	@$(RUN) python bench/scale_bench.py

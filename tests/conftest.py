@@ -196,18 +196,21 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
-    config.addinivalue_line("markers", "slow: launches spark-submit, a local-cluster or another JVM/job process; "
-                            "-m 'not slow' (make test-fast) skips it")
+    config.addinivalue_line("markers", "slow: launches spark-submit, a local-cluster or another JVM, or builds the "
+                            "wheel and virtualenvs; -m 'not slow' (make test-fast) skips it")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 
-# Fixtures that launch spark-submit: a test that uses one is marked slow.
-LAUNCHING_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit"}
+# Slow, and so left out of `make test-fast`: a test that uses a fixture that launches spark-submit
+# or builds the wheel, and these tests of files that do not import pytest (a separate JVM).
+SLOW_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit", "package_dist", "offline_wheels"}
+SLOW_TESTS = {"test_score_helpers.py::test_auto_is_vllm_when_spark_schedules_gpus"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if LAUNCHING_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                f"{item.path.name}::{item.name}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 

@@ -281,17 +281,20 @@ def test_two_runs_into_one_output_the_second_exits_2_naming_the_first_which_comp
 
 
 def test_a_stale_lease_is_taken_over_and_reported(spark, jsonl, tmp_path, capsys):
+    import re
+
     out = tmp_path / "out"
     work = Path(work_dir(str(out)))
     write_lease(work, age_s=600)
     (work / "staging-20260101T000000-0ther").mkdir()  # what the silent run had staged
     code, _, err = run_job("convert", ["--input", jsonl, "--output", out], capsys)
     assert code == 0, err
-    assert ("convert: note: took over the lock on" in err and "from run 20260101T000000-0ther (pid 4242 on host "
-            "node-7): no heartbeat for 600 s (stale after 300 s)" in err)
+    # 600 s, and what the run took to get there on a busy machine
+    assert re.search(r"convert: note: took over the lock on .* from run 20260101T000000-0ther \(pid 4242 on host "
+                     r"node-7\): no heartbeat for 6[0-2]\d s \(stale after 300 s\)", err), err
     report = json.loads((out / "_report.json").read_text())
     assert report["lock_takeover"]["run_id"] == "20260101T000000-0ther"
-    assert report["lock_takeover"]["reason"].startswith("no heartbeat for 600 s")
+    assert re.match(r"no heartbeat for 6[0-2]\d s", report["lock_takeover"]["reason"])
     assert any("staging-20260101T000000-0ther" in note for note in report["recovered"])
     assert rows(out) == ALL and not work.exists()
 
@@ -300,6 +303,7 @@ def test_a_killed_holder_s_lease_goes_stale_and_the_same_command_then_completes(
     """A holder SIGKILLed on this node is seen to be gone at once; one on another node only goes
     silent, and is taken over once its lease is stale. (A spark-submit run SIGKILLed mid-write and
     taken over: test_publish; the stale time a spark-submit run writes in its lease: the test above.)"""
+    import re
     import signal
 
     out = tmp_path / "out"
@@ -324,7 +328,8 @@ def test_a_killed_holder_s_lease_goes_stale_and_the_same_command_then_completes(
     write_lease(work, pid=holder.pid, stale_s=3.0, age_s=0)
     conf(lock.STALE_CONF, "3")
     code, _, err = run_job("convert", [*args, "--mode", "overwrite"], capsys)
-    assert code == 2 and "run 20260101T000000-0ther" in err and "once its lease is stale, in 3 s" in err
+    assert code == 2 and "run 20260101T000000-0ther" in err
+    assert re.search(r"once its lease is stale, in [0-3] s", err), err  # 3 s less what the run took to get there
     time.sleep(3.5)
     code, _, err = run_job("convert", [*args, "--mode", "overwrite"], capsys)
     assert code == 0, err

@@ -151,6 +151,7 @@ def test_without_the_jar_the_job_says_it_reads_with_sparks_text_source(spark, tm
     assert same is lines and used["name"] == "spark" and "python -m promptscore.readahead build" in used["why"]
 
 
+@pytest.mark.slow  # javac, three times
 def test_the_jar_is_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
     java = tmp_path / "java"
     java.mkdir()
