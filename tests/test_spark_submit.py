@@ -66,7 +66,7 @@ def launch_gpu_score(home: Path, model: str, env_extra: dict[str, str]) -> subpr
         # The transformers engine: on this machine without GPUs it runs on the CPU. The model as a
         # URI: the executors copy it into the node's cache first.
         "jobs/score.py", "--input", src, "--output", home / "scored", "--model", model,
-        "--cache-dir", home / "cache", "--backend", "transformers", "--partitions", "8",
+        "--cache-dir", home / "cache", "--backend", "transformers", "--partitions", "4",
         "--report", home / "score-report.json",
     ], env_extra=env_extra)
 
@@ -83,7 +83,7 @@ def test_workers_come_and_go_one_engine_per_gpu_stays(gpu_score_submit):
     assert report["scored"] == 200 and report["error_rows"] == 0
     assert report["spark_master"] == "local-cluster[2,1,1024]"
     tasks = report["tasks"]
-    assert len(tasks) == 8 and len({t["worker_pid"] for t in tasks}) == 8  # every task its own worker
+    assert len(tasks) == 4 and len({t["worker_pid"] for t in tasks}) == 4  # every task its own worker
     # The task's GPU address (TaskContext resources) keys its engine: one per executor's GPU.
     keys_by_executor: dict[int, set[str]] = {}
     for t in tasks:
