@@ -68,7 +68,7 @@ def launch_gpu_score(home: Path, model: str, env_extra: dict[str, str]) -> subpr
         "jobs/score.py", "--input", src, "--output", home / "scored", "--model", model,
         "--cache-dir", home / "cache", "--backend", "transformers", "--partitions", "4",
         "--report", home / "score-report.json",
-    ], env_extra=env_extra)
+    ], timeout=600, env_extra=env_extra)
 
 
 def test_workers_come_and_go_one_engine_per_gpu_stays(gpu_score_submit):
