@@ -15,11 +15,12 @@ BENCH_OSS_DELAYS ?= 0,10,30
 # The variant that bench-objectstore runs beside Spark's text source (readAhead=0), interleaved.
 EXTRA_CONF ?= spark.promptscore.convert.readAhead=16
 
-.PHONY: help venv demo test bench-scale bench-convert bench-objectstore bench-leftovers bench-score package wheelhouse submit clean
+.PHONY: help venv demo test test-fast bench-scale bench-convert bench-objectstore bench-leftovers bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
 	@echo "make test           run the tests (local Spark, no GPU)"
+	@echo "make test-fast      the tests that need no spark-submit, other JVM or wheel build (-m 'not slow')"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-objectstore  the convert job on a fake oss:// at BENCH_OSS_DELAYS ms per request (0,10,30),"
 	@echo "                    BENCH_OSS_FILES files (default 2000): Spark's text source against a run with"
@@ -68,6 +69,9 @@ demo: venv
 
 test: venv
 	@$(RUN) python -m pytest -q tests
+
+test-fast: venv
+	@$(RUN) python -m pytest -q -m "not slow" tests
 
 bench-scale: venv
 	@$(RUN) python bench/scale_bench.py

@@ -196,8 +196,22 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
-    config.addinivalue_line("markers", "slow: takes minutes (real executor processes); -m 'not slow' skips it")
+    config.addinivalue_line("markers", "slow: launches spark-submit, a local-cluster or another JVM, or builds the "
+                            "wheel and virtualenvs; -m 'not slow' (make test-fast) skips it")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
+
+
+# Slow, and so left out of `make test-fast`: a test that uses a fixture that launches spark-submit
+# or builds the wheel, and these tests of files that do not import pytest (a separate JVM).
+SLOW_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit", "package_dist", "offline_wheels"}
+SLOW_TESTS = {"test_score_helpers.py::test_auto_is_vllm_when_spark_schedules_gpus"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                f"{item.path.name}::{item.name}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 def has_gpu_and_vllm() -> bool:
@@ -208,3 +222,139 @@ def has_gpu_and_vllm() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------------------
+# Launches shared by several tests: each spark-submit below checks what more than one test asks.
+
+
+@pytest.fixture(scope="session")
+def soak_submit(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``spark-submit tests/print_soak.py 5000`` with ``conf/local.conf`` as --conf pairs over a
+    SPARK_CONF_DIR like a cluster's (its spark-defaults.conf sets ``spark.eventLog.dir`` to
+    ``<home>/spark-events`` and the Parquet codec to snappy): the process, and ``home``.
+    Read by test_print_err (lines and resources) and test_conf (the properties it ran with)."""
+    from promptscore.submit import conf_args
+
+    home = tmp_path_factory.mktemp("soak")
+    conf_dir = home / "spark-conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        f"spark.eventLog.dir                   file:{home}/spark-events\n"
+        "spark.sql.parquet.compression.codec  snappy\n")
+    # What cannot hold on this machine: the nodes' Python, Maven downloads; a small driver.
+    local = {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
+             "spark.jars.packages": "", "spark.ui.enabled": "false", "spark.driver.memory": "1g"}
+    proc = submit(["--master", "local[1]", *conf_args(ROOT / "conf" / "local.conf", local), "tests/print_soak.py",
+                   "5000"], {"SPARK_CONF_DIR": str(conf_dir)}, None, home / "unused")
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), home
+
+
+@pytest.fixture(scope="session")
+def make_submit_convert(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """``make submit JOB=convert PROFILE=conf/local.conf EXECUTE=1``: a real spark-submit without
+    --jars (the job adds its read-ahead reader itself), over 4 files of 30 lines and a truncated
+    .gz. The process, the input and the output. Read by test_package and test_readahead."""
+    base = tmp_path_factory.mktemp("make-submit")
+    src, out = base / "in", base / "out"
+    for i in range(4):
+        write_lines(src / f"f{i}.jsonl", records(*(f"p{i}-{j}" for j in range(30))))
+    full = gzip.compress(("\n".join(records(*map(str, range(3000)))) + "\n").encode())
+    (src / "truncated.jsonl.gz").write_bytes(full[: len(full) // 2])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the venv's spark-submit
+    proc = subprocess.run(["make", "-s", "submit", "JOB=convert", "PROFILE=conf/local.conf", "EXECUTE=1",
+                           f"ARGS=--input {src} --output {out} --max-bad-fraction 0.99"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    return proc, src, out
+
+
+@pytest.fixture(scope="session")
+def gpu_score_submit(tmp_path_factory, tiny_model) -> tuple[subprocess.CompletedProcess, Path]:
+    """The score job by spark-submit on local-cluster[2,1,1024] (test_spark_submit: two executors
+    with a GPU address each, a new Python worker for every task), the model given as a URI and
+    copied into ``<home>/cache``, an event log in ``<home>/events``, and the fake keys of
+    test_secrets in its environment. The process, and ``home`` (``in``, ``scored``)."""
+    from test_secrets import FAKE
+    from test_spark_submit import launch_gpu_score
+
+    home = tmp_path_factory.mktemp("gpu-score")
+    return launch_gpu_score(home, f"file://{tiny_model}", FAKE), home
+
+
+# ---------------------------------------------------------------------------------------------
+# The package's wheel, built once per run, and an offline wheel directory (no network).
+
+
+@pytest.fixture(scope="session")
+def package_dist(tmp_path_factory) -> Path:
+    """What `make package` builds (the wheel and the --py-files zip), built once per run into a
+    directory of the run's own (the checkout's dist/ is left as it is)."""
+    out = tmp_path_factory.mktemp("package") / "dist"
+    proc = subprocess.run(["make", "-s", "package", f"DIST={out}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def repack_installed(name: str, out: Path) -> Path:
+    """A wheel of the distribution ``name`` as installed in this environment, rebuilt from its
+    RECORD (what pip installed from the original wheel), written to ``out`` once."""
+    import base64
+    import hashlib
+    import importlib.metadata as md
+    import re
+    import zipfile
+
+    dist = md.distribution(name)
+    info = Path(dist._path)  # the .dist-info directory
+    tags = [line.split(":", 1)[1].strip() for line in (info / "WHEEL").read_text().splitlines()
+            if line.startswith("Tag:")]
+    parts = [".".join(sorted({t.split("-")[i] for t in tags})) for i in range(3)]
+    wheel = out / f"{re.sub(r'[-_.]+', '_', dist.metadata['Name'])}-{dist.version}-{'-'.join(parts)}.whl"
+    if wheel.exists():
+        return wheel
+    skip = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+    record, tmp = [], wheel.with_suffix(".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for entry in dist.files or []:
+            rel = entry.as_posix()
+            if rel.startswith("..") or "__pycache__" in rel or (rel.startswith(info.name + "/") and entry.name in skip):
+                continue  # scripts are made again from the entry points; caches; the installer's own files
+            data = Path(dist.locate_file(entry)).read_bytes()
+            z.writestr(rel, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{rel},sha256={digest},{len(data)}")
+        record.append(f"{info.name}/RECORD,,")
+        z.writestr(f"{info.name}/RECORD", "\n".join(record) + "\n")
+    tmp.rename(wheel)
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def offline_wheels(package_dist, tmp_path_factory) -> Path:
+    """A wheel directory for ``promptscore[locked]`` without a package index: the package's wheel
+    and, for every dependency, the version installed here, repacked (kept in .venv/test-wheels)."""
+    import importlib.metadata as md
+    import shutil
+
+    from packaging.requirements import Requirement
+
+    cache = ROOT / ".venv" / "test-wheels"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = tmp_path_factory.mktemp("wheelhouse")
+    wheel = next(package_dist.glob("promptscore-*.whl"))
+    shutil.copy(wheel, out)
+    todo, seen = [("promptscore", "locked")], set()
+    while todo:
+        name, extra = todo.pop()
+        for text in md.distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker and not req.marker.evaluate({"extra": extra}):
+                continue
+            key = req.name.lower()
+            if key not in seen:
+                seen.add(key)
+                todo.append((req.name, ""))
+                shutil.copy(repack_installed(req.name, cache), out)
+    return out

@@ -1,6 +1,7 @@
 """A driver for spark-submit that prints LINES lines through ``cli.print_err`` as the jobs do (half
 from the main thread, half from a ``progress.Reporter`` thread) and prints, as one JSON line on
-stdout, the driver's open files and the JVM's threads before and after.
+stdout, the driver's open files and the JVM's threads before and after (after a line ``CONF{...}``:
+the session's Spark properties).
 
     spark-submit tests/print_soak.py LINES
 """
@@ -19,6 +20,8 @@ from promptscore import cli, progress
 def main(lines: int) -> None:
     cli.print_err("soak: before the session")  # the gateway exists before any SparkContext
     spark = cli.get_session("print-soak")
+    # The properties the session runs with, for tests/test_conf.py.
+    print("CONF" + json.dumps(dict(spark.sparkContext.getConf().getAll())), flush=True)
     bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getThreadMXBean()
     me = psutil.Process()
     cli.print_err("soak: warm")

@@ -154,23 +154,10 @@ def test_install_refuses_an_old_python_and_unknown_options(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory) -> Path:
-    """This package's wheel and the wheels of its locked dependencies, as an offline directory."""
-    cache = ROOT / ".venv" / "test-wheelhouse"
-    out = tmp_path_factory.mktemp("wheelhouse")
-    build = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, "."],
-                cwd=ROOT)
-    assert build.returncode == 0, build.stderr
-    wheel = next(out.glob("promptscore-*.whl"))
-    if not any(cache.glob("pyarrow-*.whl")):
-        fetch = run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", cache,
-                     f"{wheel}[locked]"])
-        if fetch.returncode != 0:
-            pytest.skip(f"cannot download the dependency wheels: {fetch.stderr.strip().splitlines()[-1:]}")
-    for w in cache.glob("*.whl"):
-        if not w.name.startswith("promptscore-"):
-            shutil.copy(w, out)
-    return out
+def wheelhouse(offline_wheels) -> Path:
+    """This package's wheel (built once per run) and the wheels of its locked dependencies, as an
+    offline directory: the versions installed here, repacked (conftest.offline_wheels)."""
+    return offline_wheels
 
 
 def test_install_into_a_prefix_from_a_wheel_directory(tmp_path, wheelhouse):

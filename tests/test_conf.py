@@ -81,12 +81,14 @@ def test_profile_applies_on_top_of_spark_defaults(spark, conf, cluster_defaults,
         assert loaded["spark.sql.parquet.compression.codec"] == "snappy"
 
 
-def test_a_real_spark_submit_runs_with_both(cluster_defaults, tmp_path):
-    env, script = cluster_defaults
-    loaded = loaded_conf(spark_submit(["--master", "local[1]", *conf_args(ROOT / "conf" / "local.conf", LOCAL), script],
-                                      timeout=180, env_extra=env))
-    assert loaded["spark.eventLog.dir"] == f"file:{tmp_path}/spark-events"
+@pytest.mark.slow
+def test_a_real_spark_submit_runs_with_both(soak_submit):
+    """The run of tests/print_soak.py (test_print_err) prints the properties its session has."""
+    proc, home = soak_submit
+    loaded = loaded_conf(proc)
+    assert loaded["spark.eventLog.dir"] == f"file:{home}/spark-events"
     assert loaded["spark.sql.files.openCostInBytes"] == "8k"
+    assert loaded["spark.sql.parquet.compression.codec"] == "zstd"  # the profile wins where both set a key
 
 
 def test_properties_file_would_drop_spark_defaults(spark, cluster_defaults):

@@ -70,6 +70,7 @@ def test_a_disk_that_fills_up_during_the_write_is_exit_4_with_the_path(spark, tm
     assert not any(full_disk.iterdir())  # the run removed what it had staged
 
 
+@pytest.mark.slow
 def test_spark_submit_exits_4_when_the_disk_fills_up(tmp_path, full_disk):
     from conftest import submit
 

@@ -182,8 +182,9 @@ def test_score_job_in_process_on_oss(spark, oss_bucket, tiny_model, capsys):
     assert rows(oss_bucket.path("scored")) == 12 and oss_bucket.path("scored/_SUCCESS").exists()
 
 
+@pytest.mark.slow
 def test_convert_by_spark_submit_on_two_executors_over_oss_with_keys_only_from_the_environment(
-        fake_oss_store, oss_bucket, tmp_path):
+        spark, fake_oss_store, oss_bucket, tmp_path, capsys):
     for i in range(40):
         write_lines(oss_bucket.path(f"in/d{i % 4}/f{i:02d}.jsonl"), records(*(f"p{i}-{j}" for j in range(25))))
     write_lines(oss_bucket.path("in/bad.jsonl"), ["not json", *records("last")])
@@ -194,11 +195,13 @@ def test_convert_by_spark_submit_on_two_executors_over_oss_with_keys_only_from_t
         *fake_oss_store.submit_args(counters_file=counters, require_credentials=True),
     ]
     keys = {"OSS_ACCESS_KEY_ID": FAKE_ID, "OSS_ACCESS_KEY_SECRET": FAKE_SECRET}
-    # A key in a URI is refused before Spark sees it: one line, shown redacted, nothing written.
-    refused = spark_submit([*common, "jobs/convert.py", "--input", f"oss://{FAKE_ID}:{FAKE_SECRET}@{oss_bucket.name}/in",
-                            "--output", oss_bucket / "out"], env_extra=keys)
-    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("convert:")]
+    # A key in a URI is refused before Spark sees it: one line, shown redacted, nothing written (on
+    # the shared session: the check comes before any Spark call).
+    code, refused_out, refused_err = run_job(
+        "convert", ["--input", f"oss://{FAKE_ID}:{FAKE_SECRET}@{oss_bucket.name}/in", "--output", oss_bucket / "out"],
+        capsys)
+    assert code == 2 and refused_out == "" and "Traceback" not in refused_err
+    errors = [line for line in refused_err.splitlines() if line.startswith("convert:")]
     assert len(errors) == 1 and errors[0].startswith("convert: error: --input oss://***@")
     assert not oss_bucket.path("out").exists()
     # Keys from the environment, as the connector's provider chain takes them; two executor JVMs.
@@ -216,6 +219,6 @@ def test_convert_by_spark_submit_on_two_executors_over_oss_with_keys_only_from_t
     assert ds.dataset(str(out / "_rejects")).to_table().column("raw").to_pylist() == ["not json"]
     counts = fake_oss.read_counts(counters)
     assert counts["jvms"] >= 3 and counts["open"] >= 40, counts  # the driver and two executors
-    texts = [proc.stdout, proc.stderr, refused.stdout, refused.stderr] + [
+    texts = [proc.stdout, proc.stderr, refused_out, refused_err] + [
         p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file()]
     assert not [t for t in texts if FAKE_ID in t or FAKE_SECRET in t]

@@ -248,13 +248,16 @@ def wait_for(flag: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_output_the_second_exits_2_naming_the_first_which_completes(jsonl, tmp_path, capsys):
     out, flag = tmp_path / "out", tmp_path / "paused"
     work = Path(work_dir(str(out)))
-    first = submit(["jobs/convert.py", "--input", jsonl, "--output", out, "--mode", "overwrite"], {}, "staged", flag)
+    first = submit(["--conf", f"{lock.STALE_CONF}=3", "jobs/convert.py", "--input", jsonl, "--output", out,
+                    "--mode", "overwrite"], {}, "staged", flag)
     try:
         wait_for(flag, first)
         (holder,) = leases(work)
+        assert holder["stale_s"] == 3  # the run's own stale time, from its Spark properties
         staged = sorted(p.name for p in work.iterdir())
         for mode in ("overwrite", "error"):
             code, stdout, err = run_job("convert", ["--input", jsonl, "--output", out, "--mode", mode], capsys)
@@ -278,47 +281,59 @@ def test_two_runs_into_one_output_the_second_exits_2_naming_the_first_which_comp
 
 
 def test_a_stale_lease_is_taken_over_and_reported(spark, jsonl, tmp_path, capsys):
+    import re
+
     out = tmp_path / "out"
     work = Path(work_dir(str(out)))
     write_lease(work, age_s=600)
     (work / "staging-20260101T000000-0ther").mkdir()  # what the silent run had staged
     code, _, err = run_job("convert", ["--input", jsonl, "--output", out], capsys)
     assert code == 0, err
-    assert ("convert: note: took over the lock on" in err and "from run 20260101T000000-0ther (pid 4242 on host "
-            "node-7): no heartbeat for 600 s (stale after 300 s)" in err)
+    # 600 s, and what the run took to get there on a busy machine
+    assert re.search(r"convert: note: took over the lock on .* from run 20260101T000000-0ther \(pid 4242 on host "
+                     r"node-7\): no heartbeat for 6[0-2]\d s \(stale after 300 s\)", err), err
     report = json.loads((out / "_report.json").read_text())
     assert report["lock_takeover"]["run_id"] == "20260101T000000-0ther"
-    assert report["lock_takeover"]["reason"].startswith("no heartbeat for 600 s")
+    assert re.match(r"no heartbeat for 6[0-2]\d s", report["lock_takeover"]["reason"])
     assert any("staging-20260101T000000-0ther" in note for note in report["recovered"])
     assert rows(out) == ALL and not work.exists()
 
 
 def test_a_killed_holder_s_lease_goes_stale_and_the_same_command_then_completes(spark, jsonl, tmp_path, capsys, conf):
-    out, flag = tmp_path / "out", tmp_path / "paused"
+    """A holder SIGKILLed on this node is seen to be gone at once; one on another node only goes
+    silent, and is taken over once its lease is stale. (A spark-submit run SIGKILLed mid-write and
+    taken over: test_publish; the stale time a spark-submit run writes in its lease: the test above.)"""
+    import re
+    import signal
+
+    out = tmp_path / "out"
     work = Path(work_dir(str(out)))
     args = ["--input", jsonl, "--output", out]
-    holder = submit(["--conf", f"{lock.STALE_CONF}=3", "jobs/convert.py", *args], {}, "staged", flag)
-    kill_when(holder, flag.exists)
-    (lease,) = leases(work)
-    # Had its driver run on another node, its death shows only as silence.
-    write_lease(work, **{**lease, "host": "node-7", "boot_id": "another-boot", "age_s": 0})
-    conf(lock.STALE_CONF, "3")
-    code, _, err = run_job("convert", args, capsys)
-    assert code == 2 and f"run {lease['run_id']}" in err and "once its lease is stale, in 3 s" in err
-    time.sleep(3.5)
+    me = lock.identity()
+    holder = subprocess.Popen(["sleep", "300"])
+    write_lease(work, **{**me, "pid": holder.pid, "pid_start": None, "stale_s": 3.0, "age_s": 0})
+    (work / "staging-20260101T000000-0ther").mkdir()  # what it had staged
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+
     code, _, err = run_job("convert", args, capsys)
     assert code == 0, err
     report = json.loads((out / "_report.json").read_text())
-    assert report["lock_takeover"]["run_id"] == lease["run_id"] and "no heartbeat" in report["lock_takeover"]["reason"]
+    took = report["lock_takeover"]
+    assert took["run_id"] == "20260101T000000-0ther" and took["reason"] == "its process is gone"
+    assert any("staging-20260101T000000-0ther" in note for note in report["recovered"])
     assert rows(out) == ALL and not work.exists()
 
-    # On the same node, a killed holder is seen to be gone: no wait.
-    flag.unlink()
-    again = submit(["jobs/convert.py", *args, "--mode", "overwrite"], {}, "staged", flag)
-    kill_when(again, flag.exists)
-    (lease,) = leases(work)
+    # Had it run on another node, its death shows only as silence: its own stale time counts.
+    write_lease(work, pid=holder.pid, stale_s=3.0, age_s=0)
+    conf(lock.STALE_CONF, "3")
+    code, _, err = run_job("convert", [*args, "--mode", "overwrite"], capsys)
+    assert code == 2 and "run 20260101T000000-0ther" in err
+    assert re.search(r"once its lease is stale, in [0-3] s", err), err  # 3 s less what the run took to get there
+    time.sleep(3.5)
     code, _, err = run_job("convert", [*args, "--mode", "overwrite"], capsys)
     assert code == 0, err
-    took = json.loads((out / "_report.json").read_text())["lock_takeover"]
-    assert took["run_id"] == lease["run_id"] and took["reason"] == "its process is gone"
-    assert rows(out) == ALL
+    report = json.loads((out / "_report.json").read_text())
+    assert report["lock_takeover"]["run_id"] == "20260101T000000-0ther"
+    assert "no heartbeat" in report["lock_takeover"]["reason"]
+    assert rows(out) == ALL and not work.exists()

@@ -8,9 +8,8 @@ import json
 from test_spark_submit import spark_submit
 
 
-def test_printing_5000_lines_under_spark_submit_keeps_files_and_threads_flat():
-    proc = spark_submit(["--master", "local[1]", "--conf", "spark.ui.enabled=false",
-                         "--conf", "spark.driver.memory=1g", "tests/print_soak.py", "5000"], timeout=600)
+def test_printing_5000_lines_under_spark_submit_keeps_files_and_threads_flat(soak_submit):
+    proc, _ = soak_submit  # the same run gives test_conf the properties it ran with (slow: conftest)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["printed"] == 5000

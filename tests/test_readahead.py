@@ -151,6 +151,7 @@ def test_without_the_jar_the_job_says_it_reads_with_sparks_text_source(spark, tm
     assert same is lines and used["name"] == "spark" and "python -m promptscore.readahead build" in used["why"]
 
 
+@pytest.mark.slow  # javac, three times
 def test_the_jar_is_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
     java = tmp_path / "java"
     java.mkdir()
@@ -213,18 +214,11 @@ def test_from_a_py_files_zip_the_jar_is_copied_out_and_loads(tmp_path):
     assert same == "True" and not path.startswith(str(zipped)) and path.endswith(readahead.JAR.name)
 
 
-def test_spark_submit_without_jars_reads_ahead_and_sets_a_broken_file_aside(tmp_path):
+def test_spark_submit_without_jars_reads_ahead_and_sets_a_broken_file_aside(make_submit_convert):
     """As on a cluster: no --jars, the job adds the reader itself, and a file it cannot read still
-    reaches the driver named (the driver decodes the task's error without the reader's jar)."""
-    from test_spark_submit import spark_submit
-
-    src, out = tmp_path / "in", tmp_path / "out"
-    for i in range(4):
-        write_lines(src / f"f{i}.jsonl", records(*(f"p{i}-{j}" for j in range(30))))
-    full = gzip.compress(("\n".join(records(*map(str, range(3000)))) + "\n").encode())
-    (src / "truncated.jsonl.gz").write_bytes(full[: len(full) // 2])
-    proc = spark_submit(["--master", "local[2]", "--conf", "spark.ui.enabled=false", "jobs/convert.py",
-                         "--input", src, "--output", out, "--max-bad-fraction", "0.99"])
+    reaches the driver named (the driver decodes the task's error without the reader's jar). The
+    run is `make submit ... EXECUTE=1` (test_package): 4 files of 30 lines and a truncated .gz."""
+    proc, src, out = make_submit_convert
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "_report.json").read_text())
     assert report["reader"] == {"name": "read-ahead", "files_in_flight": 16}

@@ -69,6 +69,7 @@ def test_progress_lines_and_one_chunk_per_file(uninterrupted, six_files):
     assert sorted(t["rows"] for t in report["tasks"]) == per_file
 
 
+@pytest.mark.slow
 def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark, six_files, tiny_model, tmp_path,
                                                                          uninterrupted):
     import pyarrow as pa
@@ -90,16 +91,28 @@ def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark,
     assert (out / "_report.json").read_text() == old and (out / "_SUCCESS").exists()
     done = [json.loads(p.read_text()) for p in Path(work_dir(str(out))).glob("pieces-*/done/[!.]*.json")]
 
-    again = submit(["--conf", f"{progress.INTERVAL_CONF}=1", *args], {}, None, flag)
-    stdout, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err[-3000:]
+    # The same command, on the shared session (progress lines through spark-submit's JVM: test_print_err).
+    import contextlib
+    import io
+
+    from conftest import load_job
+
+    stdout_io, stderr_io = io.StringIO(), io.StringIO()
+    spark.conf.set(progress.INTERVAL_CONF, "1")
+    try:
+        with contextlib.redirect_stdout(stdout_io), contextlib.redirect_stderr(stderr_io):
+            code = load_job("score").main([str(a) for a in args[1:]])
+    finally:
+        spark.conf.set(progress.INTERVAL_CONF, "0")
+    stdout, err = stdout_io.getvalue(), stderr_io.getvalue()
+    assert code == 0, err[-3000:]
     report = json.loads((out / "_report.json").read_text())
     resumed = sum(m["counts"]["rows"] for m in done)
     assert report["run_id"] != "old" and report["rows"] == 240
     assert report["resumed_rows"] == resumed > 0
     assert report["resume"]["chunks_resumed"] == len(done) and report["resume"]["chunks_scored"] == 6 - len(done)
     assert f"({resumed:,} resumed from an earlier run)" in stdout
-    assert any(line.startswith("score: ") and "/ 240 rows" in line for line in err.splitlines())  # via the JVM
+    assert any(line.startswith("score: ") and "/ 240 rows" in line for line in err.splitlines())
     assert_df_equality(scores(spark, out), scores(spark, uninterrupted[0]), ignore_row_order=True)
     assert not Path(work_dir(str(out))).exists()
 

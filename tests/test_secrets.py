@@ -50,7 +50,8 @@ def stage_from_oss(source: str, dest: Path, env: dict[str, str]) -> subprocess.C
                           env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_fake_keys_in_the_environment_end_up_nowhere(tmp_path, tiny_model):
+def test_fake_keys_in_the_environment_end_up_nowhere(spark, tmp_path, tiny_model, gpu_score_submit, monkeypatch,
+                                                    capsys):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OSS_", "ALIBABA_CLOUD_"))}
     with OssStandIn(tiny_model.parent) as oss:
         # The keys are read: the bootstrap action stages the model from OSS with them ...
@@ -66,27 +67,25 @@ def test_fake_keys_in_the_environment_end_up_nowhere(tmp_path, tiny_model):
     assert {r["headers"]["x-oss-security-token"] for r in oss.requests} == \
         {FAKE["OSS_SESSION_TOKEN"], FAKE["ALIBABA_CLOUD_SECURITY_TOKEN"]}
 
-    env_extra = dict(FAKE)
-    events = tmp_path / "events"
-    events.mkdir()
-    (tmp_path / "pq").mkdir()  # the convert job's run with these keys is in test_fake_oss
-    pq.write_table(pa.table({"prompt": ["hello", "world", "three"]}), tmp_path / "pq" / "part-0.parquet")
-    conf = [*conf_args("conf/local.conf"), "--conf", "spark.ui.showConsoleProgress=false",
-            "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
-            "--conf", "spark.driver.memory=1g"]
-    runs = [
-        # The staged model, as a URI: copied again into the workers' model cache.
-        spark_submit([*conf, "jobs/score.py", "--input", tmp_path / "pq", "--output", tmp_path / "scored",
-                      "--model", f"file://{tmp_path / 'model'}", "--cache-dir", tmp_path / "cache",
-                      "--backend", "transformers", "--report", tmp_path / "score-report.json"], env_extra=env_extra),
-        spark_submit([*conf, "jobs/score.py", "--input", tmp_path / "nowhere", "--output", tmp_path / "x",
-                      "--model", tiny_model], env_extra=env_extra),  # an error path too
-    ]
-    assert [r.returncode for r in runs] == [0, 2], runs[-1].stderr[-2000:]
+    # The score job by spark-submit with these keys in its environment (the run of test_spark_submit,
+    # the model as a URI: copied again into the workers' model cache, an event log); the convert
+    # job's run with these keys is in test_fake_oss.
+    run, home = gpu_score_submit
+    assert run.returncode == 0, run.stderr[-2000:]
+    # An error path too, on the shared session with the keys in its environment.
+    from conftest import run_job
+
+    for name, value in FAKE.items():
+        monkeypatch.setenv(name, value)
+    code, err_out, err_err = run_job("score", ["--input", tmp_path / "nowhere", "--output", tmp_path / "x",
+                                               "--model", tiny_model], capsys)
+    assert code == 2, err_err[-2000:]
+    runs = [run, subprocess.CompletedProcess([], code, err_out, err_err)]
+    events = home / "events"
     texts = {f"run {i} {name}": getattr(r, name) for i, r in enumerate([staged, staged_again, *runs])
              for name in ("stdout", "stderr")}
     runtime = Path(os.environ["PROMPTSCORE_RUNTIME_DIR"])
-    files = [p for root in (tmp_path, runtime) for p in root.rglob("*") if p.is_file()]
+    files = [p for root in (tmp_path, home, runtime) for p in root.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert {"_report.json", MARKER} <= names and any(events.iterdir())
     assert len([p for p in files if p.name == MARKER and p.parent.parent.name == "cache"]) == 1  # the cached copy

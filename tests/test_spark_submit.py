@@ -34,24 +34,24 @@ echo "{\\"name\\": \\"gpu\\", \\"addresses\\": [\\"$i\\"]}"
 """
 
 
-def test_workers_come_and_go_one_engine_per_gpu_stays(tmp_path, tiny_model):
-    """Two executors with a GPU address each from Spark's scheduler, and a new Python worker for
-    every task: each GPU gets one engine, started once, which every worker of its executor uses."""
+def launch_gpu_score(home: Path, model: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """The score job by spark-submit over 200 prompts in ``home/in`` to ``home/scored``: two executors
+    with a GPU address each from Spark's scheduler, and a new Python worker for every task (the
+    ``gpu_score_submit`` fixture; test_secrets reads the same run)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from udfs.engine_host import paths_for
-
-    src = tmp_path / "in"
+    src = home / "in"
     src.mkdir()
     pq.write_table(pa.table({"id": list(range(200)), "prompt": [f"prompt {i} " * (i % 7 + 1) for i in range(200)]}),
                    src / "part-0.parquet")
-    discovery = tmp_path / "gpus" / "claim-a-gpu.sh"
+    discovery = home / "gpus" / "claim-a-gpu.sh"
     discovery.parent.mkdir()
     discovery.write_text(CLAIM_A_GPU)
     discovery.chmod(0o755)
-    out = tmp_path / "scored"
-    proc = spark_submit([
+    events = home / "events"
+    events.mkdir()
+    return spark_submit([
         "--master", "local-cluster[2,1,1024]", *conf_args("conf/local.conf"),
         "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.driver.memory=1g",
         "--conf", "spark.worker.resource.gpu.amount=1",
@@ -62,16 +62,28 @@ def test_workers_come_and_go_one_engine_per_gpu_stays(tmp_path, tiny_model):
         "--conf", "spark.sql.execution.arrow.maxRecordsPerBatch=16",
         # Start only once both executors are there, so that both get tasks.
         "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0", "--conf", "spark.locality.wait=0",
-        # The transformers engine: on this machine without GPUs it runs on the CPU.
-        "jobs/score.py", "--input", src, "--output", out, "--model", tiny_model, "--backend", "transformers",
-        "--partitions", "8",
-    ])
+        "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
+        # The transformers engine: on this machine without GPUs it runs on the CPU. The model as a
+        # URI: the executors copy it into the node's cache first.
+        "jobs/score.py", "--input", src, "--output", home / "scored", "--model", model,
+        "--cache-dir", home / "cache", "--backend", "transformers", "--partitions", "4",
+        "--report", home / "score-report.json",
+    ], timeout=600, env_extra=env_extra)
+
+
+def test_workers_come_and_go_one_engine_per_gpu_stays(gpu_score_submit):
+    """Two executors with a GPU address each from Spark's scheduler, and a new Python worker for
+    every task: each GPU gets one engine, started once, which every worker of its executor uses."""
+    from udfs.engine_host import paths_for
+
+    proc, home = gpu_score_submit
+    out = home / "scored"
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "_report.json").read_text())
     assert report["scored"] == 200 and report["error_rows"] == 0
     assert report["spark_master"] == "local-cluster[2,1,1024]"
     tasks = report["tasks"]
-    assert len(tasks) == 8 and len({t["worker_pid"] for t in tasks}) == 8  # every task its own worker
+    assert len(tasks) == 4 and len({t["worker_pid"] for t in tasks}) == 4  # every task its own worker
     # The task's GPU address (TaskContext resources) keys its engine: one per executor's GPU.
     keys_by_executor: dict[int, set[str]] = {}
     for t in tasks:
