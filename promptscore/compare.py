@@ -22,7 +22,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from promptscore import score
-from promptscore.report import redact_uri, write_report
+from promptscore.io.reports import redact_uri, write_report
 
 SEED = 20261125
 

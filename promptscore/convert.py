@@ -24,12 +24,12 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import (cli, filelist, hadoop, inputs, jsonl, ledger, output, progress, publish, readahead,
-                         schema_sample, sizing)
-from promptscore.filelist import InputFile
+from promptscore import cli, errors, inputs, jsonl, ledger, progress, readahead, schema_sample, sizing, sparkapi
+from promptscore.io import files, hadoop, lists, output, publish
+from promptscore.io.files import File
 from promptscore.inputs import BadFile, InputIndex
-from promptscore.output import Output, OutputSpec
-from promptscore.report import human_bytes, redact_uri, write_report
+from promptscore.io.output import Output, OutputSpec
+from promptscore.io.reports import human_bytes, redact_uri, write_report
 
 DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
 MAX_BAD_FILES = 100  # files set aside whole before the job gives up (exit 2)
@@ -122,22 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     """Check the parsed flags together and turn them into ConvertOptions."""
     if args.sample_files < 0:
-        raise cli.UsageError("--sample-files must be 0 or more")
+        raise errors.UsageError("--sample-files must be 0 or more")
     if args.sample_files == 0 and not args.schema:
-        raise cli.UsageError("--sample-files 0 needs --schema")
+        raise errors.UsageError("--sample-files 0 needs --schema")
     if args.max_line_bytes > (1 << 31) - 1:
-        raise cli.UsageError("--max-line-bytes must be below 2g (a line is one JVM string)")
+        raise errors.UsageError("--max-line-bytes must be below 2g (a line is one JVM string)")
     if bool(args.input) == bool(args.input_list):
-        raise cli.UsageError("give --input (one or more prefixes) or --input-list, not both and not neither")
+        raise errors.UsageError("give --input (one or more prefixes) or --input-list, not both and not neither")
     if args.changed_files and not args.only_new:
-        raise cli.UsageError("--changed-files goes with --only-new")
+        raise errors.UsageError("--changed-files goes with --only-new")
     if args.only_new and not args.partition_col and not args.plan:
-        raise cli.UsageError("--only-new needs --partition-col: each run writes the new files into its own "
+        raise errors.UsageError("--only-new needs --partition-col: each run writes the new files into its own "
                              "partition, with the ledger of what it converted")
     if not args.output and not args.plan:
-        raise cli.UsageError("the following arguments are required: --output (see --help)")
+        raise errors.UsageError("the following arguments are required: --output (see --help)")
     if args.cores is not None and args.cores < 1 or args.tasks_per_core < 1:
-        raise cli.UsageError("--cores and --tasks-per-core must be at least 1")
+        raise errors.UsageError("--cores and --tasks-per-core must be at least 1")
     return ConvertOptions(
         inputs=list(args.input or []),
         out=output.from_args(args),
@@ -165,14 +165,12 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
 
 def parse_schema(ddl: str) -> StructType:
     """A Spark DDL string (``a string, b bigint`` or ``struct<...>``) as a StructType."""
-    from pyspark.sql.types import _parse_datatype_string
-
     try:
-        dt = _parse_datatype_string(ddl)
+        dt = sparkapi.parse_ddl(ddl)
     except Exception as e:  # noqa: BLE001 - Spark raises several kinds for bad DDL
-        raise cli.UsageError(f"--schema is not valid Spark DDL: {_first_line(str(e))}") from None
+        raise errors.UsageError(f"--schema is not valid Spark DDL: {_first_line(str(e))}") from None
     if not isinstance(dt, StructType):
-        raise cli.UsageError(f"--schema must list fields (e.g. 'prompt string'), got {ddl!r}")
+        raise errors.UsageError(f"--schema must list fields (e.g. 'prompt string'), got {ddl!r}")
     return dt
 
 
@@ -204,7 +202,7 @@ def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructTyp
     in_bytes = sum(hadoop.file_size(spark, p) for p in sample)
     lines = spark.read.text([hadoop.escape_glob(p) for p in sample])
     df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False), schema)
-    batches = df._collect_as_arrow()
+    batches = sparkapi.collect_arrow(df)
     if in_bytes <= 0 or not batches:
         return DEFAULT_RATIO
     buf = io.BytesIO()
@@ -257,7 +255,7 @@ class ConvertPlan:
     ratio: float | None
     writer_options: dict[str, str]
     phases: output.Phases
-    files: list[InputFile] | None = None  # the files to read, when known one by one
+    files: list[File] | None = None  # the files to read, when known one by one
     already_converted: int = 0  # --only-new: input files left out (other partitions hold them, or changed and skipped)
 
 
@@ -274,7 +272,7 @@ class ConvertResult:
     unknown: dict = field(default_factory=lambda: {"lines": 0, "names": []})
     tasks: int = 0
     attempts: int = 1
-    output_files: list[hadoop.FileInfo] = field(default_factory=list)
+    output_files: list[File] = field(default_factory=list)
     reader: dict = field(default_factory=lambda: {"name": "spark"})
     # Reads made again after a transient error: whole input files (read-ahead), driver calls.
     read_retries: dict = field(default_factory=lambda: {"input_files": 0, "driver": 0})
@@ -288,15 +286,15 @@ def check_options(opts: ConvertOptions) -> StructType | None:
     jsonl.check_schema(explicit)
     absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
     if absent:
-        raise cli.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
+        raise errors.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
                              "(add them or change --required-fields)")
     if opts.with_source_file and "source_file" in explicit.fieldNames():
-        raise cli.UsageError("--with-source-file clashes with a schema field named source_file")
+        raise errors.UsageError("--with-source-file clashes with a schema field named source_file")
     return explicit
 
 
 def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) -> tuple[DataFrame, InputIndex,
-                                                                                        list[InputFile] | None, int]:
+                                                                                        list[File] | None, int]:
     """The lines to read and what the listing found: from a prefix listing (Spark's index) or a
     list of files (``--input-list``); with ``--only-new``, only files no other partition of the
     output holds, and changed files as ``--changed-files`` says. Returns the lines (``None``
@@ -304,10 +302,10 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
     one, and how many input files were left out (already ingested, or changed and skipped)."""
     listed_info = None
     if opts.input_list:
-        named = filelist.read_list(spark, opts.input_list)
+        named = lists.read_list(spark, opts.input_list)
         listed_info = named.facts()
         if target:
-            output.check_overlap(spark, target, filelist.folders(named.files))
+            output.check_overlap(spark, target, files.folders(named.files))
         listed_files = [f for f in named.files if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
         others = [f for f in named.files if not f.path.endswith(inputs.SUFFIXES)]
         skipped = {"files": len(others), "bytes": sum(f.size for f in others),
@@ -322,7 +320,7 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
         if not (opts.only_new or opts.out.partition_col):
             return lines, index, None, 0
         # A partition records the files it holds (the ledger), so a later --only-new run knows them.
-        listed_files = [f for f in filelist.index_files(listed) if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
+        listed_files = [f for f in files.index_files(listed) if f.path.endswith(inputs.SUFFIXES) and f.size > 0]
         if not opts.only_new:
             return lines, index, listed_files, 0
         skipped, empty = index.skipped, index.empty_files
@@ -330,11 +328,11 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
     only_new = None
     if opts.only_new and target:
         if _file_checksums(spark):
-            listed_files = filelist.with_checksums(spark, listed_files)
+            listed_files = files.with_checksums(spark, listed_files)
         sel = ledger.compare(listed_files, ledger.held_versions(spark, opts.out.output, target))
         only_new = only_new_facts(sel, opts.changed_files, any(f.checksum for f in listed_files))
         if sel.changed and opts.changed_files == "error" and not opts.plan:
-            raise cli.DataQualityError(changed_files_message(sel, opts.out.output))
+            raise errors.DataQualityError(changed_files_message(sel, opts.out.output))
         listed_files = sel.new + ([f for f, _ in sel.changed] if opts.changed_files == "reingest" else [])
         listed_files.sort()
         left_out = len(sel.same) + (len(sel.changed) if opts.changed_files == "skip" else 0)
@@ -343,7 +341,7 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
                        listed_info, only_new)
     if not listed_files:
         return None, index, [], left_out  # type: ignore[return-value]
-    return filelist.lines_of(spark, listed_files), index, listed_files, left_out
+    return files.lines_of(spark, listed_files), index, listed_files, left_out
 
 
 def only_new_facts(sel: ledger.Selection, policy: str, checksums: bool) -> dict:
@@ -373,7 +371,7 @@ def changed_files_message(sel: ledger.Selection, out: str) -> str:
 def _file_checksums(spark: SparkSession) -> bool:
     value = (spark.conf.get("spark.promptscore.convert.fileChecksums", "false") or "false").strip().lower()
     if value not in ("true", "false"):
-        raise cli.UsageError(f"spark.promptscore.convert.fileChecksums must be true or false, not {value!r}")
+        raise errors.UsageError(f"spark.promptscore.convert.fileChecksums must be true or false, not {value!r}")
     return value == "true"
 
 
@@ -386,7 +384,7 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     clock.lap("list")
     if index.files == 0 and not (index.only_new and (already or index.only_new["changed_files"])):
         where = redact_uri(opts.input_list) if opts.input_list else ", ".join(map(redact_uri, opts.inputs))
-        raise cli.UsageError(f"no {inputs.INPUT_NAMES} files in {where}")
+        raise errors.UsageError(f"no {inputs.INPUT_NAMES} files in {where}")
     sample = None
     if explicit is not None:
         schema, source = explicit, "explicit"
@@ -396,7 +394,7 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     else:
         schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
     if opts.with_source_file and "source_file" in schema.fieldNames():
-        raise cli.UsageError("--with-source-file clashes with a field named source_file in the data")
+        raise errors.UsageError("--with-source-file clashes with a field named source_file in the data")
     clock.lap("schema")
     open_cost, slots = _open_cost(spark), _task_slots(spark)
     ratio = None
@@ -429,7 +427,8 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
     try:
         while True:
             lines = inputs.input_lines(plan.lines, bad)
-            parsed, result.reader = readahead.read_lines(spark, lines, in_flight, spec, plan.schema, retried)
+            parsed, result.reader = readahead.read_lines(spark, lines, in_flight, spec, jsonl.output_schema(plan.schema),
+                                                           retried)
             if result.reader["name"] == "read-ahead":
                 # Spark pruned the scan's files by these filters; the rows are filtered again, so that
                 # a skipped or set-aside file can never reach the output even where it would not.
@@ -457,7 +456,7 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
                     raise
                 bad.update((b.uri, b) for b in found)
                 if len(bad) > MAX_BAD_FILES:
-                    raise cli.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
+                    raise errors.UsageError(f"more than {MAX_BAD_FILES} input files cannot be read, e.g. "
                                          f"{redact_uri(found[0].uri)} ({found[0].detail}); check the input") from None
                 hadoop.delete(spark, out.staging)
                 result.attempts += 1
@@ -475,7 +474,7 @@ def execute_convert(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan
         result.reasons = _write_rejects(spark, opts, plan, result, f"{out.staging}/_rejects")
     if plan.files is not None:
         ledger.write(spark, plan.files, out.run_id, out.staging)
-    result.output_files = hadoop.list_data_files(spark, out.staging)
+    result.output_files = files.list_data_files(spark, out.staging)
     return result
 
 
@@ -625,7 +624,7 @@ def run_convert(spark: SparkSession, opts: ConvertOptions) -> dict:
                       f"({', '.join(report['unknown_fields']['names'][:10])}); they were written without them "
                       "(pass --schema with those fields, or --strict-schema to reject such lines)")
     if too_many:
-        raise cli.DataQualityError(
+        raise errors.DataQualityError(
             f"{report['rows_rejected'] + report['files_rejected_counted_as_lines']:,} rejected of "
             f"{report['lines_read'] - report['blank_lines'] + report['files_rejected_counted_as_lines']:,} "
             f"lines ({report['bad_fraction']:.4%} > --max-bad-fraction {opts.max_bad_fraction:g}); they are in "
@@ -653,7 +652,7 @@ def run_plan(spark: SparkSession, opts: ConvertOptions, explicit: StructType | N
     sources = opts.inputs or [opts.input_list or ""]
     object_store = any(hadoop.scheme(spark, u) not in ("file", "hdfs", "viewfs") for u in sources)
     in_flight = readahead.files_in_flight(spark) if readahead.load(spark) else 0
-    report = build_plan_report(opts, plan, parse_rate, object_store, driver_heap_mb(spark), spark.version,
+    report = build_plan_report(opts, plan, parse_rate, object_store, sparkapi.driver_heap_mb(spark), spark.version,
                                spark.sparkContext.master, time.monotonic() - started, target, scratch is not None,
                                files_in_flight=max(1, in_flight))
     if opts.out.report:
@@ -755,13 +754,6 @@ def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOpti
         if scratch:
             hadoop.delete(spark, scratch)
     return size * repeat / best if best > 0 else 0.0
-
-
-def driver_heap_mb(spark: SparkSession) -> int:
-    """The driver JVM's heap in use after a full garbage collection, in MB."""
-    runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
-    spark.sparkContext._jvm.java.lang.System.gc()
-    return int((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
 
 
 def summary_line(r: dict) -> str:

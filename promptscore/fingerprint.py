@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from promptscore import __version__, hadoop
+from promptscore import __version__
+from promptscore.io import files, hadoop
 from udfs.uris import has_scheme
 
 # File names the model loaders read weights from; the tokenizer never needs them.
@@ -68,24 +69,6 @@ def _hash_local_block(path: str, offset: int, length: int) -> bytes:
     finally:
         os.close(fd)
     return h.digest()
-
-
-def _hash_remote_block(spark, uri: str, offset: int, length: int) -> bytes:
-    # All in the JVM: the block streams through a digest into a null sink (one call to copy it).
-    jvm = spark.sparkContext._jvm
-    md = jvm.java.security.MessageDigest.getInstance("SHA-256")
-    p = hadoop._path(spark, uri)
-    stream = hadoop._fs(spark, p).open(p)
-    try:
-        stream.seek(offset)
-        digesting = jvm.java.security.DigestInputStream(jvm.java.io.BufferedInputStream(stream, _PIECE), md)
-        copied = jvm.org.apache.commons.io.IOUtils.copyLarge(
-            digesting, jvm.org.apache.commons.io.output.NullOutputStream.INSTANCE, 0, length)
-    finally:
-        stream.close()
-    if int(copied) != length:
-        raise OSError(f"{uri} is shorter than it was listed ({offset + int(copied)} < {offset + length} bytes)")
-    return bytes(md.digest())
 
 
 class DigestCache:
@@ -170,17 +153,13 @@ def _local_files(root: Path) -> list[tuple[str, int, str]]:
 
 
 def _remote_files(spark, base: str) -> list[tuple[str, int, str]]:
-    p = hadoop._path(spark, base)
-    fs = hadoop._fs(spark, p)
-    prefix = fs.makeQualified(p).toString().rstrip("/") + "/"
+    root, found = files.walk(spark, base)
+    prefix = root.rstrip("/") + "/"
     out = []
-    it = fs.listFiles(p, True)
-    while it.hasNext():
-        st = it.next()
-        uri = str(st.getPath().toString())
-        rel = uri.removeprefix(prefix)
+    for f in found:
+        rel = f.path.removeprefix(prefix)
         if not any(part.startswith(".") for part in rel.split("/")):
-            out.append((rel, int(st.getLen()), f"{uri}\t{int(st.getLen())}\t{int(st.getModificationTime())}"))
+            out.append((rel, f.size, f"{f.path}\t{f.size}\t{f.mtime_ms}"))
     return out
 
 
@@ -204,7 +183,7 @@ def model_digest(spark, model: str, manifest: list[tuple[str, int]] | None = Non
         files = _remote_files(spark, base)
 
         def hash_block(rel: str, offset: int, length: int) -> bytes:
-            return _hash_remote_block(spark, f"{base}/{rel}", offset, length)
+            return hadoop.sha256_range(spark, f"{base}/{rel}", offset, length, _PIECE)
 
         threads = _REMOTE_THREADS
     new_bytes = sum(size for _, size, key in files if key not in cache.entries)

@@ -22,7 +22,8 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import cli, hadoop
+from promptscore import errors, sparkapi
+from promptscore.io import hadoop
 from udfs.uris import redact
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -50,7 +51,7 @@ def list_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
     except AnalysisException as e:
         text = str(e)
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
-            raise cli.UsageError(f"input not found: {redact(_first_line(text))}") from None
+            raise errors.UsageError(f"input not found: {redact(_first_line(text))}") from None
         raise
 
 
@@ -67,7 +68,7 @@ def check_symlink_loops(spark: SparkSession, inputs: Sequence[str]) -> None:
             loop = find_symlink_loop(start)
             if loop:
                 link, target = loop
-                raise cli.UsageError(f"input {redact(uri)} holds a symbolic link loop: {link} -> {target} leads back "
+                raise errors.UsageError(f"input {redact(uri)} holds a symbolic link loop: {link} -> {target} leads back "
                                      "to a folder above it, so listing the input would never end; remove the link, "
                                      "or pass the folders beside it as --input")
 
@@ -137,11 +138,11 @@ def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sampl
     """Counts and sizes from Spark's own index and its pruned scans (no second listing), the
     skipped files by rule with a few examples, and a deterministic, well-spread sample of input
     files (Spark returns files in hash order; every k-th input file is taken)."""
-    all_files = listed._jdf.inputFiles()
+    all_files = sparkapi.input_files(listed)
     total = len(all_files)
     others = listed.where(~is_input_name(F.col("_metadata.file_name")))
-    n_files, n_bytes = _scan_size(lines)
-    skipped_n, skipped_bytes = _scan_size(others)
+    n_files, n_bytes = sparkapi.scan_size(lines)
+    skipped_n, skipped_bytes = sparkapi.scan_size(others)
     skipped = {"files": skipped_n, "bytes": skipped_bytes,
                "by_rule": {"other_name": skipped_n} if skipped_n else {}, "examples": [],
                "hidden": HIDDEN_RULE}
@@ -174,27 +175,6 @@ def spread_sample(paths: Sequence[str], n: int) -> list[str]:
     return ordered[::step][:n]
 
 
-def _scan_size(df: DataFrame) -> tuple[int, int]:
-    """Files and bytes the file scan of ``df`` reads after pruning (its driver-side metrics)."""
-    plan = df._jdf.queryExecution().executedPlan()
-    leaves = plan.collectLeaves()
-    files = size = 0
-    for i in range(leaves.size()):
-        leaf = leaves.apply(i)
-        metrics = leaf.metrics()
-        if metrics.contains("numFiles") and metrics.contains("filesSize"):
-            # The scan fills these when it first lists its files (a lazy value).
-            for method in ("selectedPartitions", "inputRDD"):
-                try:
-                    getattr(leaf, method)()
-                    break
-                except Exception:  # noqa: BLE001 - named differently in another Spark version
-                    continue
-            files += int(metrics.apply("numFiles").value())
-            size += int(metrics.apply("filesSize").value())
-    return files, size
-
-
 # ---------------------------------------------------------------------------------------------
 # Files that cannot be read
 
@@ -211,7 +191,7 @@ class BadFile:
 
 def named_file(exc: BaseException) -> str | None:
     """The file Spark names in a read failure (``Encountered error while reading file X``)."""
-    for _, message in cli.cause_chain(exc):
+    for _, message in errors.cause_chain(exc):
         m = _READ_FILE.search(message)
         if m:
             return (m.group(1) or m.group(2)).rstrip(".")
@@ -221,9 +201,9 @@ def named_file(exc: BaseException) -> str | None:
 def is_read_failure(exc: BaseException) -> bool:
     """Whether a failed write failed while reading an input file (I/O or decompression)."""
     kinds = ("java.io.", "java.util.zip.", "org.apache.hadoop.", "FileNotFound", "AccessDenied")
-    if cli.classify(exc) is not None:  # a full disk, a quota: no input file is to blame
+    if errors.classify(exc) is not None:  # a full disk, a quota: no input file is to blame
         return False
-    chain = cli.cause_chain(exc)
+    chain = errors.cause_chain(exc)
     return named_file(exc) is not None or any(t.startswith(kinds) or "IOException" in t for t, _ in chain)
 
 
@@ -233,7 +213,7 @@ def check_file(spark: SparkSession, uri: str) -> BadFile | None:
         hadoop.read_through(spark, uri)
         return None
     except Exception as e:  # noqa: BLE001 - any failure to read is the answer
-        chain = cli.cause_chain(e)
+        chain = errors.cause_chain(e)
         kind, message = chain[-1] if chain else (type(e).__name__, str(e))
         decompress = any(w in (kind + message).lower() for w in ("zip", "gzip", "eof", "decompress", "inflat",
                                                                 "end of input", "header"))

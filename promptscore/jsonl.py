@@ -25,6 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (ArrayType, DataType, MapType, StringType, StructField, StructType)
 
+from promptscore import sparkapi
+
 KIND_OK, KIND_BLANK, KIND_REJECT = "ok", "blank", "reject"
 # The one list of line reasons; the JVM parser names exactly these (a test checks).
 REASONS = ("line_too_long", "invalid_utf8", "not_json_object", "trailing_data", "too_deep",
@@ -55,14 +57,14 @@ def check_schema(schema: StructType, what: str = "--schema") -> None:
     """Refuse (UsageError, exit 2) a schema the parser cannot fill exactly: a type it does not
     support, or two fields of one struct whose names differ only in case (Spark would not tell
     them apart)."""
-    from promptscore import cli
+    from promptscore import errors
 
     problem = unsupported(schema)
     if problem:
-        raise cli.UsageError(f"{what}: {problem}")
+        raise errors.UsageError(f"{what}: {problem}")
     clash = case_clash(schema)
     if clash:
-        raise cli.UsageError(f"{what}: fields {clash[0]!r} and {clash[1]!r} differ only in case; Spark does not "
+        raise errors.UsageError(f"{what}: fields {clash[0]!r} and {clash[1]!r} differ only in case; Spark does not "
                              "tell them apart: keep one (the other is then an unknown field)")
 
 
@@ -120,15 +122,13 @@ def parser_spec(spark: SparkSession, schema: StructType, required: Sequence[str]
 
     check_schema(schema)
     readahead.require(spark)
-    cls = getattr(spark.sparkContext._jvm, PARSER_CLASS)
+    cls = getattr(sparkapi.jvm(spark), PARSER_CLASS)
     return cls.spec(schema.json(), "\u0000".join(required), int(max_line_bytes), bool(strict), bool(check_fields))
 
 
 def parsed_frame(spark: SparkSession, rows, schema: StructType) -> DataFrame:
     """A DataFrame of the parser's rows (a JVM ``JavaRDD[InternalRow]``)."""
-    jvm = spark.sparkContext._jvm
-    jschema = jvm.org.apache.spark.sql.types.DataType.fromJson(output_schema(schema).json())
-    return DataFrame(spark._jsparkSession.internalCreateDataFrame(rows.rdd(), jschema, False), spark)
+    return sparkapi.frame_of_rows(spark, rows, output_schema(schema))
 
 
 def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",),
@@ -147,8 +147,7 @@ def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = 
         spec = parser_spec(spark, schema, required, max_line_bytes, strict, check_fields)
     source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
     rows = lines.select(source.cast("string").alias("source_file"), F.col("value").cast("string"))
-    jvm = spark.sparkContext._jvm
-    parsed = getattr(jvm, PARSER_CLASS).parseRows(rows._jdf.queryExecution().toRdd(), spec)
+    parsed = getattr(sparkapi.jvm(spark), PARSER_CLASS).parseRows(sparkapi.internal_rows(rows), spec)
     return parsed_frame(spark, parsed, schema)
 
 

@@ -23,8 +23,9 @@ from typing import Sequence
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import hadoop
-from promptscore.filelist import InputFile
+from promptscore import sparkapi
+from promptscore.io import hadoop
+from promptscore.io.files import File
 from udfs.uris import redact
 
 DIR = "_ingested"
@@ -41,7 +42,7 @@ class Held:
     checksum: str | None
     partition: str
 
-    def same_as(self, f: InputFile) -> bool:
+    def same_as(self, f: File) -> bool:
         """Whether ``f`` is this version: same size and time (in whole seconds: listings and
         inventory reports give different sub-second precision), and same checksum where both
         have one of the same kind."""
@@ -56,9 +57,9 @@ class Held:
 class Selection:
     """The listed files, sorted by what the other partitions hold of them."""
 
-    new: list[InputFile] = field(default_factory=list)
-    same: list[InputFile] = field(default_factory=list)
-    changed: list[tuple[InputFile, Held]] = field(default_factory=list)
+    new: list[File] = field(default_factory=list)
+    same: list[File] = field(default_factory=list)
+    changed: list[tuple[File, Held]] = field(default_factory=list)
 
     def examples(self, n: int = 5) -> list[dict]:
         """Up to ``n`` changed files: the file now, and the version a partition holds."""
@@ -71,14 +72,10 @@ class Selection:
 def held_versions(spark: SparkSession, output: str, target: str) -> dict[str, list[Held]]:
     """The versions of input files that the partitions of ``output`` other than ``target`` hold,
     by path."""
-    jvm = spark.sparkContext._jvm
-    pattern = jvm.org.apache.hadoop.fs.Path(f"{output.rstrip('/')}/*/{DIR}/*.parquet")
-    fs = pattern.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    found = fs.globStatus(pattern) or []
+    found = hadoop.glob(spark, f"{output.rstrip('/')}/*/{DIR}/*.parquet")
     own = f"{target.rstrip('/')}/{DIR}/"
     files = []
-    for st in found:
-        path = str(st.getPath().toString())
+    for path in found:
         partition = path.rsplit("/", 3)[-3]
         if not path.startswith(own) and not partition.startswith((".", "_")):
             files.append(path)
@@ -91,7 +88,7 @@ def held_versions(spark: SparkSession, output: str, target: str) -> dict[str, li
           .select("path", "size", "mtime_s", "checksum", partition.alias("partition")))
     out: dict[str, list[Held]] = {}
     names: dict[str, str] = {}
-    for b in df._collect_as_arrow():
+    for b in sparkapi.collect_arrow(df):
         for path, size, mtime_s, checksum, part in zip(*(b.column(i).to_pylist() for i in range(5))):
             held = Held(int(size), int(mtime_s), checksum, names.setdefault(part, part))
             versions = out.setdefault(path, [])
@@ -100,7 +97,7 @@ def held_versions(spark: SparkSession, output: str, target: str) -> dict[str, li
     return out
 
 
-def compare(files: Sequence[InputFile], held: dict[str, list[Held]]) -> Selection:
+def compare(files: Sequence[File], held: dict[str, list[Held]]) -> Selection:
     """Sort ``files`` into new ones, versions a partition already holds, and changed ones (each
     list in path order)."""
     sel = Selection()
@@ -115,7 +112,7 @@ def compare(files: Sequence[InputFile], held: dict[str, list[Held]]) -> Selectio
     return sel
 
 
-def write(spark: SparkSession, files: Sequence[InputFile], run_id: str, directory: str) -> None:
+def write(spark: SparkSession, files: Sequence[File], run_id: str, directory: str) -> None:
     """Write the ledger rows of ``files`` under ``directory/_ingested`` (one Parquet file)."""
     rows = [(f.path, f.size, f.mtime_ms // 1000, run_id, f.checksum) for f in files]
     spark.createDataFrame(rows, SCHEMA).coalesce(1).write.mode("errorifexists").parquet(f"{directory}/{DIR}")

@@ -21,7 +21,8 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from promptscore import cli, hadoop
+from promptscore import errors
+from promptscore.io import hadoop
 from udfs.uris import has_scheme, redact
 
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -31,8 +32,8 @@ _ZIP_END = b"PK\x05\x06"
 _ZIP_TAIL = (64 << 10) + 22
 
 
-def _problem(model: str, rel: str, what: str, fix: str = "copy the model again") -> cli.UsageError:
-    return cli.UsageError(f"--model {redact(model)}: {rel} {what}; {fix}")
+def _problem(model: str, rel: str, what: str, fix: str = "copy the model again") -> errors.UsageError:
+    return errors.UsageError(f"--model {redact(model)}: {rel} {what}; {fix}")
 
 
 def parse_config(model: str, text: bytes | str, rel: str = "config.json") -> dict:
@@ -108,7 +109,7 @@ def weight_files(model: str, files: dict[str, int], read_text: Callable[[str], b
             return shards
     top = sorted(rel for rel in files if "/" not in rel and rel.endswith(WEIGHTS))
     if not top:
-        raise cli.UsageError(f"--model {redact(model)}: no weights file there (model.safetensors, "
+        raise errors.UsageError(f"--model {redact(model)}: no weights file there (model.safetensors, "
                              "pytorch_model.bin, or shards with their index.json); copy the model again")
     safetensors = [rel for rel in top if rel.endswith(".safetensors")]
     return safetensors or top

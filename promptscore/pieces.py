@@ -31,7 +31,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from promptscore import hadoop
+from promptscore.io import hadoop
+from promptscore.io.files import File, file_status, list_data_files, list_names, list_status
 
 PREFIX = "pieces-"
 MAX_CHUNK_BYTES_CONF = "spark.promptscore.score.maxChunkBytes"
@@ -41,29 +42,17 @@ DEFAULT_MAX_CHUNK_BYTES = 128 << 20
 DEFAULT_CHUNKS_PER_SLOT = 4
 
 
-@dataclass(frozen=True, order=True)
-class InputFile:
-    """One input file as Spark lists it: its URI, size and modification time (ms)."""
-
-    uri: str
-    size: int
-    mtime: int
-
-    def key(self) -> list:
-        return [self.uri, self.size, self.mtime]
-
-
 @dataclass(frozen=True)
 class Chunk:
     """Whole input files scored and committed together."""
 
-    files: tuple[InputFile, ...]
+    files: tuple[File, ...]
 
     @property
     def id(self) -> str:
         h = hashlib.sha256()
         for f in sorted(self.files):
-            h.update(f"{f.uri}\t{f.size}\t{f.mtime}\n".encode())
+            h.update(f"{f.path}\t{f.size}\t{f.mtime_ms}\n".encode())
         return h.hexdigest()[:16]
 
     @property
@@ -71,7 +60,7 @@ class Chunk:
         return sum(f.size for f in self.files)
 
 
-def list_input_files(spark, df) -> list[InputFile]:
+def list_input_files(spark, df) -> list[File]:
     """Every file of ``df``'s scan (as a plain path, not percent-encoded) with its size and
     modification time: one listing per parent directory (not one request per file)."""
     by_parent: dict[str, list[str]] = {}
@@ -80,10 +69,10 @@ def list_input_files(spark, df) -> list[InputFile]:
         by_parent.setdefault(parent, []).append(name)
     out = []
     for parent, names in by_parent.items():
-        listed = hadoop.list_status(spark, parent)
+        listed = list_status(spark, parent)
         for name in names:
-            st = listed.get(name) or hadoop.file_status(spark, f"{parent}/{name}")
-            out.append(InputFile(f"{parent}/{name}", st.size, st.mtime))
+            st = listed.get(name) or file_status(spark, f"{parent}/{name}")
+            out.append(File(f"{parent}/{name}", st.size, st.mtime_ms))
     return sorted(out)
 
 
@@ -92,7 +81,7 @@ def chunk_bytes(total_bytes: int, slots: int, per_slot: int, max_bytes: int) -> 
     return max(1, min(max_bytes, math.ceil(total_bytes / max(1, slots * per_slot))))
 
 
-def pack(files: list[InputFile], target_bytes: int) -> list[Chunk]:
+def pack(files: list[File], target_bytes: int) -> list[Chunk]:
     """Consecutive files (in path order) grouped until a chunk holds ``target_bytes``; a file is
     never split, so a file larger than that is a chunk of its own."""
     chunks, current, size = [], [], 0
@@ -162,7 +151,7 @@ class Pieces:
     def markers(self) -> list[Marker]:
         """Every marker that can be read (a marker cut short while written is no marker)."""
         out = []
-        for name in hadoop.list_names(self.spark, f"{self.root}/done"):
+        for name in list_names(self.spark, f"{self.root}/done"):
             if name.endswith(".json") and not name.startswith("."):
                 try:
                     out.append(Marker.from_json(hadoop.read_text(self.spark, f"{self.root}/done/{name}")))
@@ -170,10 +159,10 @@ class Pieces:
                     hadoop.delete(self.spark, f"{self.root}/done/{name}")
         return out
 
-    def plan(self, files: list[InputFile], target_bytes: int) -> ResumePlan:
+    def plan(self, files: list[File], target_bytes: int) -> ResumePlan:
         """Reuse what holds, drop what does not, delete orphaned part files, cut the rest."""
-        current = {f.uri: f for f in files}
-        parts = {st.name: st.size for st in hadoop.list_status(self.spark, self.parts).values()
+        current = {f.path: f for f in files}
+        parts = {st.name: st.size for st in list_status(self.spark, self.parts).values()
                  if not st.name.startswith((".", "_"))}  # hidden: checksums of the local file system
         claimed: set[str] = set()
         reused, dropped = [], 0
@@ -191,12 +180,12 @@ class Pieces:
         keep = {name for m in reused for name, _ in m.parts}
         orphans = [name for name in parts if name not in keep]
         self._parallel(lambda name: hadoop.delete(self.spark, f"{self.parts}/{name}", recursive=True), orphans)
-        todo = pack([f for f in files if f.uri not in claimed], target_bytes)
+        todo = pack([f for f in files if f.path not in claimed], target_bytes)
         return ResumePlan(reused, todo, target_bytes, dropped, len(orphans))
 
     def commit(self, chunk: Chunk, run_id: str, counts: dict, seconds: float) -> Marker:
         """Move a written chunk's files into ``parts/`` and write its marker."""
-        written = hadoop.list_data_files(self.spark, self.tmp(chunk))
+        written = list_data_files(self.spark, self.tmp(chunk))
         names = [f.path.rsplit("/", 1)[-1] for f in written]
         self._parallel(lambda f: hadoop.rename(self.spark, f.path, f"{self.parts}/{f.path.rsplit('/', 1)[-1]}"),
                        written)

@@ -39,6 +39,8 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
+from promptscore import sparkapi
+
 JAVA_DIR = Path(__file__).resolve().parent / "java"
 JAR = Path(__file__).resolve().parent / "jars" / "promptscore-readahead.jar"
 CLASS = "promptscore.readahead.ReadAheadLines"
@@ -144,9 +146,9 @@ def files_in_flight(spark: SparkSession) -> int:
     except ValueError:
         n = -1
     if not 0 <= n <= MAX_IN_FLIGHT:
-        from promptscore import cli
+        from promptscore import errors
 
-        raise cli.UsageError(f"{KEY}={value!r}: expected a whole number of files from 0 to {MAX_IN_FLIGHT} "
+        raise errors.UsageError(f"{KEY}={value!r}: expected a whole number of files from 0 to {MAX_IN_FLIGHT} "
                              "(0 turns read-ahead off)")
     return n
 
@@ -154,43 +156,36 @@ def files_in_flight(spark: SparkSession) -> int:
 def retry_counter(spark: SparkSession):
     """A Spark accumulator (JVM ``LongAccumulator``) for ``read_lines`` to count retried reads in;
     its ``value()`` once the job's write is done."""
-    return spark.sparkContext._jsc.sc().longAccumulator("promptscore.readahead.retries")
+    return sparkapi.long_accumulator(spark, "promptscore.readahead.retries")
 
 
 def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, spec=None,
-               schema: StructType | None = None, retries=None) -> tuple[DataFrame, dict]:
+               row_schema: StructType | None = None, retries=None) -> tuple[DataFrame, dict]:
     """``lines`` (a text scan with ``_metadata``, filtered by file only) read by the read-ahead
     reader, and what was used: ``{"name": "read-ahead", "files_in_flight": n}``, or
     ``{"name": "spark", "why": ...}`` with ``lines`` unchanged when read-ahead is off or Spark's
-    internals differ. With a parser ``spec`` (``jsonl.parser_spec``, for records of ``schema``)
-    the reader's tasks parse each line as they read it, and the rows are those of
-    ``jsonl.parse_lines`` (the lines, unparsed, still come back when read-ahead is off).
+    internals differ. With a parser ``spec`` (``jsonl.parser_spec``) the reader's tasks parse
+    each line as they read it, and the rows are those of ``jsonl.parse_lines``, whose schema the
+    caller gives as ``row_schema`` (``jsonl.output_schema``); the lines, unparsed, still come
+    back when read-ahead is off.
     Whole-file reads that failed with a transient error and were made again are counted in
     ``retries`` (from ``retry_counter``), if given."""
     if in_flight <= 0:
         return lines, {"name": "spark", "why": f"{KEY}=0"}
-    jvm = spark.sparkContext._jvm
     if not load(spark):
         return lines, {"name": "spark", "why": "the read-ahead jar is not built (python -m promptscore.readahead "
                                                "build, with a JDK) nor on the class path (spark-submit --jars)"}
-    scans = _file_scans(lines)
+    scans = sparkapi.file_scans(lines)
     if len(scans) != 1:
         return lines, {"name": "spark", "why": f"the input plan has {len(scans)} file scans, not one"}
     from py4j.protocol import Py4JError
 
-    jspark = spark._jsparkSession
     try:
-        # Spark internals (tested on 3.5): the scan's planned tasks, and a DataFrame of its rows.
-        conf = jspark.sessionState().newHadoopConf()
-        rdd = getattr(jvm, CLASS).lines(spark.sparkContext._jsc, scans[0].inputRDD(), conf, in_flight,
-                                        MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT, retries, spec)
-        if spec is not None:
-            from promptscore import jsonl
-
-            df = jsonl.parsed_frame(spark, rdd, schema)
-        else:
-            jschema = jvm.org.apache.spark.sql.types.StructType.fromDDL(SCHEMA)
-            df = DataFrame(jspark.internalCreateDataFrame(rdd.rdd(), jschema, False), spark)
+        # Spark internals (sparkapi): the scan's planned tasks, and a DataFrame of its rows.
+        rdd = getattr(sparkapi.jvm(spark), CLASS).lines(
+            sparkapi.java_context(spark), sparkapi.scan_input_rdd(scans[0]), sparkapi.session_hadoop_conf(spark),
+            in_flight, MAX_BUFFERED_BYTES, WHOLE_FILE_LIMIT, retries, spec)
+        df = sparkapi.frame_of_rows(spark, rdd, SCHEMA if spec is None else row_schema)
     except Py4JError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         return lines, {"name": "spark", "why": f"read-ahead is not available on Spark {spark.version}: {first}"}
@@ -206,7 +201,7 @@ def load(spark: SparkSession) -> bool:
     jar = jar_path()
     if jar is None:
         return False
-    spark._jsparkSession.sessionState().resourceLoader().addJar(str(jar))
+    sparkapi.add_jar(spark, str(jar))
     return _loadable(spark)
 
 
@@ -215,16 +210,16 @@ def require(spark: SparkSession) -> None:
     parses every line with it."""
     if load(spark):
         return
-    from promptscore import cli
+    from promptscore import errors
 
-    raise cli.UsageError(f"the JSONL parser ({JAR.name}) cannot be loaded: this package holds no jar built from "
+    raise errors.UsageError(f"the JSONL parser ({JAR.name}) cannot be loaded: this package holds no jar built from "
                          "its Java sources; reinstall the package (the wheel and the --py-files zip of `make "
                          "package` carry it), run `python -m promptscore.readahead build` (needs a JDK), or pass "
                          "the jar with spark-submit --jars")
 
 
 def _loadable(spark: SparkSession) -> bool:
-    jvm = spark.sparkContext._jvm
+    jvm = sparkapi.jvm(spark)
     try:
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName(CLASS, True, loader)
@@ -232,16 +227,6 @@ def _loadable(spark: SparkSession) -> bool:
         return True
     except Exception:  # noqa: BLE001 - py4j reports a missing class as a Java exception
         return False
-
-
-def _file_scans(df: DataFrame) -> list:
-    leaves = df._jdf.queryExecution().executedPlan().collectLeaves()
-    found = []
-    for i in range(leaves.size()):
-        leaf = leaves.apply(i)
-        if leaf.getClass().getSimpleName() == "FileSourceScanExec":
-            found.append(leaf)
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,8 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from promptscore.io import hadoop
+
 MAX_DEPTH = 1000  # Jackson's default nesting limit, which Spark's JSON parser keeps
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _WS = " \t\r\n"
@@ -257,8 +259,6 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
     A file whose head cannot be read or decompressed is listed in ``unreadable_files`` and
     otherwise left to the job (which sets it aside as a reject).
     """
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
     acc: DataType = StructType([])
     out = SchemaSample(StructType([]))
     distinct: dict[str, set[int]] = {}
@@ -268,13 +268,7 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
             out.files += 1
             local = os.path.join(tmp, str(i))
             try:
-                p = jvm.org.apache.hadoop.fs.Path(path)
-                fs = p.getFileSystem(conf)
-                size = int(fs.getFileStatus(p).getLen())
-                # The JVM copies the head of the file to a local file: much faster than bytes
-                # through py4j. copyInputStreamToFile closes the stream.
-                head = jvm.org.apache.commons.io.input.BoundedInputStream(fs.open(p), min(size, bytes_per_file))
-                jvm.org.apache.commons.io.FileUtils.copyInputStreamToFile(head, jvm.java.io.File(local))
+                size = hadoop.copy_head(spark, path, local, bytes_per_file)
                 with open(local, "rb") as f:
                     data = f.read()
                 records, unusable = parse_sample(data, path.endswith(".gz"), len(data) >= size, max_line_bytes)

@@ -28,10 +28,11 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from promptscore import (cli, fingerprint, hadoop, model_files, output, pieces, progress, publish, score_plan,
+from promptscore import (cli, errors, fingerprint, model_files, pieces, progress, score_plan,
                          sizing)
-from promptscore.output import OutputSpec
-from promptscore.report import human_bytes, redact_uri
+from promptscore.io import files, hadoop, output, publish
+from promptscore.io.output import OutputSpec
+from promptscore.io.reports import human_bytes, redact_uri
 from udfs.engines import EngineSpec
 from udfs.reasons import REASONS
 from udfs.uris import has_scheme
@@ -143,43 +144,43 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
     try:
         engine_args = json.loads(args.engine_args)
     except ValueError as e:
-        raise cli.UsageError(f"--engine-args is not JSON: {e}") from None
+        raise errors.UsageError(f"--engine-args is not JSON: {e}") from None
     if not isinstance(engine_args, dict):
-        raise cli.UsageError("--engine-args must be a JSON object")
+        raise errors.UsageError("--engine-args must be a JSON object")
     if args.response_col and args.template != "chat":
-        raise cli.UsageError("--response-col needs --template chat")
+        raise errors.UsageError("--response-col needs --template chat")
     for name in ("max_model_len", "tensor_parallel_size", "max_num_batched_tokens", "max_num_seqs"):
         if getattr(args, name) < 1:
-            raise cli.UsageError(f"--{name.replace('_', '-')} must be at least 1")
+            raise errors.UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.gpu_memory_utilization <= 1:
-        raise cli.UsageError("--gpu-memory-utilization must be in (0, 1]")
+        raise errors.UsageError("--gpu-memory-utilization must be in (0, 1]")
     if args.partitions is not None and args.partitions < 1:
-        raise cli.UsageError("--partitions must be at least 1")
+        raise errors.UsageError("--partitions must be at least 1")
     if args.compare_sample is not None:
         if args.compare_sample < 2:
-            raise cli.UsageError("--compare-sample must be at least 2 (rows)")
+            raise errors.UsageError("--compare-sample must be at least 2 (rows)")
         if not args.quantization and (args.compare_dtype or args.dtype) == args.dtype:
-            raise cli.UsageError("--compare-sample has nothing to compare: pass --quantization fp8, or a "
+            raise errors.UsageError("--compare-sample has nothing to compare: pass --quantization fp8, or a "
                                  "--compare-dtype other than --dtype")
     elif args.compare_dtype:
-        raise cli.UsageError("--compare-dtype goes with --compare-sample")
+        raise errors.UsageError("--compare-dtype goes with --compare-sample")
     if args.plan:
         if args.compare_sample is not None:
-            raise cli.UsageError("--plan and --compare-sample are two different checks; run them one at a time")
+            raise errors.UsageError("--plan and --compare-sample are two different checks; run them one at a time")
         if args.plan_sample is not None and not 0 < args.plan_sample <= 1:
-            raise cli.UsageError(f"--plan-sample must be a fraction in (0, 1], got {args.plan_sample:g}")
+            raise errors.UsageError(f"--plan-sample must be a fraction in (0, 1], got {args.plan_sample:g}")
         if args.gpus is not None and args.gpus < 1:
-            raise cli.UsageError("--gpus must be at least 1")
+            raise errors.UsageError("--gpus must be at least 1")
         if args.calibrate is not None and args.calibrate < 1:
-            raise cli.UsageError("--calibrate must be at least 1 (rows)")
+            raise errors.UsageError("--calibrate must be at least 1 (rows)")
     else:
         given = [flag for flag, value in (("--plan-sample", args.plan_sample), ("--gpus", args.gpus),
                                           ("--gpu-type", args.gpu_type), ("--calibrate", args.calibrate))
                  if value is not None]
         if given:
-            raise cli.UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --plan")
+            raise errors.UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --plan")
         if not args.output:
-            raise cli.UsageError("the following arguments are required: --output (see --help)")
+            raise errors.UsageError("the following arguments are required: --output (see --help)")
     engine = EngineSpec(
         model_dir=args.model, backend=args.backend, max_model_len=args.max_model_len, dtype=args.dtype,
         quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
@@ -206,14 +207,14 @@ def model_manifest(spark: SparkSession, model: str) -> tuple[dict, list[tuple[st
     if not has_scheme(model):
         config = os.path.join(model, "config.json")
         if not os.path.isfile(config):
-            raise cli.UsageError(f"--model {model}: no config.json there (a local path must exist on the "
+            raise errors.UsageError(f"--model {model}: no config.json there (a local path must exist on the "
                                  "driver and every node; use a URI to have it copied)")
         with open(config, "rb") as f:
             return model_files.parse_config(model, f.read()), None
     if not hadoop.exists(spark, model.rstrip("/") + "/config.json"):
-        raise cli.UsageError(f"--model {redact_uri(model)}: no config.json there")
+        raise errors.UsageError(f"--model {redact_uri(model)}: no config.json there")
     config = model_files.parse_config(model, hadoop.read_bytes(spark, model.rstrip("/") + "/config.json"))
-    return config, hadoop.list_tree(spark, model)
+    return config, files.list_tree(spark, model)
 
 
 def check_model(config: dict, model: str) -> None:
@@ -221,10 +222,10 @@ def check_model(config: dict, model: str) -> None:
     archs = config.get("architectures") or []
     labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
     if not any(a.endswith("ForSequenceClassification") or a.endswith("RewardModel") for a in archs):
-        raise cli.UsageError(f"--model {redact_uri(model)} is a {archs or 'model of unknown architecture'}, "
+        raise errors.UsageError(f"--model {redact_uri(model)} is a {archs or 'model of unknown architecture'}, "
                              "not a *ForSequenceClassification reward model")
     if labels not in (1, None):
-        raise cli.UsageError(f"--model {redact_uri(model)} has {labels} labels; a reward model has one")
+        raise errors.UsageError(f"--model {redact_uri(model)} has {labels} labels; a reward model has one")
 
 
 def resolve_backend(spark: SparkSession, backend: str) -> str:
@@ -338,7 +339,7 @@ class ScoreResult:
     metrics: dict
     tasks: list[dict]
     write_s: float
-    output_files: list[hadoop.FileInfo]
+    output_files: list[files.File]
     resume: dict = field(default_factory=dict)
     this_run: dict = field(default_factory=dict)
 
@@ -369,17 +370,17 @@ def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tu
     try:
         df = spark.read.parquet(*opts.inputs)
     except AnalysisException as e:
-        raise cli.UsageError(f"cannot read --input as Parquet: {redact_uri(str(e).strip().splitlines()[0])}") from None
+        raise errors.UsageError(f"cannot read --input as Parquet: {redact_uri(str(e).strip().splitlines()[0])}") from None
     for col, flag in ((opts.text_col, "--text-col"), (opts.response_col, "--response-col")):
         if col is None:
             continue
         if col not in df.columns:
-            raise cli.UsageError(f"{flag} {col!r} is not a column of the input (columns: {', '.join(df.columns)})")
+            raise errors.UsageError(f"{flag} {col!r} is not a column of the input (columns: {', '.join(df.columns)})")
         if not isinstance(df.schema[col].dataType, StringType):
-            raise cli.UsageError(f"{flag} {col!r} is {df.schema[col].dataType.simpleString()}, not string")
+            raise errors.UsageError(f"{flag} {col!r} is {df.schema[col].dataType.simpleString()}, not string")
     clash = [c for c in ("score", "score_error") if c in df.columns]
     if clash:
-        raise cli.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
+        raise errors.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
     return config, manifest, engine, df
 
 
@@ -410,9 +411,9 @@ def _conf_int(spark: SparkSession, key: str, default: int) -> int:
     try:
         value = cli.parse_size(raw) if key == pieces.MAX_CHUNK_BYTES_CONF else int(raw)
     except (ValueError, TypeError, argparse.ArgumentTypeError):
-        raise cli.UsageError(f"{key} must be a positive number, got {raw!r}") from None
+        raise errors.UsageError(f"{key} must be a positive number, got {raw!r}") from None
     if value < 1:
-        raise cli.UsageError(f"{key} must be a positive number, got {raw!r}")
+        raise errors.UsageError(f"{key} must be a positive number, got {raw!r}")
     return value
 
 
@@ -523,7 +524,7 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
     def score_chunk(chunk: pieces.Chunk) -> None:
         if cancel.is_set():
             return
-        paths = [hadoop.encoded_uri(spark, f.uri) for f in chunk.files]
+        paths = [hadoop.encoded_uri(spark, f.path) for f in chunk.files]
         df = plan.df.where(F.col("_metadata.file_path").isin(paths))
         if opts.partitions:
             df = df.repartition(max(1, round(opts.partitions * chunk.bytes / total_bytes)))
@@ -578,7 +579,7 @@ def execute_score(spark: SparkSession, opts: ScoreOptions, plan: ScorePlan, out:
         "orphan_files_removed": rp.orphans, "concurrent_chunks": concurrency,
         "chunk_bytes": rp.target_bytes, "basis": {k: v for k, v in plan.basis.items() if k != "schema"},
     }
-    return ScoreResult(metrics, tasks, write_s, hadoop.list_data_files(spark, pcs.parts), resume, this_run)
+    return ScoreResult(metrics, tasks, write_s, files.list_data_files(spark, pcs.parts), resume, this_run)
 
 
 def build_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats: dict, header: dict,
@@ -691,7 +692,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
         out.publisher.discard()
         raise
     if report["status"] != "ok":
-        raise cli.DataQualityError(
+        raise errors.DataQualityError(
             f"{report['error_rows']:,} of {report['rows']:,} rows got no score ({report['bad_fraction']:.4%} > "
             f"--max-bad-fraction {opts.max_bad_fraction:g}): {report['errors']}; see score_error in the output",
             report)

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import cli, fingerprint, hadoop, output, sizing
-from promptscore.report import redact_uri, write_report
+from promptscore import errors, fingerprint, sizing
+from promptscore.io import hadoop, output
+from promptscore.io.reports import redact_uri, write_report
 from udfs.uris import has_scheme
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def ship_tokenizer(spark: SparkSession, model: str, manifest: list[tuple[str, in
     files = tokenizer_files(manifest or [])
     if not any(os.path.basename(rel).startswith(("tokenizer", "vocab", "merges", "spiece", "sentencepiece"))
                for rel, _ in files):
-        raise cli.UsageError(f"--model {redact_uri(model)}: no tokenizer files there (tokenizer.json, "
+        raise errors.UsageError(f"--model {redact_uri(model)}: no tokenizer files there (tokenizer.json, "
                              "tokenizer_config.json, vocab, merges)")
     shipped = os.path.join(SparkFiles.getRootDirectory(), "promptscore-tokenizers")
     os.makedirs(shipped, exist_ok=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pyspark.sql.types import StringType, StructField, StructType
 
-from promptscore import convert, output
+from promptscore import convert
+from promptscore.io import output
 from promptscore.inputs import BadFile, InputIndex
 
 SCHEMA = StructType([StructField("prompt", StringType())])

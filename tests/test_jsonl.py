@@ -123,7 +123,7 @@ def test_schema_ddl_round_trips(spark):
 
 @pytest.mark.parametrize("bad", ["prompt strin", "prompt string,, x", "int"])
 def test_bad_schema_ddl_is_a_usage_error(spark, bad):
-    from promptscore.cli import UsageError
+    from promptscore.errors import UsageError
 
     with pytest.raises(UsageError, match="--schema"):
         convert.parse_schema(bad)

@@ -53,7 +53,7 @@ def test_engine_summaries_group_tasks_by_engine_and_span_their_counters():
 
 
 def test_a_task_that_failed_in_python_is_named_by_the_last_line_of_its_traceback():
-    from promptscore.cli import gist
+    from promptscore.errors import gist
 
     message = ("Job aborted due to stage failure: Task 0 in stage 3.0 failed 4 times, most recent failure: "
                "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"

@@ -183,10 +183,10 @@ def test_tokenizer_files_leave_the_weights_out():
 def test_a_uri_models_tokenizer_ships_without_its_weights(spark, tiny_model):
     import zipfile
 
-    from promptscore import hadoop
+    from promptscore.io import files
 
     uri = f"file://{tiny_model}"
-    ref, archive = score_plan.ship_tokenizer(spark, uri, hadoop.list_tree(spark, uri))
+    ref, archive = score_plan.ship_tokenizer(spark, uri, files.list_tree(spark, uri))
     assert ref == "sparkfiles:" + Path(archive).name
     assert Path(archive).name in {a.rsplit("/", 1)[-1] for a in spark.sparkContext.listArchives}
     with zipfile.ZipFile(archive) as z:

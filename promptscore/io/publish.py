@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from promptscore import hadoop
-from promptscore import lock as locks
+from promptscore.io import hadoop
+from promptscore.io.files import list_names, list_tree
+from promptscore.io import lock as locks
 from udfs.uris import redact
 
 JOURNAL = "_publish.json"
@@ -171,7 +172,7 @@ class Publisher:
             self._roll_forward(journal)
             notes.append(f"completed the publish of run {journal['run']}, cut short earlier")
             keep = None
-        names = [n for n in hadoop.list_names(self.spark, self.work) if not self._live(n)]
+        names = [n for n in list_names(self.spark, self.work) if not self._live(n)]
         kept = [n for n in names if keep is not None and keep(n)]
         left = [n for n in names if n not in kept and not n.startswith(".")]
         if left:
@@ -189,7 +190,7 @@ class Publisher:
             return TargetState("absent")
         if not hadoop.is_dir(self.spark, self.target):
             return TargetState("foreign")
-        names = hadoop.list_names(self.spark, self.target)
+        names = list_names(self.spark, self.target)
         if REPORT in names:
             report = self._report_at(self.target)
             if report is not None and report.get("job") in _JOBS:
@@ -236,7 +237,7 @@ class Publisher:
         pause_point("publish-journaled")
         self._roll_forward(journal)
         pause_point("published")
-        for name in hadoop.list_names(self.spark, self.work):
+        for name in list_names(self.spark, self.work):
             if not self._live(name):
                 hadoop.delete(self.spark, f"{self.work}/{name}")
         self.release()
@@ -282,7 +283,7 @@ class Publisher:
             hadoop.delete(spark, target)
             hadoop.write_text(spark, cleared, "")
         pause_point("publish-swapping")
-        files = [rel for rel, _ in hadoop.list_tree(spark, staged)]
+        files = [rel for rel, _ in list_tree(spark, staged)]
         first = [rel for rel in files if rel != SUCCESS]
 
         def move(rel: str) -> None:

@@ -4,8 +4,8 @@ Everything goes through the JVM of the active SparkSession, so the connector and
 the cluster is configured with (JindoSDK and the ECS RAM role on EMR) are the ones used. Plain
 paths resolve against ``fs.defaultFS`` exactly as Spark resolves them.
 
-Reads, listings and status calls that fail with a transient error (``is_transient``: a 5xx or 429
-answer, a reset or timed-out connection) are made again, up to ``ATTEMPTS`` times with growing
+Reads, listings and status calls that fail with a transient error (``errors.is_transient``: a 5xx
+or 429 answer, a reset or timed-out connection) are made again, up to ``ATTEMPTS`` times with growing
 pauses, and counted (``retries()``). Writes, renames and deletes are not: the connector's own
 retries cover them, and the jobs' journals make a failed one safe to run again.
 """
@@ -17,51 +17,17 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from promptscore import errors, sparkapi
 from udfs.uris import has_scheme
 
 _GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
 ATTEMPTS = 5
 FIRST_PAUSE_S = 0.2
-_PERMANENT = re.compile(r"(?i)\b(400|401|403|404|405|409|412|416)\b|AccessDenied|Access Denied|Forbidden|NoSuchKey"
-                        r"|NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidObjectState|not found|no such")
-_TRANSIENT = re.compile(r"(?i)\b(429|500|502|503|504)\b|Service Unavailable|SlowDown|ServerBusy|Internal ?Error"
-                        r"|Connection reset|Broken pipe|timed out|timeout|RequestTimeout|Too Many Requests|temporarily")
-_PERMANENT_CLASSES = ("java.io.FileNotFoundException", "java.nio.file.NoSuchFileException",
-                      "java.nio.file.AccessDeniedException", "org.apache.hadoop.security.AccessControlException",
-                      "org.apache.hadoop.fs.PathNotFoundException", "org.apache.hadoop.fs.PathPermissionException",
-                      "org.apache.hadoop.fs.AccessDeniedException")
-_TRANSIENT_CLASSES = ("java.net.SocketException", "java.net.SocketTimeoutException", "java.net.ConnectException",
-                      "java.net.NoRouteToHostException")
 _retries = 0
 _retries_lock = threading.Lock()
 T = TypeVar("T")
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a failed file-system call may succeed when made again: a Java exception whose
-    chain holds a socket error or a 5xx/429/timeout message, and no missing file, refused access
-    (403), bad request, corrupt data or interruption. Python errors are never transient here."""
-    from py4j.protocol import Py4JJavaError
-
-    if not isinstance(error, Py4JJavaError):
-        return False
-    seen = False
-    t, depth = error.java_exception, 0
-    while t is not None and depth < 16:
-        name, message = str(t.getClass().getName()), str(t.getMessage())
-        if name in _PERMANENT_CLASSES or _PERMANENT.search(message):
-            return False
-        if name == "java.io.InterruptedIOException" or name.startswith("java.util.zip."):
-            return False
-        if name in _TRANSIENT_CLASSES or _TRANSIENT.search(message):
-            seen = True
-        cause = t.getCause()
-        t = None if cause is None or cause.equals(t) else cause
-        depth += 1
-    return seen
 
 
 def retries() -> int:
@@ -80,7 +46,7 @@ def _reads(fn: Callable[..., T]) -> Callable[..., T]:
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - re-raised unless transient
-                if attempt == ATTEMPTS or not is_transient(e):
+                if attempt == ATTEMPTS or not errors.is_transient(e):
                     raise
             with _retries_lock:
                 _retries += 1
@@ -91,16 +57,12 @@ def _reads(fn: Callable[..., T]) -> Callable[..., T]:
     return again
 
 
-def _jvm(spark):
-    return spark.sparkContext._jvm
-
-
 def _path(spark, uri: str):
-    return _jvm(spark).org.apache.hadoop.fs.Path(uri)
+    return sparkapi.jvm(spark).org.apache.hadoop.fs.Path(uri)
 
 
 def _fs(spark, path):
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return path.getFileSystem(sparkapi.hadoop_conf(spark))
 
 
 def qualify(spark, uri: str) -> str:
@@ -196,8 +158,8 @@ def read_bytes(spark, uri: str) -> bytes:
     fs = _fs(spark, p)
     stream = fs.open(p)
     try:
-        buf = _jvm(spark).java.io.ByteArrayOutputStream()
-        _jvm(spark).org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, 65536, False)
+        buf = sparkapi.jvm(spark).java.io.ByteArrayOutputStream()
+        sparkapi.jvm(spark).org.apache.hadoop.io.IOUtils.copyBytes(stream, buf, 65536, False)
         return bytes(buf.toByteArray())
     finally:
         stream.close()
@@ -206,7 +168,7 @@ def read_bytes(spark, uri: str) -> bytes:
 @_reads
 def read_range(spark, uri: str, offset: int, length: int) -> bytes:
     """Read ``length`` bytes of the file at ``uri`` from ``offset``, which must lie inside it."""
-    jvm = _jvm(spark)
+    jvm = sparkapi.jvm(spark)
     p = _path(spark, uri)
     stream = _fs(spark, p).open(p)
     try:
@@ -228,11 +190,10 @@ def read_text(spark, uri: str) -> str:
 def read_through(spark, uri: str) -> None:
     """Read the whole file at ``uri`` as Spark's text reader would, decompressing by its name
     (``.gz``), and discard it: raises the reader's error when the file cannot be read to its end."""
-    jvm = _jvm(spark)
+    jvm = sparkapi.jvm(spark)
     p = _path(spark, uri)
     fs = _fs(spark, p)
-    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
-        spark.sparkContext._jsc.hadoopConfiguration()).getCodec(p)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(sparkapi.hadoop_conf(spark)).getCodec(p)
     stream = fs.open(p)
     if codec is not None:
         stream = codec.createInputStream(stream)
@@ -243,100 +204,123 @@ def read_through(spark, uri: str) -> None:
         stream.close()
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    """One file of a listing."""
-
-    path: str
-    size: int
+# Listings, as plain values: ``promptscore.io.files`` turns them into its File records.
 
 
 @_reads
-def list_data_files(spark, uri: str) -> list[FileInfo]:
-    """The data files directly under ``uri`` (not recursive), skipping ``_*`` and ``.*`` names.
-
-    Meant for output directories of a few files; inputs of millions of files are listed by Spark.
-    """
+def list_dir(spark, uri: str, only_dir: bool = False) -> list[tuple[str, str, bool, int, int]]:
+    """(path, name, is a file, size, modification ms) of each entry directly under ``uri`` (one
+    listing request); [] when nothing is there or, with ``only_dir``, when ``uri`` is no directory."""
     p = _path(spark, uri)
     fs = _fs(spark, p)
+    if not fs.exists(p) or only_dir and not fs.getFileStatus(p).isDirectory():
+        return []
+    return [(str(st.getPath().toString()), str(st.getPath().getName()), bool(st.isFile()), int(st.getLen()),
+             int(st.getModificationTime())) for st in fs.listStatus(p)]
+
+
+@_reads
+def list_recursive(spark, uri: str) -> tuple[str, list[tuple[str, int, int]]]:
+    """The qualified form of ``uri`` and (path, size, modification ms) of every file under it, at
+    any depth ([] when nothing is there). For small trees: a model directory, one job's output."""
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    base = str(fs.makeQualified(p).toString())
     if not fs.exists(p):
-        return []
-    files = []
-    for st in fs.listStatus(p):
-        name = st.getPath().getName()
-        if st.isFile() and not name.startswith(("_", ".")):
-            files.append(FileInfo(st.getPath().toString(), int(st.getLen())))
-    return sorted(files, key=lambda f: f.path)
-
-
-@dataclass(frozen=True)
-class FileStatus:
-    """A file's name, size and modification time (ms since the epoch), as its directory lists it."""
-
-    name: str
-    size: int
-    mtime: int
-
-
-@_reads
-def list_status(spark, uri: str) -> dict[str, FileStatus]:
-    """The files directly under the directory ``uri`` by name (one listing request), or {}."""
-    p = _path(spark, uri)
-    fs = _fs(spark, p)
-    if not fs.exists(p) or not fs.getFileStatus(p).isDirectory():
-        return {}
-    out = {}
-    for st in fs.listStatus(p):
-        if st.isFile():
-            name = str(st.getPath().getName())
-            out[name] = FileStatus(name, int(st.getLen()), int(st.getModificationTime()))
-    return out
-
-
-@_reads
-def file_status(spark, uri: str) -> FileStatus:
-    """The status of the one file at ``uri``."""
-    p = _path(spark, uri)
-    st = _fs(spark, p).getFileStatus(p)
-    return FileStatus(str(st.getPath().getName()), int(st.getLen()), int(st.getModificationTime()))
-
-
-@_reads
-def list_names(spark, uri: str) -> list[str]:
-    """The names directly under the directory ``uri`` (files and directories), or [] if absent."""
-    p = _path(spark, uri)
-    fs = _fs(spark, p)
-    if not fs.exists(p) or not fs.getFileStatus(p).isDirectory():
-        return []
-    return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
-
-
-@_reads
-def list_tree(spark, uri: str) -> list[tuple[str, int]]:
-    """Every file under ``uri`` (recursively) as (path relative to ``uri``, size). For small trees,
-    such as a model directory or one job's output."""
-    p = _path(spark, uri.rstrip("/"))
-    fs = _fs(spark, p)
-    if not fs.exists(p):
-        return []
-    base = fs.makeQualified(p).toString().rstrip("/") + "/"
+        return base, []
     files = []
     it = fs.listFiles(p, True)
     while it.hasNext():
         st = it.next()
-        files.append((st.getPath().toString().removeprefix(base), int(st.getLen())))
-    return sorted(files)
+        files.append((str(st.getPath().toString()), int(st.getLen()), int(st.getModificationTime())))
+    return base, files
+
+
+@_reads
+def status(spark, uri: str) -> tuple[str, int, int]:
+    """(name, size, modification ms) of the one file at ``uri``."""
+    p = _path(spark, uri)
+    st = _fs(spark, p).getFileStatus(p)
+    return str(st.getPath().getName()), int(st.getLen()), int(st.getModificationTime())
+
+
+def glob(spark, pattern: str) -> list[str]:
+    """The paths that match the Hadoop glob ``pattern`` (``*``, ``?``, ``{a,b}``)."""
+    p = _path(spark, pattern)
+    return [str(st.getPath().toString()) for st in (_fs(spark, p).globStatus(p) or [])]
+
+
+def checksums(spark, uris: list[str], threads: int = 16) -> list[str | None]:
+    """The content checksum of each file, as ``kind:value`` (one request per file, ``threads`` at a
+    time): the object store's ETag where the file status carries one (Hadoop's ``EtagSource``,
+    3.3.5+ connectors), else ``FileSystem.getFileChecksum`` (HDFS: MD5 of its block checksums);
+    None where neither answers (local disk)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jvm = sparkapi.jvm(spark)
+    try:
+        etag_source = jvm.java.lang.Class.forName("org.apache.hadoop.fs.EtagSource")
+    except Exception:  # noqa: BLE001 - Hadoop before 3.3.2
+        etag_source = None
+
+    def one(uri: str) -> str | None:
+        p = _path(spark, uri)
+        fs = _fs(spark, p)
+        if etag_source is not None:
+            st = fs.getFileStatus(p)
+            if etag_source.isInstance(st):
+                tag = st.getEtag()
+                if tag:
+                    return f"etag:{str(tag).strip(chr(34)).lower()}"
+        c = fs.getFileChecksum(p)
+        return None if c is None else f"{c.getAlgorithmName()}:{bytes(c.getBytes()).hex()}"
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, uris))
+
+
+def copy_head(spark, uri: str, local: str, max_bytes: int) -> int:
+    """Copy the first ``max_bytes`` of the file at ``uri`` to the local file ``local``, in the JVM
+    (much faster than bytes through py4j); returns the file's whole size."""
+    jvm = sparkapi.jvm(spark)
+    p = _path(spark, uri)
+    fs = _fs(spark, p)
+    size = int(fs.getFileStatus(p).getLen())
+    # copyInputStreamToFile closes the stream.
+    head = jvm.org.apache.commons.io.input.BoundedInputStream(fs.open(p), min(size, max_bytes))
+    jvm.org.apache.commons.io.FileUtils.copyInputStreamToFile(head, jvm.java.io.File(local))
+    return size
+
+
+def sha256_range(spark, uri: str, offset: int, length: int, buffer: int = 8 << 20) -> bytes:
+    """SHA-256 of ``length`` bytes of the file at ``uri`` from ``offset``, computed in the JVM (the
+    range streams through a digest into a null sink; only the 32-byte digest crosses to Python).
+    Raises OSError when the file is shorter."""
+    jvm = sparkapi.jvm(spark)
+    md = jvm.java.security.MessageDigest.getInstance("SHA-256")
+    p = _path(spark, uri)
+    stream = _fs(spark, p).open(p)
+    try:
+        stream.seek(offset)
+        digesting = jvm.java.security.DigestInputStream(jvm.java.io.BufferedInputStream(stream, buffer), md)
+        copied = jvm.org.apache.commons.io.IOUtils.copyLarge(
+            digesting, jvm.org.apache.commons.io.output.NullOutputStream.INSTANCE, 0, length)
+    finally:
+        stream.close()
+    if int(copied) != length:
+        raise OSError(f"{uri} is shorter than it was listed ({offset + int(copied)} < {offset + length} bytes)")
+    return bytes(md.digest())
 
 
 def uri_to_path(spark, uri: str) -> str:
     """Turn a percent-encoded file URI (as Spark lists files) back into a plain path string."""
-    return _jvm(spark).org.apache.hadoop.fs.Path(_jvm(spark).java.net.URI(uri)).toString()
+    return sparkapi.jvm(spark).org.apache.hadoop.fs.Path(sparkapi.jvm(spark).java.net.URI(uri)).toString()
 
 
 def encoded_uri(spark, path: str, encoded: bool = False) -> str:
     """The percent-encoded URI of a file, as Spark's ``_metadata.file_path`` gives it; ``path``
     is a plain path or URI, or (``encoded``) an already encoded URI in another spelling."""
-    jvm = _jvm(spark)
+    jvm = sparkapi.jvm(spark)
     p = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(path)) if encoded else _path(spark, path)
     uri = str(_fs(spark, p).makeQualified(p).toUri().toString())
     # Spark spells local files file:/x; java.net.URI keeps an empty authority as file:///x.
@@ -355,21 +339,9 @@ def file_size(spark, uri: str) -> int:
     return int(_fs(spark, p).getFileStatus(p).getLen())
 
 
-def set_marker(spark, directory: str, present: bool) -> None:
-    """Create (``present``) or remove the ``_SUCCESS`` marker in ``directory``."""
-    marker = directory.rstrip("/") + "/_SUCCESS"
-    if present:
-        write_text(spark, marker, "")
-    else:
-        delete(spark, marker, recursive=False)
-
-
 def _java_class(error: BaseException) -> str:
-    java = getattr(error, "java_exception", None)
-    try:
-        return str(java.getClass().getName()) if java is not None else ""
-    except Exception:  # noqa: BLE001 - the gateway is gone
-        return ""
+    chain = sparkapi.java_chain(error, 1)
+    return chain[0][0] if chain else ""
 
 
 def create_new(spark, uri: str, data: bytes) -> bool:

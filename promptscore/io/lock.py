@@ -26,19 +26,17 @@ run whose content is not there steps back (exit 2).
 
 from __future__ import annotations
 
-import errno
-import getpass
 import json
-import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from promptscore import cli, hadoop
+from promptscore import errors
+from promptscore.io import hadoop
+from promptscore.io.leases import NAME, HadoopStore, LocalStore, gone, identity
 from udfs.uris import redact
 
 STALE_CONF = "spark.promptscore.lock.staleSeconds"
@@ -46,7 +44,6 @@ SETTLE_CONF = "spark.promptscore.lock.settleSeconds"
 DEFAULT_STALE_S = 300.0
 DEFAULT_SETTLE_S = 2.0
 MAX_HEARTBEAT_S = 60.0
-_NAME = re.compile(r"^lock\.(\d+)\.json$")
 _OWNED = re.compile(r"^\.?lock\.\d+\.json")
 _ATOMIC = ("file", "hdfs", "viewfs")
 
@@ -57,7 +54,7 @@ def is_lease(name: str) -> bool:
     return bool(_OWNED.match(name))
 
 
-class OutputLocked(cli.UsageError):
+class OutputLocked(errors.UsageError):
     """Another run holds the output's lease (exit 2: the message names it)."""
 
 
@@ -89,151 +86,6 @@ class Lease:
 
 
 # ---------------------------------------------------------------------------------------------
-# Who this process is, and whether another one is provably gone
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks after boot), None if there is none (or a
-    zombie: it has ended)."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if not fields or fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def identity() -> dict:
-    """This process as a lease names it."""
-    try:
-        owner = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name for this uid (containers)
-        owner = str(os.getuid())
-    try:
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = None
-    pid = os.getpid()
-    return {"owner": owner, "host": socket.gethostname(), "pid": pid, "pid_start": _start_ticks(pid),
-            "boot_id": _read("/proc/sys/kernel/random/boot_id"), "pidns": pidns}
-
-
-def gone(info: dict, me: dict | None = None) -> bool:
-    """Whether the process that wrote ``info`` has provably ended: it ran under this kernel boot
-    and in this PID namespace, and no process has its pid and start time now."""
-    me = me or identity()
-    if not me["boot_id"] or not me["pidns"]:
-        return False
-    if info.get("boot_id") != me["boot_id"] or info.get("pidns") != me["pidns"]:
-        return False
-    pid = info.get("pid")
-    if not isinstance(pid, int):
-        return False
-    now = _start_ticks(pid)
-    return now is None or (info.get("pid_start") is not None and now != info.get("pid_start"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Where lease files live
-
-
-class _LocalStore:
-    """Lease files in a local directory (Python's own calls: no JVM round trips)."""
-
-    atomic = True
-
-    def __init__(self, directory: str):
-        self.dir = directory
-
-    def list(self) -> dict[str, float]:
-        try:
-            names = [n for n in os.listdir(self.dir) if _NAME.match(n)]
-        except FileNotFoundError:
-            return {}
-        out = {}
-        for n in names:
-            try:
-                out[n] = os.stat(os.path.join(self.dir, n)).st_mtime
-            except FileNotFoundError:
-                pass
-        return out
-
-    def read(self, name: str) -> bytes | None:
-        try:
-            with open(os.path.join(self.dir, name), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def _aside(self, name: str, data: bytes) -> str:
-        os.makedirs(self.dir, exist_ok=True)
-        tmp = os.path.join(self.dir, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        return tmp
-
-    def create(self, name: str, data: bytes) -> bool:
-        # Written aside, then linked into place: the name appears complete or not at all, and a
-        # second link to the same name fails.
-        for _ in range(3):
-            tmp = self._aside(name, data)
-            try:
-                os.link(tmp, os.path.join(self.dir, name))
-                return True
-            except FileExistsError:
-                return False
-            except FileNotFoundError:  # the directory went away in between (a run ending): again
-                continue
-            finally:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-        raise OSError(errno.ENOENT, f"cannot create {name} in {self.dir}")
-
-    def write(self, name: str, data: bytes) -> None:
-        os.replace(self._aside(name, data), os.path.join(self.dir, name))
-
-    def delete(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.dir, name))
-        except FileNotFoundError:
-            pass
-
-
-class _HadoopStore:
-    """Lease files through the cluster's Hadoop file system (HDFS, OSS, ...)."""
-
-    def __init__(self, spark, directory: str, atomic: bool):
-        self.spark, self.dir, self.atomic = spark, directory, atomic
-
-    def list(self) -> dict[str, float]:
-        return {name: st.mtime / 1000 for name, st in hadoop.list_status(self.spark, self.dir).items()
-                if _NAME.match(name)}
-
-    def read(self, name: str) -> bytes | None:
-        return hadoop.read_bytes_if_there(self.spark, f"{self.dir}/{name}")
-
-    def create(self, name: str, data: bytes) -> bool:
-        return hadoop.create_new(self.spark, f"{self.dir}/{name}", data)
-
-    def write(self, name: str, data: bytes) -> None:
-        hadoop.write_bytes(self.spark, f"{self.dir}/{name}", data)
-
-    def delete(self, name: str) -> None:
-        hadoop.delete(self.spark, f"{self.dir}/{name}", recursive=False)
-
-
-# ---------------------------------------------------------------------------------------------
 # The lock
 
 
@@ -261,7 +113,7 @@ def _conf_seconds(spark, key: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if value < 0:
-        raise cli.UsageError(f"{key} must be a number of seconds, got {raw!r}")
+        raise errors.UsageError(f"{key} must be a number of seconds, got {raw!r}")
     return value
 
 
@@ -273,13 +125,13 @@ class OutputLock:
         self.spark, self.work, self.run_id, self.job, self.target = spark, work, run_id, job, target
         self.stale_s = _conf_seconds(spark, STALE_CONF, DEFAULT_STALE_S)
         if self.stale_s <= 0:
-            raise cli.UsageError(f"{STALE_CONF} must be more than 0 seconds")
+            raise errors.UsageError(f"{STALE_CONF} must be more than 0 seconds")
         self.heartbeat_s = min(MAX_HEARTBEAT_S, self.stale_s / 4)
         scheme = hadoop.scheme(spark, work)
         if scheme == "file":
-            self.store: _LocalStore | _HadoopStore = _LocalStore(hadoop.local_path(spark, work))
+            self.store: LocalStore | HadoopStore = LocalStore(hadoop.local_path(spark, work))
         else:
-            self.store = _HadoopStore(spark, work, scheme in _ATOMIC)
+            self.store = HadoopStore(spark, work, scheme in _ATOMIC)
         self.settle_s = 0.0 if self.store.atomic else _conf_seconds(spark, SETTLE_CONF, DEFAULT_SETTLE_S)
         self.on_lost = on_lost
         self.me = identity()
@@ -309,7 +161,7 @@ class OutputLock:
                 info = info if isinstance(info, dict) else None
             except ValueError:
                 info = None
-            out.append(Lease(name, int(_NAME.match(name).group(1)), info, mtime))
+            out.append(Lease(name, int(NAME.match(name).group(1)), info, mtime))
         return sorted(out, key=lambda lease: lease.gen)
 
     def _content(self) -> bytes:

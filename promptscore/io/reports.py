@@ -1,14 +1,16 @@
-"""Job reports: ``_report.json`` next to the output, an optional second copy, and the summary line."""
+"""Job reports: ``_report.json`` next to the output, an optional second copy, and the small pieces
+every report and summary line is made of."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
-from promptscore import hadoop
+from promptscore.io import hadoop
 from udfs.uris import has_scheme, redact as redact_uri
 
-__all__ = ["human_bytes", "redact_uri", "write_report"]
+__all__ = ["human_bytes", "num", "now_iso", "redact_uri", "spark_info", "write_report"]
 
 
 def human_bytes(n: float) -> str:
@@ -19,6 +21,21 @@ def human_bytes(n: float) -> str:
         n /= 1024
         i += 1
     return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def num(value, fmt: str) -> str:
+    """``value`` in ``fmt``, or ``-`` for None."""
+    return "-" if value is None else format(value, fmt)
+
+
+def now_iso() -> str:
+    """The time now in UTC, to the second, as reports write it (``started_at``, ``finished_at``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def spark_info(spark) -> dict:
+    """The Spark a report was made on: ``spark_version`` and ``spark_master``."""
+    return {"spark_version": spark.version, "spark_master": spark.sparkContext.master}
 
 
 def write_report(spark, report: dict, path: str | None, copy_to: str | None = None) -> None:

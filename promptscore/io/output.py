@@ -20,8 +20,9 @@ from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
-from promptscore import cli, hadoop, publish
-from promptscore.report import redact_uri, write_report
+from promptscore import cli, errors
+from promptscore.io import hadoop, publish
+from promptscore.io.reports import now_iso, redact_uri, write_report
 
 CODECS = ("zstd", "snappy", "gzip", "lz4", "none")
 _GLOB = re.compile(r"[*?\[\]{}\\]")
@@ -72,12 +73,12 @@ def add_args(p: argparse.ArgumentParser, output_required: bool = True) -> None:
 def from_args(args: argparse.Namespace) -> OutputSpec:
     """Check the output flags together."""
     if bool(args.partition_col) != bool(args.partition_value):
-        raise cli.UsageError("--partition-col and --partition-value go together")
+        raise errors.UsageError("--partition-col and --partition-value go together")
     if args.partition_col and not args.partition_col.isidentifier():
-        raise cli.UsageError(f"--partition-col must be a plain column name, got {args.partition_col!r}")
+        raise errors.UsageError(f"--partition-col must be a plain column name, got {args.partition_col!r}")
     if args.partition_value is not None and ("/" in args.partition_value or "=" in args.partition_value
                                              or not args.partition_value.strip()):
-        raise cli.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
+        raise errors.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
                              f"{args.partition_value!r}")
     return OutputSpec(args.output or "", args.mode, args.partition_col, args.partition_value, args.compression,
                       args.report)
@@ -118,7 +119,7 @@ def check_overlap(spark: SparkSession, target: str, inputs: list[str]) -> None:
         i = _comparable(spark, glob_root(given) or "/")
         if t == i or t.startswith(i + "/") or i.startswith(t + "/"):
             how = "is" if t == i else "lies inside" if t.startswith(i + "/") else "contains"
-            raise cli.UsageError(f"the output {redact_uri(target)} {how} the input {redact_uri(given)}; "
+            raise errors.UsageError(f"the output {redact_uri(target)} {how} the input {redact_uri(given)}; "
                                  "writing it would destroy what the job reads: choose an output outside "
                                  "every input")
 
@@ -156,7 +157,7 @@ def check_target(spark: SparkSession, out: OutputSpec, inputs: list[str]) -> str
     the inputs. Touches nothing."""
     target = hadoop.qualify(spark, out.target())
     if hadoop.is_root(spark, target):
-        raise cli.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
+        raise errors.UsageError(f"--output {redact_uri(target)} is a file system root; give a directory")
     check_overlap(spark, target, inputs)
     return target
 
@@ -178,11 +179,11 @@ def open_output(spark: SparkSession, out: OutputSpec, inputs: list[str],
         notes = pub.recover(keep)
         state = pub.state()
         if state.kind == "foreign":
-            raise cli.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "
+            raise errors.UsageError(f"refusing to write {redact_uri(target)}: it holds files this job did not write "
                                  "(no _report.json of a promptscore job); move them away or choose another --output")
         if state.kind == "complete" and mode == "error":
             when = (state.report or {}).get("finished_at") or (state.report or {}).get("started_at") or "earlier"
-            raise cli.UsageError(f"output exists: {redact_uri(target)} (complete, written {when}); pass "
+            raise errors.UsageError(f"output exists: {redact_uri(target)} (complete, written {when}); pass "
                                  "--mode overwrite to replace it")
         pub.prepare_staging()
     except BaseException:
@@ -252,7 +253,7 @@ def finish(spark: SparkSession, output: Output, report: dict, copy_to: str | Non
     report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_report(spark, report, f"{output.staging}/{publish.REPORT}")
     if ok:
-        hadoop.set_marker(spark, output.staging, present=True)
+        hadoop.write_text(spark, f"{output.staging}/{publish.SUCCESS}", "")
     publish.pause_point("staged")
     output.publisher.publish()
     if copy_to:
