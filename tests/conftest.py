@@ -42,9 +42,9 @@ def oss_bucket(fake_oss_store) -> fake_oss.Bucket:
 def readahead_jar() -> Path | None:
     """The convert job's read-ahead reader (``promptscore/java``), built as ``make`` builds it;
     None without ``javac`` (the job then reads with Spark's text source)."""
-    from promptscore import javac, readahead
+    from promptscore.convert import reader
 
-    return readahead.build() if javac.javac() else None
+    return reader.build() if reader.javac() else None
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,8 @@ from py4j.protocol import Py4JJavaError
 
 import fake_oss
 from conftest import ROOT, run_job
-from promptscore import errors, readahead
+from promptscore import errors
+from promptscore.convert import reader
 from promptscore.io import files, hadoop
 from promptscore.io.publish import work_dir
 from promptscore.submit import conf_args
@@ -237,5 +238,5 @@ def test_transient_and_permanent_read_errors(spark, make, transient):
     jvm = spark.sparkContext._jvm
     error = make(jvm)
     assert errors.is_transient(Py4JJavaError("x", error)) is transient
-    assert readahead.load(spark)
-    assert bool(getattr(jvm, readahead.CLASS).isTransient(error)) is transient
+    assert reader.load(spark)
+    assert bool(getattr(jvm, reader.CLASS).isTransient(error)) is transient

@@ -285,7 +285,7 @@ def test_a_symlink_loop_in_a_local_input_is_exit_2_naming_the_link_within_second
 
 
 def test_find_symlink_loop_follows_links_as_hadoop_does(tmp_path):
-    from promptscore.inputs import find_symlink_loop
+    from promptscore.convert.inputs import find_symlink_loop
 
     root = tmp_path / "in"
     write_lines(root / "a" / "f.jsonl", records("a"))

@@ -20,7 +20,8 @@ from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
-from promptscore import cli, errors
+from promptscore import cli, errors, flags
+from promptscore.flags import option
 from promptscore.io import hadoop, publish
 from promptscore.io.reports import now_iso, redact_uri, write_report
 
@@ -30,14 +31,34 @@ _GLOB = re.compile(r"[*?\[\]{}\\]")
 
 @dataclass
 class OutputSpec:
-    """Where and how a job writes."""
+    """Where and how a job writes: the output flags every job takes. Checks itself when made."""
 
-    output: str
-    mode: str | None = None
-    partition_col: str | None = None
-    partition_value: str | None = None
-    compression: str = "zstd"
-    report: str | None = None
+    output: str = option("", metavar="URI", help="output directory")
+    mode: str | None = option(None, choices=("error", "overwrite"),
+                              help="if a complete output exists: error (default; exit 2) or overwrite. With "
+                              "--partition-col the default is overwrite of that partition only. An output left "
+                              "by a failed run of this job is always replaced")
+    partition_col: str | None = option(None, metavar="NAME", help="write <output>/NAME=VALUE/ (e.g. dt)")
+    partition_value: str | None = option(None, metavar="VALUE", help="e.g. ${bizdate} from DataWorks")
+    compression: str = option("zstd", choices=CODECS, help="Parquet codec (default zstd)")
+    report: str | None = option(None, metavar="PATH",
+                                help="also write the report here (a local file, or a URI with a scheme)")
+
+    def __post_init__(self) -> None:
+        flags.check_choices(self)
+        if bool(self.partition_col) != bool(self.partition_value):
+            raise errors.UsageError("--partition-col and --partition-value go together")
+        if self.partition_col and not self.partition_col.isidentifier():
+            raise errors.UsageError(f"--partition-col must be a plain column name, got {self.partition_col!r}")
+        if self.partition_value is not None and ("/" in self.partition_value or "=" in self.partition_value
+                                                 or not self.partition_value.strip()):
+            raise errors.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
+                                    f"{self.partition_value!r}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "OutputSpec":
+        """The output flags of a parsed command line (``add_flags``)."""
+        return cls(**flags.given(args, cls))
 
     def resolved_mode(self) -> str:
         """``error`` unless asked; a partitioned write overwrites its own partition by default."""
@@ -54,34 +75,6 @@ class OutputSpec:
 
     def partition(self) -> dict[str, str] | None:
         return {self.partition_col: self.partition_value} if self.partition_col else None
-
-
-def add_args(p: argparse.ArgumentParser, output_required: bool = True) -> None:
-    """The output flags every job takes."""
-    p.add_argument("--output", required=output_required, metavar="URI", help="output directory")
-    p.add_argument("--mode", choices=("error", "overwrite"),
-                   help="if a complete output exists: error (default; exit 2) or overwrite. With "
-                   "--partition-col the default is overwrite of that partition only. An output left "
-                   "by a failed run of this job is always replaced")
-    p.add_argument("--partition-col", metavar="NAME", help="write <output>/NAME=VALUE/ (e.g. dt)")
-    p.add_argument("--partition-value", metavar="VALUE", help="e.g. ${bizdate} from DataWorks")
-    p.add_argument("--compression", default="zstd", choices=CODECS, help="Parquet codec (default zstd)")
-    p.add_argument("--report", metavar="PATH",
-                   help="also write the report here (a local file, or a URI with a scheme)")
-
-
-def from_args(args: argparse.Namespace) -> OutputSpec:
-    """Check the output flags together."""
-    if bool(args.partition_col) != bool(args.partition_value):
-        raise errors.UsageError("--partition-col and --partition-value go together")
-    if args.partition_col and not args.partition_col.isidentifier():
-        raise errors.UsageError(f"--partition-col must be a plain column name, got {args.partition_col!r}")
-    if args.partition_value is not None and ("/" in args.partition_value or "=" in args.partition_value
-                                             or not args.partition_value.strip()):
-        raise errors.UsageError(f"--partition-value must not be empty or contain '/' or '=': "
-                             f"{args.partition_value!r}")
-    return OutputSpec(args.output or "", args.mode, args.partition_col, args.partition_value, args.compression,
-                      args.report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,9 +241,7 @@ def report_header(job: str, status: str, started_at: str, inputs: list[str], out
 def finish(spark: SparkSession, output: Output, report: dict, copy_to: str | None, ok: bool) -> None:
     """Complete the staged output (report, then ``_SUCCESS`` if ``ok``), publish it, and write
     the report's copy."""
-    from datetime import datetime, timezone
-
-    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["finished_at"] = now_iso()
     write_report(spark, report, f"{output.staging}/{publish.REPORT}")
     if ok:
         hadoop.write_text(spark, f"{output.staging}/{publish.SUCCESS}", "")
@@ -258,17 +249,3 @@ def finish(spark: SparkSession, output: Output, report: dict, copy_to: str | Non
     output.publisher.publish()
     if copy_to:
         write_report(spark, report, None, copy_to)
-
-
-class Phases:
-    """Seconds spent in each named phase of a job, for the report."""
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-        self._t = time.monotonic()
-
-    def lap(self, name: str) -> float:
-        now = time.monotonic()
-        self.phases[name] = round(now - self._t, 3)
-        self._t = now
-        return self.phases[name]

@@ -4,13 +4,14 @@ every report and summary line is made of."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from promptscore.io import hadoop
 from udfs.uris import has_scheme, redact as redact_uri
 
-__all__ = ["human_bytes", "num", "now_iso", "redact_uri", "spark_info", "write_report"]
+__all__ = ["Phases", "human_bytes", "num", "now_iso", "redact_uri", "spark_info", "write_report"]
 
 
 def human_bytes(n: float) -> str:
@@ -50,3 +51,17 @@ def write_report(spark, report: dict, path: str | None, copy_to: str | None = No
         else:
             Path(copy_to).parent.mkdir(parents=True, exist_ok=True)
             Path(copy_to).write_text(text, encoding="utf-8")
+
+
+class Phases:
+    """Seconds spent in each named phase of a job, for the report."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._t = time.monotonic()
+
+    def lap(self, name: str) -> float:
+        now = time.monotonic()
+        self.phases[name] = round(now - self._t, 3)
+        self._t = now
+        return self.phases[name]

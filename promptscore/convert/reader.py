@@ -1,20 +1,22 @@
-"""The convert job's read-ahead reader: the lines of the input files, with the next files'
-requests in flight while a task parses the current one.
+"""The convert job's Java half: the jar of its reader and its line parser (built from ``java/``,
+loaded into the session), and the read-ahead reader: the lines of the input files, with the next
+files' requests in flight while a task parses the current one.
 
 Spark's text source opens a task's files one after another, so on OSS each ~100 KB file costs a
 task one request's latency (tens of milliseconds) of doing nothing. ``read_lines`` takes the
 tasks Spark planned for the scan (the same files in the same tasks) and reads them with
-``promptscore/java/ReadAheadLines.java``: in each task a few threads fetch whole files ahead
+``promptscore/convert/java/ReadAheadLines.java``: in each task a few threads fetch whole files ahead
 through the same Hadoop file system (JindoSDK for ``oss://``), and the lines are split exactly as
 Spark's text source splits them. A read that fails with a transient error (503, connection reset)
 is made again, up to 5 times with growing pauses, and counted; a missing file, a refused access
 or a broken ``.gz`` is not retried. Files split over tasks, and files over 16 MB, are read by
 Hadoop's ``LineRecordReader`` as Spark reads them, with nothing ahead.
 
-The reader and the convert job's line parser (``JsonLineParser.java``, see ``promptscore.jsonl``) are
-one jar, ``promptscore/jars/promptscore-readahead.jar``, built from every ``promptscore/java/*.java``
-and committed with the sources it was built from (a test checks that its recorded digest matches
-them). The wheel and the ``--py-files`` zip carry it; the job adds it to its session itself
+The reader and the convert job's line parser (``JsonLineParser.java``, see
+``promptscore.convert.jsonl``) are one jar, ``promptscore/convert/jars/promptscore-readahead.jar``,
+built from every ``promptscore/convert/java/*.java`` with the machine's ``javac`` against pyspark's
+jars (class files for Java 8, the oldest JVM a supported Spark runs on) and committed with the
+sources it was built from (a test checks that its recorded digest matches them). The wheel and the ``--py-files`` zip carry it; the job adds it to its session itself
 (``SparkContext.addJar`` sends it to the executors; from a zip it is first copied to a local
 file), and a jar passed with ``spark-submit --jars`` is used as it is. The parser is required:
 without the jar the convert job exits 2 saying how to get it. Read-ahead is not: when Spark's
@@ -22,24 +24,28 @@ internals differ, or with ``spark.promptscore.convert.readAhead`` (files in flig
 default 16) set to 0, the lines are read by Spark's text source and parsed by the same parser,
 and the report's ``reader`` says so.
 
-    python -m promptscore.readahead build     # (re)build the jar when its sources changed (needs javac then)
-    python -m promptscore.readahead path      # print the jar's path (exit 1 when it is not built)
+    python -m promptscore.convert.reader build   # (re)build the jar when its sources changed (needs javac then)
+    python -m promptscore.convert.reader path    # print the jar's path (exit 1 when it is not built)
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pkgutil
+import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from promptscore import sparkapi
+from promptscore import errors, sparkapi
 
 JAVA_DIR = Path(__file__).resolve().parent / "java"
 JAR = Path(__file__).resolve().parent / "jars" / "promptscore-readahead.jar"
@@ -103,10 +109,10 @@ def _jar_from_zip() -> Path | None:
     if _extracted:
         return _extracted[0]
     try:
-        data = pkgutil.get_data("promptscore", "jars/" + JAR.name)
+        data = pkgutil.get_data(__package__, "jars/" + JAR.name)
         texts = {}
         for name in _zip_java_names():
-            texts[name] = pkgutil.get_data("promptscore", "java/" + name) or b""
+            texts[name] = pkgutil.get_data(__package__, "java/" + name) or b""
     except OSError:
         return None
     if not data or not texts or jar_digest(data) != digest_of(texts):
@@ -123,7 +129,7 @@ def _zip_java_names() -> list[str]:
     archive = getattr(loader, "archive", None)  # zipimport
     if not archive:
         return []
-    prefix = getattr(loader, "prefix", "") + "promptscore/java/"
+    prefix = getattr(loader, "prefix", "") + "promptscore/convert/java/"
     with zipfile.ZipFile(archive) as z:
         return sorted(n[len(prefix):] for n in z.namelist() if n.startswith(prefix) and n.endswith(".java"))
 
@@ -131,11 +137,64 @@ def _zip_java_names() -> list[str]:
 def build(force: bool = False) -> Path:
     """Build the jar when it is missing or older than the sources. Raises RuntimeError without
     ``javac`` or on a compile error."""
-    from promptscore.javac import compile_jar
-
     if not force and is_current():
         return JAR
     return compile_jar(sources(), JAR, {_DIGEST_ENTRY: source_digest() + "\n"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the jar
+
+_FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def javac() -> str | None:
+    """The ``javac`` to use (``$JAVA_HOME/bin/javac`` first), or None when there is none."""
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(os.path.join(home, "bin", "javac"), os.X_OK):
+        return os.path.join(home, "bin", "javac")
+    return shutil.which("javac")
+
+
+def spark_jars_dir() -> Path:
+    """pyspark's own jars (Spark's and Hadoop's client APIs)."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent / "jars"
+
+
+def compile_jar(source: Path | Sequence[Path], jar: Path, extra: dict[str, str] | None = None) -> Path:
+    """Compile ``source`` (one file or several) into ``jar`` (replaced whole, never half-written),
+    with ``extra`` files (name: text) beside the classes. The jar's bytes depend only on the class
+    files and ``extra`` (fixed entry times), so a rebuild from the same sources is the same file.
+    Raises RuntimeError when there is no ``javac`` or the source does not compile."""
+    sources = [source] if isinstance(source, Path) else list(source)
+    compiler = javac()
+    if compiler is None:
+        raise RuntimeError("no javac (install a JDK, e.g. openjdk-17-jdk-headless, or set JAVA_HOME)")
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=jar.parent) as work:
+        classes = Path(work) / "classes"
+        proc = subprocess.run([compiler, "--release", "8", "-nowarn", "-cp", f"{spark_jars_dir()}/*",
+                               "-d", str(classes), *map(str, sources)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"javac failed on {', '.join(s.name for s in sources)}:\n{proc.stderr[-4000:]}")
+        partial = Path(work) / jar.name
+        entries = {"META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\r\n\r\n"}
+        entries.update((f.relative_to(classes).as_posix(), f.read_bytes()) for f in sorted(classes.rglob("*.class")))
+        entries.update((name, text.encode()) for name, text in (extra or {}).items())
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in entries.items():
+                info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                z.writestr(info, data)
+        os.replace(partial, jar)  # concurrent builders: the last complete jar wins
+    return jar
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
 
 
 def files_in_flight(spark: SparkSession) -> int:
@@ -146,8 +205,6 @@ def files_in_flight(spark: SparkSession) -> int:
     except ValueError:
         n = -1
     if not 0 <= n <= MAX_IN_FLIGHT:
-        from promptscore import errors
-
         raise errors.UsageError(f"{KEY}={value!r}: expected a whole number of files from 0 to {MAX_IN_FLIGHT} "
                              "(0 turns read-ahead off)")
     return n
@@ -173,8 +230,9 @@ def read_lines(spark: SparkSession, lines: DataFrame, in_flight: int, spec=None,
     if in_flight <= 0:
         return lines, {"name": "spark", "why": f"{KEY}=0"}
     if not load(spark):
-        return lines, {"name": "spark", "why": "the read-ahead jar is not built (python -m promptscore.readahead "
-                                               "build, with a JDK) nor on the class path (spark-submit --jars)"}
+        return lines, {"name": "spark", "why": "the read-ahead jar is not built (python -m promptscore.convert."
+                                               "reader build, with a JDK) nor on the class path (spark-submit "
+                                               "--jars)"}
     scans = sparkapi.file_scans(lines)
     if len(scans) != 1:
         return lines, {"name": "spark", "why": f"the input plan has {len(scans)} file scans, not one"}
@@ -210,11 +268,9 @@ def require(spark: SparkSession) -> None:
     parses every line with it."""
     if load(spark):
         return
-    from promptscore import errors
-
     raise errors.UsageError(f"the JSONL parser ({JAR.name}) cannot be loaded: this package holds no jar built from "
                          "its Java sources; reinstall the package (the wheel and the --py-files zip of `make "
-                         "package` carry it), run `python -m promptscore.readahead build` (needs a JDK), or pass "
+                         "package` carry it), run `python -m promptscore.convert.reader build` (needs a JDK), or pass "
                          "the jar with spark-submit --jars")
 
 
@@ -233,24 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["path"]:
         if jar_path() is None:
-            print("readahead: not built (python -m promptscore.readahead build)", file=sys.stderr)
+            print("reader: not built (python -m promptscore.convert.reader build)", file=sys.stderr)
             return 1
         print(JAR)
         return 0
     if args in (["build"], ["build", "--force"]):
-        from promptscore.javac import javac
-
         if javac() is None:
             if is_current() and "--force" not in args:
                 print(JAR)  # the committed jar was built from these sources: nothing to do
                 return 0
-            print(f"readahead: no javac, and {JAR.name} was not built from these Java sources, so the convert "
+            print(f"reader: no javac, and {JAR.name} was not built from these Java sources, so the convert "
                   "job cannot parse its input. Install a JDK (e.g. openjdk-17-jdk-headless) and run "
-                  "python -m promptscore.readahead build", file=sys.stderr)
+                  "python -m promptscore.convert.reader build", file=sys.stderr)
             return 2
         print(build(force="--force" in args))
         return 0
-    print("usage: python -m promptscore.readahead build [--force] | path", file=sys.stderr)
+    print("usage: python -m promptscore.convert.reader build [--force] | path", file=sys.stderr)
     return 2
 
 

@@ -1,6 +1,6 @@
 """Lines of JSONL as the convert job judges them.
 
-Every line is parsed once, in the JVM, by one streaming pass (``promptscore/java/JsonLineParser.java``,
+Every line is parsed once, in the JVM, by one streaming pass (``promptscore/convert/java/JsonLineParser.java``,
 Jackson's ``JsonParser``) that yields either the row of the schema or the reason the line is set
 aside, with a ``detail``, plus the paths of the fields the schema lacks. A line is ``ok`` (a row
 of the output), ``blank`` (only whitespace, after an optional byte-order mark) or ``reject``. The
@@ -25,7 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (ArrayType, DataType, MapType, StringType, StructField, StructType)
 
-from promptscore import sparkapi
+from promptscore import errors, sparkapi
+from promptscore.convert import reader
 
 KIND_OK, KIND_BLANK, KIND_REJECT = "ok", "blank", "reject"
 # The one list of line reasons; the JVM parser names exactly these (a test checks).
@@ -35,7 +36,6 @@ REASONS = ("line_too_long", "invalid_utf8", "not_json_object", "trailing_data", 
 FILE_REASONS = ("corrupt_file", "unreadable_file")
 MAX_DEPTH = 1000
 REJECTS_SCHEMA = "source_file string, raw string, raw_bytes binary, reason string, detail string"
-PARSER_CLASS = "promptscore.readahead.JsonLineParser"
 _PARSED = "parsed"
 
 
@@ -57,8 +57,6 @@ def check_schema(schema: StructType, what: str = "--schema") -> None:
     """Refuse (UsageError, exit 2) a schema the parser cannot fill exactly: a type it does not
     support, or two fields of one struct whose names differ only in case (Spark would not tell
     them apart)."""
-    from promptscore import errors
-
     problem = unsupported(schema)
     if problem:
         raise errors.UsageError(f"{what}: {problem}")
@@ -118,17 +116,10 @@ def parser_spec(spark: SparkSession, schema: StructType, required: Sequence[str]
     """The JVM parser's spec (``JsonLineParser.Spec``): what each task's parser is built from.
     Raises UsageError (exit 2) when the parser's jar cannot be loaded or the schema holds a type
     it does not support."""
-    from promptscore import readahead
-
     check_schema(schema)
-    readahead.require(spark)
-    cls = getattr(sparkapi.jvm(spark), PARSER_CLASS)
+    reader.require(spark)
+    cls = getattr(sparkapi.jvm(spark), reader.PARSER_CLASS)
     return cls.spec(schema.json(), "\u0000".join(required), int(max_line_bytes), bool(strict), bool(check_fields))
-
-
-def parsed_frame(spark: SparkSession, rows, schema: StructType) -> DataFrame:
-    """A DataFrame of the parser's rows (a JVM ``JavaRDD[InternalRow]``)."""
-    return sparkapi.frame_of_rows(spark, rows, output_schema(schema))
 
 
 def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",),
@@ -147,8 +138,8 @@ def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = 
         spec = parser_spec(spark, schema, required, max_line_bytes, strict, check_fields)
     source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
     rows = lines.select(source.cast("string").alias("source_file"), F.col("value").cast("string"))
-    parsed = getattr(sparkapi.jvm(spark), PARSER_CLASS).parseRows(sparkapi.internal_rows(rows), spec)
-    return parsed_frame(spark, parsed, schema)
+    parsed = getattr(sparkapi.jvm(spark), reader.PARSER_CLASS).parseRows(sparkapi.internal_rows(rows), spec)
+    return sparkapi.frame_of_rows(spark, parsed, output_schema(schema))
 
 
 def good_rows(parsed: DataFrame, schema: StructType, with_source_file: bool = False) -> DataFrame:

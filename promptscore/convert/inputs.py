@@ -1,5 +1,5 @@
-"""The convert job's input: which files are read, which are skipped and why, and files that cannot
-be read at all.
+"""The convert job's input: which files are read, which are skipped and why, and, with
+``--only-new``, which ones other partitions of the output hold already (``promptscore.convert.ledger``).
 
 One listing serves everything: Spark's file index over every ``--input`` (recursive), without a
 name filter, so that files the job skips by name are seen and counted. The lines are read only
@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import errno
 import glob
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from promptscore import errors, sparkapi
-from promptscore.io import hadoop
+from promptscore.convert import ledger
+from promptscore.convert.options import ConvertOptions
+from promptscore.io import hadoop, lists, output
+from promptscore.io.files import File, folders, index_files, lines_of, with_checksums
 from udfs.uris import redact
+
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
 INPUT_NAMES = "*.jsonl, *.jsonl.gz"
 HIDDEN_RULE = "names starting with '_' or '.' are never listed (Hadoop's hidden files)"
-_READ_FILE = re.compile(r"reading file (\S+?)\.? ?Details|reading file (\S+?)\.?$")
 
 
 def is_input_name(name: Column) -> Column:
@@ -51,7 +51,7 @@ def list_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
     except AnalysisException as e:
         text = str(e)
         if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
-            raise errors.UsageError(f"input not found: {redact(_first_line(text))}") from None
+            raise errors.UsageError(f"input not found: {redact(errors.first_line(text))}") from None
         raise
 
 
@@ -176,117 +176,86 @@ def spread_sample(paths: Sequence[str], n: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files that cannot be read
+# What a run reads
 
 
-@dataclass(frozen=True)
-class BadFile:
-    """An input file that cannot be read to its end, and why."""
-
-    uri: str
-    reason: str  # corrupt_file | unreadable_file
-    detail: str
-    size: int = 0
-
-
-def named_file(exc: BaseException) -> str | None:
-    """The file Spark names in a read failure (``Encountered error while reading file X``)."""
-    for _, message in errors.cause_chain(exc):
-        m = _READ_FILE.search(message)
-        if m:
-            return (m.group(1) or m.group(2)).rstrip(".")
-    return None
-
-
-def is_read_failure(exc: BaseException) -> bool:
-    """Whether a failed write failed while reading an input file (I/O or decompression)."""
-    kinds = ("java.io.", "java.util.zip.", "org.apache.hadoop.", "FileNotFound", "AccessDenied")
-    if errors.classify(exc) is not None:  # a full disk, a quota: no input file is to blame
-        return False
-    chain = errors.cause_chain(exc)
-    return named_file(exc) is not None or any(t.startswith(kinds) or "IOException" in t for t, _ in chain)
-
-
-def check_file(spark: SparkSession, uri: str) -> BadFile | None:
-    """Read ``uri`` to its end on the driver as Spark's text reader would; a BadFile if it fails."""
-    try:
-        hadoop.read_through(spark, uri)
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure to read is the answer
-        chain = errors.cause_chain(e)
-        kind, message = chain[-1] if chain else (type(e).__name__, str(e))
-        decompress = any(w in (kind + message).lower() for w in ("zip", "gzip", "eof", "decompress", "inflat",
-                                                                "end of input", "header"))
-        reason = "corrupt_file" if decompress else "unreadable_file"
-        try:
-            size = hadoop.file_size(spark, uri)
-        except Exception:  # noqa: BLE001 - gone or not even listable
-            size = 0
-        return BadFile(uri, reason, f"{kind.rsplit('.', 1)[-1]}: {redact(message)}"[:500], size)
-
-
-def find_bad_files(spark: SparkSession, inputs: Sequence[str], exc: BaseException) -> list[BadFile]:
-    """The input files behind a failed read.
-
-    When Spark names the file, only that file is checked. Otherwise (a compressed stream that
-    breaks off mid-way is reported without its name) every compressed input file is checked in
-    parallel on the executors, and each one found is confirmed on the driver with Spark's own
-    reader before it is set aside.
-    """
-    named = named_file(exc)
-    if named:
-        bad = check_file(spark, hadoop.encoded_uri(spark, named, encoded=True))
-        return [bad] if bad else []
-    found = []
-    for uri in _suspect_compressed_files(spark, inputs):
-        bad = check_file(spark, uri)
-        if bad:
-            found.append(bad)
-    return found
+def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) -> tuple[DataFrame, InputIndex,
+                                                                                        list[File] | None, int]:
+    """The lines to read and what the listing found: from a prefix listing (Spark's index) or a
+    list of files (``--input-list``); with ``--only-new``, only files no other partition of the
+    output holds, and changed files as ``--changed-files`` says. Returns the lines (``None``
+    when there is nothing to read; with ``_metadata``), the index, the files when known one by
+    one, and how many input files were left out (already ingested, or changed and skipped)."""
+    listed_info = None
+    if opts.input_list:
+        named = lists.read_list(spark, opts.input_list)
+        listed_info = named.facts()
+        if target:
+            output.check_overlap(spark, target, folders(named.files))
+        listed_files = [f for f in named.files if f.path.endswith(SUFFIXES) and f.size > 0]
+        others = [f for f in named.files if not f.path.endswith(SUFFIXES)]
+        skipped = {"files": len(others), "bytes": sum(f.size for f in others),
+                   "by_rule": {"other_name": len(others)} if others else {},
+                   "examples": [redact(f.path) for f in others[:5]], "hidden": HIDDEN_RULE}
+        empty = sum(1 for f in named.files if f.path.endswith(SUFFIXES) and f.size == 0)
+        listed = None
+    else:
+        listed = list_lines(spark, opts.inputs)
+        lines = input_lines(listed)
+        index = index_inputs(spark, listed, lines, opts.sample_files)
+        if not (opts.only_new or opts.out.partition_col):
+            return lines, index, None, 0
+        # A partition records the files it holds (the ledger), so a later --only-new run knows them.
+        listed_files = [f for f in index_files(listed) if f.path.endswith(SUFFIXES) and f.size > 0]
+        if not opts.only_new:
+            return lines, index, listed_files, 0
+        skipped, empty = index.skipped, index.empty_files
+    left_out = 0
+    only_new = None
+    if opts.only_new and target:
+        if _file_checksums(spark):
+            listed_files = with_checksums(spark, listed_files)
+        sel = ledger.compare(listed_files, ledger.held_versions(spark, opts.out.output, target))
+        only_new = only_new_facts(sel, opts.changed_policy, any(f.checksum for f in listed_files))
+        if sel.changed and opts.changed_policy == "error" and not opts.plan:
+            raise errors.DataQualityError(changed_files_message(sel, opts.out.output))
+        listed_files = sel.new + ([f for f, _ in sel.changed] if opts.changed_policy == "reingest" else [])
+        listed_files.sort()
+        left_out = len(sel.same) + (len(sel.changed) if opts.changed_policy == "skip" else 0)
+    index = InputIndex(len(listed_files), sum(f.size for f in listed_files),
+                       spread_sample([f.path for f in listed_files], opts.sample_files), skipped, empty,
+                       listed_info, only_new)
+    if not listed_files:
+        return None, index, [], left_out  # type: ignore[return-value]
+    return lines_of(spark, listed_files), index, listed_files, left_out
 
 
-def gzip_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a complete gzip stream (one or more members), or None if it is."""
-    import zlib
-
-    rest = bytes(data)
-    while rest:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            chunk = rest
-            while chunk and not d.eof:
-                d.decompress(chunk, 1 << 20)
-                chunk = d.unconsumed_tail
-        except zlib.error as e:
-            return str(e)
-        if not d.eof:
-            return "unexpected end of the compressed stream"
-        rest = d.unused_data
-    return None
+def only_new_facts(sel: ledger.Selection, policy: str, checksums: bool) -> dict:
+    """The ``only_new`` part of the report: files already ingested, and changed files (how many,
+    what was done with them, examples)."""
+    return {
+        "already_ingested_files": len(sel.same),
+        "new_files": len(sel.new),
+        "changed_files": len(sel.changed),
+        "changed_files_policy": policy,
+        "changed_files_examples": sel.examples(),
+        "compared": "path, size, modification time (s)" + (", checksum" if checksums else ""),
+    }
 
 
-def _gzip_problems(contents: pd.Series) -> pd.Series:
-    return contents.map(gzip_problem)
+def changed_files_message(sel: ledger.Selection, out: str) -> str:
+    """The one line of exit 3 for changed files under ``--changed-files error``."""
+    shown = "; ".join(f"{e['file']} (in {e['partition']}: {e['was']['size']:,} B at {e['was']['mtime']}, now "
+                      f"{e['now']['size']:,} B at {e['now']['mtime']})" for e in sel.examples(3))
+    more = f" and {len(sel.changed) - 3:,} more" if len(sel.changed) > 3 else ""
+    return (f"{len(sel.changed):,} input files changed since another partition of {redact(out)} ingested them: "
+            f"{shown}{more}. Converting them again would put their earlier lines into the output twice; pass "
+            "--changed-files reingest to convert them again whole anyway (the earlier lines stay in that "
+            "partition), or --changed-files skip to leave them out; nothing was written")
 
 
-def _suspect_compressed_files(spark: SparkSession, inputs: Sequence[str]) -> list[str]:
-    """Compressed input files that Python's gzip cannot read to their end (checked on executors)."""
-    from pyspark.sql.functions import pandas_udf
-
-    problem = pandas_udf(_gzip_problems, "string")  # type: ignore[call-overload]
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-             .option("pathGlobFilter", "*.jsonl.gz").load(list(inputs)))
-    bad = files.select("path", problem(F.col("content")).alias("problem")).where(F.col("problem").isNotNull())
-    return sorted(hadoop.encoded_uri(spark, r.path) for r in bad.collect())
-
-
-def file_reject_weight(size: int, bytes_per_line: float) -> int:
-    """How many rejected lines a file that could not be read counts as: its size over the run's
-    mean bytes per line, rounded up, and at least one."""
-    if bytes_per_line <= 0:
-        return 1
-    return max(1, math.ceil(size / bytes_per_line))
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
+def _file_checksums(spark: SparkSession) -> bool:
+    value = (spark.conf.get("spark.promptscore.convert.fileChecksums", "false") or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise errors.UsageError(f"spark.promptscore.convert.fileChecksums must be true or false, not {value!r}")
+    return value == "true"

@@ -1,4 +1,5 @@
-"""The schema of JSONL input, from the heads of a few sampled files, typed as Spark types JSON.
+"""The schema of the records: given as Spark DDL (``--schema``, checked by ``explicit_schema``), or
+inferred from the heads of a few sampled files (``sample_schema``), typed as Spark types JSON.
 
 Reading a sample through a Spark job costs a job (seconds on a cold JVM); the sample is a few MB,
 so the driver reads it through the Hadoop FileSystem and types the values with the rules of
@@ -32,7 +33,7 @@ import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from pyspark.sql.types import (
     ArrayType,
@@ -47,7 +48,12 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from promptscore import errors, sparkapi
+from promptscore.convert import jsonl
 from promptscore.io import hadoop
+
+if TYPE_CHECKING:
+    from promptscore.convert.options import ConvertOptions
 
 MAX_DEPTH = 1000  # Jackson's default nesting limit, which Spark's JSON parser keeps
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
@@ -286,3 +292,52 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
     out.schema = settle(acc) or StructType([])  # type: ignore[assignment]
     out.distinct_share = {k: len(distinct[k]) / n for k, n in counts.items()}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas as DDL
+
+
+def parse_schema(ddl: str) -> StructType:
+    """A Spark DDL string (``a string, b bigint`` or ``struct<...>``) as a StructType."""
+    try:
+        dt = sparkapi.parse_ddl(ddl)
+    except Exception as e:  # noqa: BLE001 - Spark raises several kinds for bad DDL
+        raise errors.UsageError(f"--schema is not valid Spark DDL: {errors.first_line(str(e))}") from None
+    if not isinstance(dt, StructType):
+        raise errors.UsageError(f"--schema must list fields (e.g. 'prompt string'), got {ddl!r}")
+    return dt
+
+
+def schema_ddl(schema: StructType) -> str:
+    """A DDL string that ``parse_schema`` (and ``--schema``) read back as the same schema."""
+    def quote(name: str) -> str:
+        return name if name.isidentifier() else "`" + name.replace("`", "``") + "`"
+    return ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
+
+
+def with_required(schema: StructType, required: Sequence[str]) -> StructType:
+    """``schema`` plus, as strings, the required fields it lacks (no sampled line held them). A
+    sampled field whose name differs from a required one only in case gives way to it (its values
+    are then a field the schema lacks): two such columns could not be told apart."""
+    names = set(schema.fieldNames())
+    missing = [n for n in required if n not in names]
+    folded = {n.lower() for n in missing}
+    kept = [f for f in schema.fields if f.name.lower() not in folded]
+    return StructType(kept + [StructField(n, StringType()) for n in missing])
+
+
+def explicit_schema(opts: "ConvertOptions") -> StructType | None:
+    """The schema ``--schema`` gives, after checking it against the other options (UsageError if
+    wrong); None without ``--schema``."""
+    if not opts.schema:
+        return None
+    explicit = parse_schema(opts.schema)
+    jsonl.check_schema(explicit)
+    absent = [n for n in opts.required_fields if n not in explicit.fieldNames()]
+    if absent:
+        raise errors.UsageError(f"--schema lacks required field(s) {', '.join(absent)} "
+                                "(add them or change --required-fields)")
+    if opts.with_source_file and "source_file" in explicit.fieldNames():
+        raise errors.UsageError("--with-source-file clashes with a schema field named source_file")
+    return explicit
