@@ -52,14 +52,14 @@ $(STAMP): setup.py
 demo: venv
 	@rm -rf $(DEMO)
 	@$(RUN) python -m promptscore.convert.reader build >/dev/null
-	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
-	@$(RUN) python -m promptscore.submit convert --profile conf/local.conf --run -- \
+	@$(RUN) python -m promptscore.tools.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
+	@$(RUN) python -m promptscore.tools.submit convert --profile conf/local.conf --run -- \
 	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
-	@$(RUN) python -m promptscore.show $(DEMO)/parquet
-	@$(RUN) python -m udfs.tiny_model $(DEMO)/model
-	@$(RUN) python -m promptscore.submit score --profile conf/local.conf --run -- \
+	@$(RUN) python -m promptscore.tools.show $(DEMO)/parquet
+	@$(RUN) python -m promptscore.tools.tiny_model $(DEMO)/model
+	@$(RUN) python -m promptscore.tools.submit score --profile conf/local.conf --run -- \
 	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
-	@$(RUN) python -m promptscore.show $(DEMO)/scored
+	@$(RUN) python -m promptscore.tools.show $(DEMO)/scored
 
 test: venv
 	@$(RUN) python -m pytest -q tests
@@ -103,12 +103,12 @@ wheelhouse: package
 	  echo "$(DIST)/wheelhouse-$$kind: $$(ls $(DIST)/wheelhouse-$$kind | wc -l) wheels, $$(du -sh $(DIST)/wheelhouse-$$kind | cut -f1)"; \
 	done
 
-# The one place that builds a submission is promptscore/submit.py; this only passes the variables.
+# The one place that builds a submission is promptscore/tools/submit.py; this only passes the variables.
 JOB ?= convert
 TARGET ?= emr
 PROFILE ?= $(CONF_FILE)
 submit:
-	@PYTHONPATH=$(CURDIR) python3 -m promptscore.submit $(JOB) --target $(TARGET) \
+	@PYTHONPATH=$(CURDIR) python3 -m promptscore.tools.submit $(JOB) --target $(TARGET) \
 	  $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEPLOY_MODE),--deploy-mode $(DEPLOY_MODE)) \
 	  $(if $(PY_FILES),--py-files $(PY_FILES)) $(if $(JOBS_URI),--jobs-uri $(JOBS_URI)) \
 	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(DRIVER_PYTHON),--driver-python $(DRIVER_PYTHON)) \

@@ -87,7 +87,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 def prepare(a) -> None:
     from transformers import AutoTokenizer
 
-    from udfs import tiny_model
+    from promptscore.tools import tiny_model
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def prepare(a) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from promptscore.sample_data import _prompt
+    from promptscore.tools.sample_data import _prompt
 
     tok = AutoTokenizer.from_pretrained(work / "tiny")
     rng = random.Random(0)
@@ -203,7 +203,7 @@ def spark_run(a) -> None:
     from pyspark.sql import SparkSession
 
     from promptscore import score
-    from promptscore.output import OutputSpec
+    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     builder = (SparkSession.builder.master(a.master).appName("score-bench")
@@ -371,7 +371,7 @@ def compare_run(a) -> None:
     """(c) The job's ``--compare-sample`` check: the options (e.g. ``--quantization fp8``) against
     the reference (the same without quantization, ``--compare-dtype``) on a fixed sample."""
     from promptscore import score
-    from promptscore.output import OutputSpec
+    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     spark = _session(a, "score-bench-compare")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,3 +29,17 @@ def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None
                 spark.conf.unset(k)
             else:
                 spark.conf.set(k, v)
+
+
+class _ListParam(AccumulatorParam):
+    def zero(self, value):
+        return []
+
+    def addInPlace(self, a, b):
+        a.extend(b)
+        return a
+
+
+def list_accumulator(spark: SparkSession) -> Accumulator:
+    """An accumulator of lists: tasks add lists, the driver reads their concatenation."""
+    return spark.sparkContext.accumulator([], _ListParam())

@@ -84,8 +84,8 @@ def spark(fake_oss_store, readahead_jar):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """The tiny random-weight reward model (``python -m udfs.tiny_model``), built once."""
-    from udfs.tiny_model import build
+    """The tiny random-weight reward model (``python -m promptscore.tools.tiny_model``), built once."""
+    from promptscore.tools.tiny_model import build
 
     return build(tmp_path_factory.mktemp("models") / "tiny")
 

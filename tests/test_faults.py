@@ -26,7 +26,7 @@ from promptscore import errors
 from promptscore.convert import reader
 from promptscore.io import files, hadoop
 from promptscore.io.publish import work_dir
-from promptscore.submit import conf_args
+from promptscore.tools.submit import conf_args
 from test_progress import HostRows, bucket_settings
 
 FILES, PER_FILE = 6, 300

@@ -95,7 +95,7 @@ def test_a_model_given_as_a_uri_is_checked_through_the_file_system(spark, prompt
 
 
 def test_an_intact_model_passes_and_torch_zip_weights_are_checked_by_their_end(tiny_model, tmp_path):
-    from promptscore import model_files
+    from promptscore.score import model as model_files
 
     assert model_files.check_weights(None, str(tiny_model), None) == ["model.safetensors"]
     model = tmp_path / "bin"

@@ -1,4 +1,4 @@
-"""One run per output: the lease in the target's work directory (``promptscore.lock``).
+"""One run per output: the lease in the target's work directory (``promptscore.io.lock``).
 
 First the lease itself, on local disk and on the fake ``oss://``: a second run is refused naming
 the holder, a stale or dead holder is taken over, a holder that was taken over notices, the

@@ -15,8 +15,9 @@ import pytest
 from chispa import assert_df_equality
 
 from conftest import kill_when, run_job, submit
-from promptscore import fingerprint, pieces, progress
-from promptscore.compare import compare_scores, spearman
+from promptscore import progress
+from promptscore.score import fingerprint, pieces
+from promptscore.score.compare import compare_scores, spearman
 from promptscore.io.files import File
 from promptscore.io.publish import work_dir
 

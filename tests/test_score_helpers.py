@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from promptscore.score import engine_summaries, resolve_backend
+from promptscore.score.model import resolve_backend
+from promptscore.score.tasks import engine_summaries
 
 
 def test_auto_is_transformers_when_spark_schedules_no_gpus(spark):
@@ -14,7 +15,7 @@ def test_auto_is_transformers_when_spark_schedules_no_gpus(spark):
 
 
 def test_auto_is_vllm_when_spark_schedules_gpus():
-    code = ("from pyspark.sql import SparkSession; from promptscore.score import resolve_backend\n"
+    code = ("from pyspark.sql import SparkSession; from promptscore.score.model import resolve_backend\n"
             "s = SparkSession.builder.master('local[1]').config('spark.ui.enabled', 'false')"
             ".config('spark.executor.resource.gpu.amount', '1').config('spark.task.resource.gpu.amount', '0.5')"
             ".getOrCreate()\n"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-from promptscore.submit import conf_args
+from promptscore.tools.submit import conf_args
 from standins import OssStandIn
 from test_spark_submit import spark_submit
 from udfs.staging import MARKER

@@ -1,4 +1,4 @@
-"""One run per output: a lease in the target's work directory (``promptscore.publish.work_dir``).
+"""One run per output: a lease in the target's work directory (``promptscore.io.publish.work_dir``).
 
 A run of either job takes the lease before it reads, deletes or writes anything in the work
 directory, and gives it back when it has published or failed. The lease is a small JSON file,

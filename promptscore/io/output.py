@@ -3,10 +3,10 @@
 ``--mode error`` (the default) refuses a complete existing output; ``--mode overwrite`` replaces
 it. ``--partition-col dt --partition-value V`` writes ``<output>/dt=V/`` and, unless ``--mode
 error`` is given, replaces only that partition on a rerun. Either way a run writes into a staging
-directory and publishes it when complete (``promptscore.publish``): the previous output stays
+directory and publishes it when complete (``promptscore.io.publish``): the previous output stays
 readable until then, and a killed or failed run is cleaned up, or its publish completed, by the
 next run of the same command. ``_SUCCESS`` is written last, only on success. One run at a time
-writes a target: the others exit 2 naming it (``promptscore.lock``).
+writes a target: the others exit 2 naming it (``promptscore.io.lock``).
 """
 
 from __future__ import annotations

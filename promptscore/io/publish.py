@@ -13,7 +13,7 @@ does the publish step put it in the target's place:
   parallel, with ``_SUCCESS`` last.
 
 A run first takes the target's lock (``hold``: a lease in the work directory, see
-``promptscore.lock``); it reads, deletes or writes nothing there before, and gives the lock back
+``promptscore.io.lock``); it reads, deletes or writes nothing there before, and gives the lock back
 when it has published (``publish``) or failed (``discard``). The publish step is journaled:
 ``_publish.json`` in the work directory is written before the first change and removed after the
 last. Every run of either job on a target, once it holds the lock, first rolls a journaled

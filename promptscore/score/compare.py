@@ -14,15 +14,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import score
-from promptscore.io.reports import redact_uri, write_report
+from promptscore.frames import list_accumulator
+from promptscore.io.reports import now_iso, num, redact_uri, spark_info, write_report
+from promptscore.score.model import check_inputs
+from promptscore.score.options import ScoreOptions
+from promptscore.score.plan import score_slots
+from promptscore.score.rows import score_rows
+from promptscore.score.tasks import engine_summaries
 
 SEED = 20261125
 
@@ -63,34 +67,34 @@ def reference_engine(engine, compare_dtype: str | None):
     return dataclasses.replace(engine, quantization=None, dtype=compare_dtype or engine.dtype)
 
 
-def run_compare(spark: SparkSession, opts: "score.ScoreOptions") -> dict:
+def run_compare(spark: SparkSession, opts: ScoreOptions) -> dict:
     """Score the sample both ways and report; writes no output."""
     from udfs.reward import ScoreSpec, make_udf
 
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = now_iso()
     # The checks of a run without its fingerprint: nothing is written, so nothing is reused.
-    _, manifest, engine_spec, input_df = score.check_inputs(spark, opts)
+    _, manifest, engine_spec, input_df = check_inputs(spark, opts)
     cols = [opts.text_col] + ([opts.response_col] if opts.response_col else [])
     key = F.xxhash64(F.lit(SEED), *[F.coalesce(F.col(c), F.lit("")) for c in cols])
     sample = input_df.select(*cols).withColumn("_key", key).orderBy("_key").limit(opts.compare_sample).toPandas()
     sample.insert(0, "_row", range(len(sample)))
-    slots = score.score_slots(spark)
+    slots = score_slots(spark)
     df = spark.createDataFrame(sample.drop(columns=["_key"])).repartition(max(1, min(slots, len(sample))))
     sides = {"options": engine_spec, "reference": reference_engine(engine_spec, opts.compare_dtype)}
     scores: dict[str, list] = {}
     seconds: dict[str, float] = {}
     engines: dict[str, list] = {}
     for name, engine in sides.items():
-        acc = spark.sparkContext.accumulator([], score._ListParam())
+        acc = list_accumulator(spark)
         spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
         udf = make_udf(spec, acc, with_response=opts.response_col is not None)
         t0 = time.monotonic()
-        got = (score.score_rows(df, udf, opts.text_col, opts.response_col)
+        got = (score_rows(df, udf, opts.text_col, opts.response_col)
                .select("_row", F.col("_score.score").alias("score")).toPandas().sort_values("_row"))
         seconds[name] = round(time.monotonic() - t0, 3)
         scores[name] = [None if pd.isna(v) else float(v) for v in got["score"]]
-        engines[name] = score.engine_summaries(acc.value)
+        engines[name] = engine_summaries(acc.value)
     result = compare_scores(scores["options"], scores["reference"])
     report = {
         "job": "score", "mode": "compare-sample", "status": "ok", "started_at": started_at,
@@ -103,17 +107,13 @@ def run_compare(spark: SparkSession, opts: "score.ScoreOptions") -> dict:
         # Each side's job, engine start included (a small sample is mostly engine start).
         "seconds": seconds["options"], "reference_seconds": seconds["reference"],
         "engines": engines["options"], "reference_engines": engines["reference"],
-        "spark_version": spark.version, "spark_master": spark.sparkContext.master,
+        **spark_info(spark),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
     report["summary"] = summary_line(report)
     if opts.out.report:
         write_report(spark, report, None, opts.out.report)
     return report
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def _side(engine: dict) -> str:
@@ -123,7 +123,7 @@ def _side(engine: dict) -> str:
 def summary_line(r: dict) -> str:
     """The one line the check prints on stdout."""
     return (f"score: compare-sample {r['sample_rows']:,} rows, {_side(r['options'])} vs {_side(r['reference'])}: "
-            f"Spearman {_num(r['spearman'], '.5f')}, max abs diff {_num(r['max_abs_diff'], '.4g')}, "
-            f"median {_num(r['median_abs_diff'], '.4g')} (reference std {_num(r['reference_std'], '.3g')}); "
+            f"Spearman {num(r['spearman'], '.5f')}, max abs diff {num(r['max_abs_diff'], '.4g')}, "
+            f"median {num(r['median_abs_diff'], '.4g')} (reference std {num(r['reference_std'], '.3g')}); "
             f"{r['rows_compared']:,} compared, {r['rows_unscored']:,} without a score on either side; "
             f"{r['seconds']:.1f} s vs {r['reference_seconds']:.1f} s; nothing written")

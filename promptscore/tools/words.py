@@ -1,7 +1,7 @@
 """A small vocabulary of prompt words in English, Chinese and Japanese.
 
-Shared by the synthetic input (``promptscore.sample_data``) and the tiny model's tokenizer corpus
-(``udfs.tiny_model``), so that the tokenizer knows the words of the demo's prompts.
+Shared by the synthetic input (``promptscore.tools.sample_data``) and the tiny model's tokenizer corpus
+(``promptscore.tools.tiny_model``), so that the tokenizer knows the words of the demo's prompts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A tiny random-weight reward model that transformers and vLLM both load, built offline.
 
-``python -m udfs.tiny_model DIR`` writes ``DIR`` with:
+``python -m promptscore.tools.tiny_model DIR`` writes ``DIR`` with:
 
 - a byte-level BPE tokenizer trained here on a small built-in corpus (``tokenizer.json``), with
   ChatML special tokens and a chat template, as a ``PreTrainedTokenizerFast``;
@@ -17,7 +17,7 @@ import argparse
 import random
 from pathlib import Path
 
-from udfs.words import WORDS
+from promptscore.tools.words import WORDS
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -101,7 +101,7 @@ def build(directory: str | Path, shape: str = "tiny", seed: int = 0, dtype: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m udfs.tiny_model", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m promptscore.tools.tiny_model", description=__doc__.splitlines()[0])
     p.add_argument("directory")
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--seed", type=int, default=0)

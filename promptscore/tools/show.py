@@ -1,4 +1,4 @@
-"""``python -m promptscore.show DIR``: print a job's report and a few rows of its Parquet output
+"""``python -m promptscore.tools.show DIR``: print a job's report and a few rows of its Parquet output
 (for a score output: the top and bottom prompts).
 
 Reads local output directories with pyarrow (no Spark needed).
@@ -70,7 +70,7 @@ def show(directory: str, limit: int = 3) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m promptscore.show", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m promptscore.tools.show", description=__doc__.splitlines()[0])
     p.add_argument("directory")
     p.add_argument("--rows", type=int, default=3)
     a = p.parse_args(argv)

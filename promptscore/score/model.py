@@ -1,4 +1,6 @@
-"""Checks of a model directory's files on the driver, before any task starts: a model that a rerun
+"""The model and the input as the driver sees them, checked before any task starts: the model's
+``config.json`` (a one-label sequence classifier), the backend, the input's columns, and the
+model directory's files: a model that a rerun
 cannot fix fails at once with exit 2 naming the file, not minutes later inside a task.
 
 - ``config.json`` parses as a JSON object (``read_config``);
@@ -15,14 +17,21 @@ system for a model given as a URI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StringType
+
 from promptscore import errors
-from promptscore.io import hadoop
+from promptscore.io import files, hadoop
+from promptscore.io.reports import redact_uri
+from promptscore.score.options import ScoreOptions
+from udfs.engines import EngineSpec
 from udfs.uris import has_scheme, redact
 
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -151,3 +160,71 @@ def check_weights(spark, model: str, manifest: list[tuple[str, int]] | None) -> 
         if what:
             raise _problem(model, rel, what)
     return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and the input, as the driver sees them
+
+
+def model_manifest(spark: SparkSession, model: str) -> tuple[dict, list[tuple[str, int]] | None]:
+    """The model's config.json and, for a URI, the files (relative path, size) to copy. A
+    config.json that does not parse is a UsageError naming it."""
+    if not has_scheme(model):
+        config = os.path.join(model, "config.json")
+        if not os.path.isfile(config):
+            raise errors.UsageError(f"--model {model}: no config.json there (a local path must exist on the "
+                                 "driver and every node; use a URI to have it copied)")
+        with open(config, "rb") as f:
+            return parse_config(model, f.read()), None
+    if not hadoop.exists(spark, model.rstrip("/") + "/config.json"):
+        raise errors.UsageError(f"--model {redact_uri(model)}: no config.json there")
+    config = parse_config(model, hadoop.read_bytes(spark, model.rstrip("/") + "/config.json"))
+    return config, files.list_tree(spark, model)
+
+
+def check_model(config: dict, model: str) -> None:
+    """A reward model here is a sequence classifier with exactly one label."""
+    archs = config.get("architectures") or []
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or None)
+    if not any(a.endswith("ForSequenceClassification") or a.endswith("RewardModel") for a in archs):
+        raise errors.UsageError(f"--model {redact_uri(model)} is a {archs or 'model of unknown architecture'}, "
+                             "not a *ForSequenceClassification reward model")
+    if labels not in (1, None):
+        raise errors.UsageError(f"--model {redact_uri(model)} has {labels} labels; a reward model has one")
+
+
+def resolve_backend(spark: SparkSession, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    gpus = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
+    return "vllm" if float(gpus or 0) > 0 else "transformers"
+
+
+
+def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tuple[str, int]] | None,
+                                                                   EngineSpec, DataFrame]:
+    """Check the model (its config.json, and that its weights files are there and their headers
+    read: ``check_weights``) and the input columns and choose the backend: the model's config, its
+    manifest (for a URI), the engine and the input. Reads no weights; writes nothing."""
+    from pyspark.errors import AnalysisException
+
+    config, manifest = model_manifest(spark, opts.model)
+    check_model(config, opts.model)
+    check_weights(spark, opts.model, manifest)
+    engine = dataclasses.replace(opts.engine, backend=resolve_backend(spark, opts.engine.backend))
+    try:
+        df = spark.read.parquet(*opts.inputs)
+    except AnalysisException as e:
+        raise errors.UsageError(f"cannot read --input as Parquet: {redact_uri(str(e).strip().splitlines()[0])}") from None
+    for col, flag in ((opts.text_col, "--text-col"), (opts.response_col, "--response-col")):
+        if col is None:
+            continue
+        if col not in df.columns:
+            raise errors.UsageError(f"{flag} {col!r} is not a column of the input (columns: {', '.join(df.columns)})")
+        if not isinstance(df.schema[col].dataType, StringType):
+            raise errors.UsageError(f"{flag} {col!r} is {df.schema[col].dataType.simpleString()}, not string")
+    clash = [c for c in ("score", "score_error") if c in df.columns]
+    if clash:
+        raise errors.UsageError(f"the input already has column(s) {', '.join(clash)}; drop or rename them first")
+    return config, manifest, engine, df
+

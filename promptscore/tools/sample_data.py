@@ -1,6 +1,6 @@
 """Synthetic JSONL input: many small files of prompt records, like the ones the convert job reads.
 
-``python -m promptscore.sample_data DIR --files 4000`` writes ``DIR/shard=NN/part-NNNNNN.jsonl``
+``python -m promptscore.tools.sample_data DIR --files 4000`` writes ``DIR/shard=NN/part-NNNNNN.jsonl``
 files of about ``--file-kb`` KB each. ``--bad-every N`` puts one malformed line in every N-th file,
 so the demo shows rejects.
 """
@@ -15,7 +15,7 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from udfs.words import WORDS
+from promptscore.tools.words import WORDS
 
 _SOURCES = ("web", "code", "chat", "math", "docs")
 
@@ -84,7 +84,7 @@ def generate(root: str, files: int, file_kb: int = 100, bad_every: int = 0, gz_e
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m promptscore.sample_data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m promptscore.tools.sample_data", description=__doc__.splitlines()[0])
     p.add_argument("root", help="directory to write into")
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--file-kb", type=int, default=100, help="approximate size of each file")

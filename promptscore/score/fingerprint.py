@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from promptscore import __version__
 from promptscore.io import files, hadoop
+from promptscore.score.pieces import FORMAT
 from udfs.uris import has_scheme
 
 # File names the model loaders read weights from; the tokenizer never needs them.
@@ -206,11 +206,11 @@ def score_basis(model: str, backend: str, template: str, text_col: str, response
     """Everything that changes a score or the rows a piece holds: the model, the backend and
     the engine options that change numbers (dtype, quantization, max-model-len, tensor
     parallelism, the transformers device, every ``--engine-args`` entry), the template and
-    columns, the input's schema, the Parquet codec and this package's version. Left out, so that
+    columns, the input's schema, the Parquet codec and the pieces' format version. Left out, so that
     a rerun may change them and still resume: ``--gpu-memory-utilization``,
     ``--max-num-batched-tokens``, ``--max-num-seqs``, ``--partitions`` and ``--cache-dir``."""
     return {
-        "promptscore": __version__, "model": model, "backend": backend, "template": template,
+        "pieces_format": FORMAT, "model": model, "backend": backend, "template": template,
         "text_col": text_col, "response_col": response_col, "max_model_len": engine.max_model_len,
         "dtype": engine.dtype, "quantization": engine.quantization,
         "tensor_parallel_size": engine.tensor_parallel_size, "device": engine.device,

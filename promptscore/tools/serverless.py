@@ -1,6 +1,6 @@
 """An EMR Serverless Spark job run from start to end: StartJobRun, then GetJobRun until a final state.
 
-Used by ``python -m promptscore.submit convert --target serverless --run``. Only the standard
+Used by ``python -m promptscore.tools.submit convert --target serverless --run``. Only the standard
 library: the EMR Serverless Spark OpenAPI (version 2023-08-08, ROA style) over HTTPS, each request
 signed with ACS3-HMAC-SHA256 (signature V3).
 
@@ -82,7 +82,7 @@ def credentials_from_chain(environ: dict | None = None) -> Callable[[], Credenti
     if key_id and secret:
         fixed = Credentials(key_id, secret, env.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None)
         return lambda: fixed
-    from udfs.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider
+    from promptscore.tools.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider
 
     provider = RoleCredentialsProvider(Metadata(timeout_s=2.0), role=env.get("ALIBABA_CLOUD_ECS_METADATA") or None)
 

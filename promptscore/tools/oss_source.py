@@ -2,7 +2,7 @@
 
 Credentials come from the environment (``OSS_ACCESS_KEY_ID``/``OSS_ACCESS_KEY_SECRET``/
 ``OSS_SESSION_TOKEN``, or the ``ALIBABA_CLOUD_*`` names) or else from the ECS instance's RAM role
-(``udfs.ecs_metadata``); they are never arguments and never printed.
+(``promptscore.tools.ecs_metadata``); they are never arguments and never printed.
 
 The endpoint is the bucket's, which is not always the node's: the first of
 
@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from udfs.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider
+from promptscore.tools.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider
 from udfs.staging import Entry, StagingError
 
 REGION = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)+")

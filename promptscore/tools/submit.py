@@ -1,11 +1,11 @@
 """Every submission of the jobs, built in one place: ``make submit``, the DataWorks nodes, local runs.
 
-    python -m promptscore.submit convert -- --input oss://b/raw/ --output oss://b/prompts/
-    python -m promptscore.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
-    python -m promptscore.submit convert --profile conf/local.conf --run -- --input data/ --output out/
-    python -m promptscore.submit convert --target serverless --jobs-uri oss://b/jobs --environment-id ev-1 -- ...
-    python -m promptscore.submit convert --target serverless ... --run --workspace-id w-1 --region cn-hangzhou -- ...
-    python -m promptscore.submit --conf-args conf/local.conf
+    python -m promptscore.tools.submit convert -- --input oss://b/raw/ --output oss://b/prompts/
+    python -m promptscore.tools.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
+    python -m promptscore.tools.submit convert --profile conf/local.conf --run -- --input data/ --output out/
+    python -m promptscore.tools.submit convert --target serverless --jobs-uri oss://b/jobs --environment-id ev-1 -- ...
+    python -m promptscore.tools.submit convert --target serverless ... --run --workspace-id w-1 --region cn-hangzhou -- ...
+    python -m promptscore.tools.submit --conf-args conf/local.conf
 
 A profile (a Spark properties file in ``conf/``) becomes ``--conf key=value`` pairs on the command
 line, never ``--properties-file``: in Spark 3.5 a properties file replaces the cluster's
@@ -17,7 +17,7 @@ are applied on top of it.
 gateway node, in an EMR Workflow Spark task, or in a DataWorks EMR Shell or EMR Spark node) and for
 local runs (``--profile conf/local.conf``). ``--target serverless`` prints the request body of EMR
 Serverless Spark's StartJobRun; it takes the convert job only (the score job needs YARN GPU
-scheduling); with ``--run`` it starts the job run and follows it to its end (``promptscore.serverless``).
+scheduling); with ``--run`` it starts the job run and follows it to its end (``promptscore.tools.serverless``).
 
 Credentials are never part of either: a ``--conf`` or profile key that looks like a secret (Spark's
 ``spark.redaction.regex``: secret, password, token, access key) is refused, and so is a URI with
@@ -235,7 +235,7 @@ def serverless_request(job: str, job_args: Sequence[str], jobs_uri: str, py_file
     fresh one) makes a retried StartJobRun return the same run; ``timeout_s`` becomes
     ``executionTimeoutSeconds``.
     """
-    from promptscore import serverless
+    from promptscore.tools import serverless
 
     if job not in SERVERLESS_PROFILES:
         raise SubmitError(f"--target serverless takes the convert job only: {job} needs GPU executors "
@@ -323,7 +323,7 @@ def run(cmd: Sequence[str], cwd: Path | None = None) -> int:
 
 def submit_serverless(a: argparse.Namespace, job_args: list[str], conf: dict[str, str]) -> int:
     """``--target serverless``: print the StartJobRun body; with ``--run``, start it and follow it."""
-    from promptscore import serverless
+    from promptscore.tools import serverless
 
     if not a.jobs_uri:
         raise SubmitError("--target serverless needs --jobs-uri (the OSS folder holding convert.py)")
@@ -357,7 +357,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m promptscore.submit", description=__doc__.splitlines()[0],
+    p = _Parser(prog="python -m promptscore.tools.submit", description=__doc__.splitlines()[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Everything after -- goes to the job (jobs/JOB.py --help lists it).")
     p.add_argument("job", nargs="?", choices=sorted(PROFILES), help="the job to submit")

@@ -1,6 +1,5 @@
-"""``jobs/score.py --plan``: what a score run would process and how long it would take, without
-loading an engine or writing output; and, for real runs, the same prediction beside what the run
-took.
+"""The figures of ``jobs/score.py --plan`` (``dryrun``): what a score run would process and how long
+it would take; and, for real runs, the same prediction beside what the run took.
 
 The plan reads the input once: it counts every row, and tokenizes every row (or a random
 fraction ``--plan-sample F`` of them) on the executors with the model's tokenizer and template
@@ -22,19 +21,19 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import errors, fingerprint, sizing
-from promptscore.io import hadoop, output
-from promptscore.io.reports import redact_uri, write_report
+from promptscore import errors, sizing
+from promptscore.frames import list_accumulator
+from promptscore.io import hadoop
+from promptscore.io.reports import redact_uri
+from promptscore.score import fingerprint
+from promptscore.score.options import ScoreOptions
+from promptscore.score.rows import score_rows
+from promptscore.score.tasks import engine_summaries
 from udfs.uris import has_scheme
-
-if TYPE_CHECKING:
-    from promptscore.score import ScoreOptions
 
 SAMPLE_SEED = 20261126
 Z95 = 1.96
@@ -172,16 +171,15 @@ def token_figures(c: dict, fraction: float, max_model_len: int) -> dict:
 # Calibrating
 
 
-def calibrate(spark: SparkSession, opts: "ScoreOptions", engine, manifest, df: DataFrame, rows: int,
+def calibrate(spark: SparkSession, opts: ScoreOptions, engine, manifest, df: DataFrame, rows: int,
               n: int) -> dict:
     """Score ``n`` rows sampled from ``df`` (of ``rows`` rows) on one engine, as a run would (the
     scoring UDF, these options), into Spark's ``noop`` sink; the rate is the tokens scored over
     the engine's busy seconds (its start left out)."""
-    from promptscore import score
     from udfs.reward import ScoreSpec, make_udf
 
     spec = ScoreSpec(engine=engine, template=opts.template, model_manifest=manifest, cache_dir=opts.cache_dir)
-    acc = spark.sparkContext.accumulator([], score._ListParam())
+    acc = list_accumulator(spark)
     udf = make_udf(spec, acc, with_response=opts.response_col is not None)
     cols = [opts.text_col] + ([opts.response_col] if opts.response_col else [])
     sample = df.select(*cols)
@@ -190,7 +188,7 @@ def calibrate(spark: SparkSession, opts: "ScoreOptions", engine, manifest, df: D
         sample = sample.sample(fraction=fraction, seed=SAMPLE_SEED)
     sample = sample.limit(n).coalesce(1)
     t0 = time.monotonic()
-    score.score_rows(sample, udf, opts.text_col, opts.response_col) \
+    score_rows(sample, udf, opts.text_col, opts.response_col) \
         .write.format("noop").mode("overwrite").save()
     seconds = time.monotonic() - t0
     return calibration_figures(acc.value, seconds, engine.tensor_parallel_size)
@@ -199,8 +197,6 @@ def calibrate(spark: SparkSession, opts: "ScoreOptions", engine, manifest, df: D
 def calibration_figures(tasks: list[dict], seconds: float, gpus_per_engine: int = 1) -> dict:
     """What a calibration measured (pure): rows, tokens, the engine's busy and start seconds, its
     device, tokens per busy second and (``gpus_per_engine``: the tensor-parallel size) per GPU."""
-    from promptscore.score import engine_summaries
-
     engines = engine_summaries(tasks)
     tokens = sum(int(t.get("tokens") or 0) for t in tasks)
     busy = sum(e["busy_s"] or 0 for e in engines)
@@ -289,8 +285,6 @@ def predicted_vs_actual(config: dict, counts: dict, engines: list[dict], write_s
     out: dict = {"predicted": None, "reason": reason, "actual": actual}
     if reason is None:
         gpu = kinds.pop()
-        if tokens_sq is None:  # chunks committed by an older version: the mean length stands in
-            tokens_sq = tokens * tokens / rows
         est = sizing.score_estimate_from_sums(rows, tokens, float(tokens_sq), shape, gpu, len(engines) * tp)
         out["predicted"] = est
         out["actual_over_predicted"] = {
@@ -300,104 +294,3 @@ def predicted_vs_actual(config: dict, counts: dict, engines: list[dict], write_s
         out["note"] = ("predicted: the engines' computing only; actual write_s also holds engine start, reading, "
                        "tokenizing and writing")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The plan
-
-
-def run_plan(spark: SparkSession, opts: "ScoreOptions") -> dict:
-    """Check, count, tokenize (and calibrate); print the plan and write it with ``--report``.
-    Writes no output and, without ``--calibrate``, loads no engine."""
-    from promptscore import score
-    from udfs.token_counts import make_udf
-
-    started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    clock = output.Phases()
-    target = output.check_target(spark, opts.out, opts.inputs) if opts.out.output else None
-    config, manifest, engine, df = score.check_inputs(spark, opts)
-    ref, _ = ship_tokenizer(spark, opts.model, manifest)
-    clock.lap("check")
-    udf = make_udf(ref, opts.template, with_response=opts.response_col is not None)
-    counts = count_tokens(df, udf, opts.text_col, opts.response_col, engine.max_model_len, opts.plan_sample)
-    figures = token_figures(counts, opts.plan_sample, engine.max_model_len)
-    clock.lap("tokenize")
-    calibration = None
-    if opts.calibrate:
-        calibration = calibrate(spark, opts, engine, manifest, df, figures["rows"], opts.calibrate)
-        clock.lap("calibrate")
-    gpus = opts.gpus or score.score_slots(spark)
-    est = estimates(figures, sizing.ModelShape.from_config(config), gpus, opts.gpu_type, calibration)
-    report = {
-        "job": "score", "plan": True, "status": "ok", "started_at": started_at,
-        "inputs": [redact_uri(i) for i in opts.inputs], "output": redact_uri(target) if target else None,
-        "model": redact_uri(opts.model), "architecture": (config.get("architectures") or [None])[0],
-        "backend": engine.backend, "template": opts.template, "text_col": opts.text_col,
-        "response_col": opts.response_col,
-        **figures,
-        "gpus_source": "--gpus" if opts.gpus else "the Spark configuration (the GPUs a run would use)",
-        **est,
-        "calibration": calibration,
-        "spark_version": spark.version, "spark_master": spark.sparkContext.master,
-        "phase_s": clock.phases, "elapsed_s": round(time.monotonic() - started, 3),
-    }
-    report["summary"] = summary_line(report)
-    for line in plan_lines(report):
-        print(line, flush=True)
-    if opts.out.report:
-        write_report(spark, report, None, opts.out.report)
-    return report
-
-
-def _tokens_text(r: dict) -> str:
-    if r["exact"]:
-        return f"{r['tokens']:,} tokens (exact)"
-    if r["tokens_error_95"] is None:
-        return f"~{r['tokens']:,} tokens (too few sampled rows to state an error)"
-    return f"~{r['tokens']:,} ± {r['tokens_error_95']:,} tokens ({r['tokens_error_pct']:g}%, 95%)"
-
-
-def plan_lines(r: dict) -> list[str]:
-    """The lines the plan prints before its summary line (pure)."""
-    sample = ("every row tokenized" if r["exact"] else
-              f"{r['sampled_rows']:,} tokenized: --plan-sample {r['sample_fraction']:g}")
-    length = r["length_tokens"]
-    e = r["estimate"]
-    lines = [
-        f"rows: {r['rows']:,} ({sample}); {r['unscorable_rows']:,} unscorable (null or empty text)",
-        f"tokens: {_tokens_text(r)} after --max-model-len {r['max_model_len']}; "
-        f"{r['tokens_untruncated']:,} before",
-        f"length (tokens per scorable row): mean {_num(length['mean'], ',.1f')}, p50 {_num(length['p50'], ',')}, "
-        f"p99 {_num(length['p99'], ',')}, max {_num(length['max'], ',')}",
-        f"truncated: {r['truncated_share']:.2%} of rows (~{r['truncated_rows']:,}) are longer than "
-        f"--max-model-len {r['max_model_len']}",
-    ]
-    c = r.get("calibration")
-    if c:
-        lines.append(f"calibration: {c['rows']:,} rows, {c['tokens']:,} tokens on {c['device']} in "
-                     f"{_num(c['busy_s'], ',.2f')} s busy (engine start {_num(c['start_s'], ',.1f')} s): "
-                     f"{_num(c['tokens_per_s'], ',.0f')} tokens/s")
-    lines.append(f"estimate on {e['gpus']:,} x {e['gpu']}: {e['gpu_hours']:,} GPU-hours, wall {e['wall']} "
-                 f"({_num(e['tokens_per_s_per_gpu'], ',.0f')} tokens/s per GPU; {e['rate_source']}"
-                 f"{'; MFU %g' % e['expected_mfu'] if e['expected_mfu'] else ''}); physical limit "
-                 f"{e['physical_limit_gpu_hours']:,} GPU-hours, wall {e['physical_limit_wall']}")
-    if e.get("note"):
-        lines.append(f"note: {e['note']}")
-    return lines
-
-
-def summary_line(r: dict) -> str:
-    """The plan's one line (pure)."""
-    e = r["estimate"]
-    err = "" if r["exact"] or r["tokens_error_pct"] is None else f" ±{r['tokens_error_pct']:g}%"
-    return (f"score plan: {r['rows']:,} rows, {'' if r['exact'] else '~'}{r['tokens']:,} tokens{err} "
-            f"({r['truncated_share']:.2%} truncated at {r['max_model_len']}) -> ~{e['gpu_hours']:,} GPU-hours, "
-            f"~{e['wall']} on {e['gpus']:,} x {e['gpu']} (physical limit {e['physical_limit_wall']}); "
-            f"{'calibrated' if r.get('calibration') and r['calibration'].get('tokens_per_s') else 'FLOPs model'}; "
-            "nothing written")
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-

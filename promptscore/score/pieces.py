@@ -2,7 +2,7 @@
 own Spark write and committed as soon as it is done, so that a rerun after a kill scores only
 what is left.
 
-Layout, in the target's work directory (``promptscore.publish``)::
+Layout, in the target's work directory (``promptscore.io.publish``)::
 
     .promptscore.<name>/pieces-<fingerprint>/
         parts/              every committed chunk's Parquet files, flat: this becomes the output
@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 from promptscore.io import hadoop
 from promptscore.io.files import File, file_status, list_data_files, list_names, list_status
 
+# The version of the pieces' layout and markers, and of how a score follows from the fingerprint's
+# basis: part of the fingerprint, so bump it when any of them changes and a rerun never reuses pieces
+# it cannot read or whose scores were computed otherwise.
+FORMAT = 1
 PREFIX = "pieces-"
 MAX_CHUNK_BYTES_CONF = "spark.promptscore.score.maxChunkBytes"
 CHUNKS_PER_SLOT_CONF = "spark.promptscore.score.chunksPerSlot"
