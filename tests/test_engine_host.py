@@ -290,3 +290,63 @@ def test_a_vllm_without_the_public_api_fails_the_start_in_one_line(tiny_model):
     message = str(e.value)
     assert "\n" not in message and message.startswith("the engine host for gpu0 could not start: vLLM ")
     assert "vLLM 0.25.0" in message
+
+
+PRESTART = ("import json; from udfs import engine_host; from udfs.engines import EngineSpec; "
+            "print(json.dumps(engine_host.prestart(EngineSpec(model_dir={model!r}, device='cpu'))))")
+
+
+def prestart(model: Path) -> dict:
+    """``engine_host.prestart`` in a stand-in for a Spark Python worker (a child of this process)."""
+    out = subprocess.run([sys.executable, "-c", PRESTART.format(model=str(model))], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_prestarted_host_is_joined_by_the_first_task_and_says_where_its_start_went(tiny_model):
+    from udfs.start_parts import PART_KEYS
+
+    first = prestart(tiny_model)
+    assert first["started"] is True and first["reason"] is None
+    # Starting or ready: a second prestart leaves it be (and never waits for it).
+    again = prestart(tiny_model)
+    assert again["started"] is False and again["pid"] == first["pid"] and again["reason"].startswith("host ")
+    info = worker(tiny_model)  # a task: joins the host that is starting, starts none of its own
+    assert info["pid"] == first["pid"] and info["started_by"] == "prestart"
+    key = info["key"]
+    starts = [json.loads(line) for line in Path(paths_for(key).starts).read_text().splitlines()]
+    assert len(starts) == 1 and starts[0]["started_by"] == "prestart"
+    parts = info["engine_start_parts"]
+    assert starts[0]["start_parts"] == parts and set(PART_KEYS) <= set(parts)
+    assert parts["torch_import_s"] > 0 and parts["weights_s"] > 0 and parts["first_request_s"] > 0
+    assert parts["vllm_import_s"] is None and parts["compile_s"] is None  # no vLLM here
+    assert abs(parts["total_s"] - info["engine_start_s"] - parts["python_s"]) < 1.0
+    state = engine_host.host_state(key)
+    assert state["state"] == "ready" and state["start_parts"] == parts and state["started_by"] == "prestart"
+    assert info["process_started_at"] <= info["started_at"]
+    wait_for_socket(key).shutdown()
+
+
+def test_a_prestart_starts_nothing_on_a_device_another_process_holds(tiny_model):
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = engine_host.key_for(spec)
+    from udfs.locks import file_lock
+
+    with file_lock(paths_for(key).lock):
+        done = engine_host.prestart(spec)
+    assert done == {"key": key, "started": False, "pid": None, "reason": "device held"}
+    assert engine_host.host_state(key) is None and not Path(paths_for(key).log).exists()
+
+
+def test_a_host_whose_owner_exits_while_it_starts_stops_at_once_leaving_only_its_log(tiny_model, owner, runtime_dir):
+    spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
+    key = f"cpu-{owner.pid}"
+    host = start_host(spec, key, owner.pid)
+    assert engine_host.host_state(key)["state"] == "starting"  # said by the spawner at once
+    owner.kill()
+    owner.wait()
+    assert host.wait(timeout=30) != 0
+    log = log_of(key)
+    assert f"owner process {owner.pid} exited while the engine was starting" in log and "ready in" not in log
+    assert files_of(runtime_dir, key) == [f"promptscore-engine-{key}.log"]

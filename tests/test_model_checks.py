@@ -13,6 +13,8 @@ import pytest
 
 from conftest import run_job
 
+from promptscore.errors import UsageError
+
 
 @pytest.fixture(scope="module")
 def prompts(spark, tmp_path_factory) -> Path:
@@ -106,5 +108,5 @@ def test_an_intact_model_passes_and_torch_zip_weights_are_checked_by_their_end(t
     assert model_files.check_weights(None, str(model), None) == ["pytorch_model.bin"]
     data = (model / "pytorch_model.bin").read_bytes()
     (model / "pytorch_model.bin").write_bytes(data[: len(data) - 200])
-    with pytest.raises(model_files.errors.UsageError, match="pytorch_model.bin is cut short: its zip directory"):
+    with pytest.raises(UsageError, match="pytorch_model.bin is cut short: its zip directory"):
         model_files.check_weights(None, str(model), None)

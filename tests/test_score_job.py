@@ -13,6 +13,7 @@ from chispa import assert_df_equality
 from conftest import direct_scores, has_gpu_and_vllm, run_job
 from udfs import engine_cache
 from udfs.engine_host import paths_for
+from udfs.start_parts import PART_KEYS
 
 SCHEMA = "id int, prompt string, response string, meta struct<lang:string,n:bigint>"
 ROWS = [
@@ -71,6 +72,17 @@ def test_every_row_and_column_kept_and_scores_match_transformers(spark, prompts,
     for key in ("prompts_per_s", "tokens_per_s", "engine_start_s", "engine_busy_s", "elapsed_s"):
         assert report[key] is not None
     engine = report["engines"][0]
+    # Where the engine's start went: the parts of one timeline from the host process's start to
+    # its first answer (the transformers engine: no vLLM import, no engine core, no compile).
+    parts = report["engine_start_parts"]
+    assert parts == engine["start_parts"] and set(PART_KEYS) <= set(parts)
+    assert parts["python_s"] > 0 and parts["torch_import_s"] > 0 and parts["weights_s"] > 0
+    assert parts["vllm_import_s"] is None and parts["compile_s"] is None and parts["mp_method"] is None
+    known = [v for k, v in parts.items() if k in PART_KEYS and k not in ("total_s", "unaccounted_s") and v is not None]
+    assert parts["total_s"] == pytest.approx(sum(known) + parts["unaccounted_s"], abs=0.01)
+    assert -0.01 <= parts["unaccounted_s"] < parts["total_s"]
+    assert 0 < report["engine_start_s"] <= parts["total_s"] + 0.5  # the host's own clock, from build to ready
+    assert engine["started_by"] in ("prestart", "task") and engine["process_started_at"] < engine["ready_at"]
     # This job's share of the engine's time: computing, and waiting for rows while its tasks ran.
     assert 0 < engine["busy_s"] and 0 <= engine["idle_s"]
     assert engine["busy_s"] + engine["idle_s"] <= report["phase_s"]["write"]

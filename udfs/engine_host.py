@@ -62,6 +62,7 @@ from udfs import engine_cache
 from udfs.devices import device_key
 from udfs.engines import EngineError, EngineSpec
 from udfs.locks import LockHeld, file_lock
+from udfs.start_parts import StartClock
 
 
 class RowError(Exception):
@@ -102,20 +103,39 @@ def paths_for(key: str) -> HostPaths:
 
 def host_state(key: str) -> dict[str, Any] | None:
     """The state the engine host of ``key`` on this node wrote about itself (``state``:
-    ``starting`` or ``ready``, ``since``: when it began to start, ``start_s`` once ready), or None
-    when no live host wrote one."""
+    ``starting`` or ``ready``, ``since``: when it began to start, ``fingerprint``, ``owner``,
+    ``started_by``; once ready ``start_s`` and ``start_parts``), or None when no live host wrote
+    one."""
+    return _read_state(paths_for(key).state)
+
+
+def _read_state(path: str) -> dict[str, Any] | None:
     try:
-        state = json.loads(Path(paths_for(key).state).read_text())
-        os.kill(int(state["pid"]), 0)
+        state = json.loads(Path(path).read_text())
+        alive = _alive(int(state["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return state
+    return state if alive else None
 
 
-def _write_state(path: str, **state: Any) -> None:
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _write_state(path: str, pid: int | None = None, **state: Any) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"pid": os.getpid(), **state}, f)
+        json.dump({"pid": pid or os.getpid(), **state}, f)
     os.replace(tmp, path)  # readers never see half a file
 
 
@@ -228,9 +248,12 @@ class Host:
     """The engine and the socket that feeds it."""
 
     def __init__(self, engine, spec: EngineSpec, key: str, owner: int, fp: str, start_s: float,
-                 cache: tuple[str | None, bool | None] = (None, None)):
+                 cache: tuple[str | None, bool | None] = (None, None), started_by: str | None = None,
+                 process_started_at: float | None = None):
         self.engine, self.spec, self.key, self.owner, self.fp = engine, spec, key, owner, fp
         self.cache_dir, self.cache_warm = cache
+        # Who started it (a scoring task, or the job's prestart) and when its process began.
+        self.started_by, self.process_started_at = started_by, process_started_at
         self.requests: queue.Queue[_Request] = queue.Queue()
         self._stop = threading.Event()
         self.reason = ""
@@ -251,7 +274,8 @@ class Host:
             "backend": self.spec.backend, "device": getattr(self.engine, "device_name", "?"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine_start_s": round(self.start_s, 3), "started_at": self.started_at,
-            "engine_start_parts": getattr(self.engine, "start_parts", None),
+            "engine_start_parts": getattr(self.engine, "start_parts", None), "started_by": self.started_by,
+            "process_started_at": self.process_started_at,
             "cache_dir": self.cache_dir, "cache_warm": self.cache_warm,
             "cache_env": {name: os.environ.get(name) for name in engine_cache.ENV_DIRS},
             "busy_s": round(getattr(self.engine, "busy_s", 0.0), 3),
@@ -301,13 +325,9 @@ class Host:
 
     def watch_owner(self) -> None:
         while not self._stop.wait(1.0):
-            try:
-                os.kill(self.owner, 0)
-            except ProcessLookupError:
+            if not _alive(self.owner):
                 self.owner_gone = True
                 self.stop(f"owner process {self.owner} exited")
-            except PermissionError:
-                pass
 
     def serve(self, listener: Listener) -> None:
         def accept() -> None:
@@ -327,13 +347,16 @@ class Host:
             self.deliver(req, EngineError(f"engine host stopped: {self.reason}"))
 
 
-def serve(spec: EngineSpec, key: str, owner: int, spec_file: Path | None = None) -> int:
+def serve(spec: EngineSpec, key: str, owner: int, spec_file: Path | None = None,
+          clock: StartClock | None = None, started_by: str | None = None) -> int:
     """Take the device lock, load the engine, serve until told to stop. Returns an exit code.
-    ``spec_file``: the file the spec came from, removed when the host ends."""
+    ``spec_file``: the file the spec came from, removed when the host ends; ``clock``: made when
+    this process started (``udfs.start_parts``); ``started_by``: who spawned it (``task``,
+    ``prestart``)."""
     paths = paths_for(key)
     try:
         with file_lock(paths.lock, timeout_s=0):
-            return _serve_locked(spec, key, owner, paths)
+            return _serve_locked(spec, key, owner, paths, clock or StartClock(), started_by)
     except LockHeld:
         print(f"engine host: another engine holds {key}; not starting a second one", flush=True)
         return 3
@@ -342,47 +365,85 @@ def serve(spec: EngineSpec, key: str, owner: int, spec_file: Path | None = None)
             _remove(spec_file)
 
 
-def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> int:
-    host: Host | None = None
+def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths, clock: StartClock,
+                  started_by: str | None) -> int:
+    hosts: list[Host] = []
 
     def on_signal(signum, _frame):
-        if host is not None:
-            host.stop(f"signal {signum}")
+        if hosts:
+            hosts[0].stop(f"signal {signum}")
         else:
             raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, on_signal)
-    from udfs import engines
-
     fp = fingerprint(spec)
     cache = engine_cache.was_warm(fp)
     print(f"engine host {os.getpid()}: loading {spec.backend} engine for {spec.model_dir} on {key} "
           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, owner {owner}, "
-          f"cache {cache[0]}, {'warm' if cache[1] else 'cold'})", flush=True)
+          f"cache {cache[0]}, {'warm' if cache[1] else 'cold'}, started by {started_by or '?'})", flush=True)
+    started = _start_engine(spec, key, owner, paths, fp, clock, started_by)
+    if started is None:
+        return 4
+    engine, start_s = started
+    engine_cache.record_start(fp, start_s)
+    parts = getattr(engine, "start_parts", None)
+    with open(paths.starts, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "at": time.time(), "fingerprint": fp, "start_s": start_s,
+                            "cache_warm": cache[1], "started_by": started_by, "start_parts": parts}) + "\n")
+    zero = clock.now()
+    host = Host(engine, spec, key, owner, fp, start_s, cache, started_by,
+                round(time.time() - zero, 3) if zero is not None else None)
+    hosts.append(host)
+    return _run(host, paths, parts)
+
+
+def _start_engine(spec: EngineSpec, key: str, owner: int, paths: HostPaths, fp: str, clock: StartClock,
+                  started_by: str | None):
+    """(the engine, its start seconds); None when it cannot start (said in one line of the log).
+    Stops at once if the owner exits meanwhile, leaving no state (nor, keyed by that executor, its
+    lock files)."""
+    from udfs import engines
+
     t0 = time.monotonic()
-    _write_state(paths.state, state="starting", since=time.time())
+    _write_state(paths.state, state="starting", since=time.time(), fingerprint=fp, owner=owner,
+                 started_by=started_by)
+    done = threading.Event()
+    threading.Thread(target=_stop_if_owner_exits, args=(owner, done), name="engine-owner-start", daemon=True).start()
     try:
-        engine = engines.build(spec)
+        engine = engines.build(spec, clock)
     except EngineError as e:
         print(f"{ERROR_PREFIX}{e}", flush=True)
         _remove(Path(paths.state))
-        return 4
+        return None
     except BaseException:
         _remove(Path(paths.state))
+        if key.startswith("cpu-") and not _alive(owner):
+            _forget(paths)
         raise
-    start_s = time.monotonic() - t0
-    engine_cache.record_start(fp, start_s)
-    with open(paths.starts, "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "at": time.time(), "fingerprint": fp, "start_s": start_s,
-                            "cache_warm": cache[1]}) + "\n")
-    host = Host(engine, spec, key, owner, fp, start_s, cache)
+    finally:
+        done.set()
+    return engine, time.monotonic() - t0
+
+
+def _stop_if_owner_exits(owner: int, done: threading.Event) -> None:
+    while not done.wait(1.0):
+        if not _alive(owner):
+            print(f"engine host {os.getpid()}: owner process {owner} exited while the engine was starting; "
+                  "stopping", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def _run(host: Host, paths: HostPaths, parts: dict | None) -> int:
+    """Serve on the socket until the host stops; then shut the engine down and clean up."""
     if os.path.exists(paths.sock):
         os.unlink(paths.sock)
     listener = Listener(paths.sock, family="AF_UNIX")
-    print(f"engine host {os.getpid()}: ready in {start_s:.1f} s on {host.info()['device']} "
-          f"({getattr(engine, 'start_parts', None) or 'no breakdown'})", flush=True)
-    _write_state(paths.state, state="ready", since=time.time() - start_s, start_s=round(start_s, 3))
+    print(f"engine host {os.getpid()}: ready in {host.start_s:.1f} s on {host.info()['device']} "
+          f"({json.dumps(parts) if parts else 'no breakdown'})", flush=True)
+    _write_state(paths.state, state="ready", since=time.time() - host.start_s, start_s=round(host.start_s, 3),
+                 fingerprint=host.fp, owner=host.owner, started_by=host.started_by, start_parts=parts)
     try:
         host.serve(listener)
     finally:
@@ -394,11 +455,16 @@ def _serve_locked(spec: EngineSpec, key: str, owner: int, paths: HostPaths) -> i
         if os.path.exists(paths.sock):
             os.unlink(paths.sock)
         print(f"engine host {os.getpid()}: shutting down ({host.reason}); {host.info()}", flush=True)
-        engine.close()
-        if key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
-            for leftover in (paths.spawn_lock, paths.starts, paths.lock):
-                _remove(Path(leftover))
+        host.engine.close()
+        if host.key.startswith("cpu-") and host.owner_gone:  # keyed by an executor that is gone for good
+            _forget(paths)
     return 0
+
+
+def _forget(paths: HostPaths) -> None:
+    """Remove the files of a host keyed by an executor that is gone (its log stays)."""
+    for leftover in (paths.spawn_lock, paths.starts, paths.lock):
+        _remove(Path(leftover))
 
 
 def _remove(path: Path) -> None:
@@ -516,11 +582,12 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
     """The engine client for this worker's device, starting the engine host if there is none.
 
     Reuses the worker's connection across tasks (after a hello that shows the host is still
-    there); replaces a host that runs another spec or
-    belongs to another executor; serialises concurrent starts with a lock. A host it starts
-    keeps its compile caches in ``cache_dir``'s engine cache (``udfs.engine_cache``); a running
-    host is reused whatever cache it started with. ``max_rows_in_flight``: the most rows of this
-    worker the host holds at once (``DEFAULT_LINK_ROWS`` when None).
+    there); waits for a host that is starting (started by another worker, or by the job's
+    prestart); replaces a host that runs another spec or belongs to another executor;
+    serialises concurrent starts with a lock. A host it starts keeps its compile caches in
+    ``cache_dir``'s engine cache (``udfs.engine_cache``); a running host is reused whatever cache
+    it started with. ``max_rows_in_flight``: the most rows of this worker the host holds at once
+    (``DEFAULT_LINK_ROWS`` when None).
     """
     owner = owner_pid()
     key, env = device_key(gpus, spec, owner)
@@ -534,42 +601,100 @@ def connect(spec: EngineSpec, gpus: list[str] | None = None, start_timeout_s: fl
             pass  # a host gone since this worker's last task: start over below
     _CLIENTS.pop(key, None)
     paths = paths_for(key)
+    deadline = time.monotonic() + start_timeout_s
     with file_lock(paths.spawn_lock):
+        for _ in range(2):  # a host started elsewhere for another spec is replaced once
+            client = _hello_running(key, paths, fp, owner, max_rows_in_flight)
+            if client is None:
+                client = _start_or_join(spec, key, env, owner, paths, cache_dir, deadline, start_timeout_s)
+                if not client.hello(fp, owner, max_rows_in_flight):
+                    client.shutdown()
+                    continue
+            _CLIENTS[key] = client
+            return client
+    raise EngineError(f"the engine host on {key} runs another model or executor")
+
+
+def _hello_running(key: str, paths: HostPaths, fp: str, owner: int, limit: int | None) -> EngineClient | None:
+    """A client of the host serving ``key`` when it runs ``fp`` for ``owner``; a host serving
+    another spec or executor is asked to shut down. None when none serves (or it is leaving)."""
+    conn = _try_connect(paths.sock)
+    if conn is None:
+        return None
+    client = EngineClient(conn, key)
+    try:
+        if client.hello(fp, owner, limit):
+            return client
+        client.shutdown()  # another spec, or the host of an executor that is gone
+    except EngineError:
+        pass  # a host on its way out: a new one starts once it has released the device
+    return None
+
+
+def _start_or_join(spec: EngineSpec, key: str, env: dict[str, str], owner: int, paths: HostPaths,
+                   cache_dir: str | None, deadline: float, timeout_s: float) -> EngineClient:
+    """A client of the host of ``key`` once it serves: the one starting now, or a new one."""
+    state = host_state(key)
+    if state is not None and state.get("state") == "starting":
+        return _await_host(key, paths, int(state["pid"]), None, deadline, timeout_s)
+    _wait_unlocked(paths.lock, timeout=120)
+    if cache_dir:
+        env = {**env, **engine_cache.engine_env(cache_dir)}
+    proc = _spawn(spec, key, owner, env, paths)
+    return _await_host(key, paths, proc.pid, proc, deadline, timeout_s)
+
+
+def _await_host(key: str, paths: HostPaths, pid: int, proc: subprocess.Popen | None, deadline: float,
+                timeout_s: float) -> EngineClient:
+    """Wait for the starting host ``pid`` (``proc`` when this worker spawned it) to serve; an
+    EngineError saying why when it exits first or takes longer than ``timeout_s``."""
+    while True:
         conn = _try_connect(paths.sock)
         if conn is not None:
-            client = EngineClient(conn, key)
-            try:
-                if client.hello(fp, owner, max_rows_in_flight):
-                    _CLIENTS[key] = client
-                    return client
-                client.shutdown()  # another spec, or the host of an executor that is gone
-            except EngineError:
-                pass  # a host on its way out: a new one starts once it has released the device
-        _wait_unlocked(paths.lock, timeout=120)
+            return EngineClient(conn, key)
+        code = proc.poll() if proc is not None else (None if _alive(pid) else "unknown")
+        if code is not None:
+            tail = _log_tail(paths.log)
+            said = [line[len(ERROR_PREFIX):] for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
+            if said:
+                raise EngineError(f"the engine host for {key} could not start: {said[-1]}")
+            raise EngineError(f"the engine host for {key} exited with code {code} while "
+                              f"starting; its log {paths.log} ends with:\n{tail}")
+        if time.monotonic() > deadline:
+            raise EngineError(f"the engine host for {key} did not start in {timeout_s:.0f} s; see {paths.log}")
+        time.sleep(0.25)
+
+
+def prestart(spec: EngineSpec, gpus: list[str] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """Start the engine host of this worker's device for ``spec`` and return at once, without
+    waiting for its engine; the tasks that score later connect to it (``connect``). Nothing is
+    started where a host already runs or starts, or another process holds the device: a
+    prestart never replaces or waits for anything. Returns what it did (``key``, ``started``,
+    ``pid``, ``reason``)."""
+    owner = owner_pid()
+    key, env = device_key(gpus, spec, owner)
+    paths = paths_for(key)
+    with file_lock(paths.spawn_lock):
+        state = host_state(key)
+        if state is not None:
+            return {"key": key, "started": False, "pid": state.get("pid"), "reason": f"host {state.get('state')}"}
+        try:
+            with file_lock(paths.lock, timeout_s=0):
+                pass
+        except LockHeld:
+            return {"key": key, "started": False, "pid": None, "reason": "device held"}
         if cache_dir:
             env = {**env, **engine_cache.engine_env(cache_dir)}
-        _spawn(spec, key, owner, env, paths)
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            conn = _try_connect(paths.sock)
-            if conn is not None:
-                client = EngineClient(conn, key)
-                if not client.hello(fp, owner, max_rows_in_flight):
-                    raise EngineError(f"the engine host on {key} runs another model or executor")
-                _CLIENTS[key] = client
-                return client
-            proc = _SPAWNED.get(key)
-            if proc is not None and proc.poll() is not None:
-                tail = _log_tail(paths.log)
-                said = [line[len(ERROR_PREFIX):] for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
-                if said:
-                    raise EngineError(f"the engine host for {key} could not start: {said[-1]}")
-                raise EngineError(f"the engine host for {key} exited with code {proc.returncode} while "
-                                  f"starting; its log {paths.log} ends with:\n{tail}")
-            if time.monotonic() > deadline:
-                raise EngineError(f"the engine host for {key} did not start in {start_timeout_s:.0f} s; "
-                                  f"see {paths.log}")
-            time.sleep(0.25)
+        proc = _spawn(spec, key, owner, env, paths, started_by="prestart")
+    return {"key": key, "started": True, "pid": proc.pid, "reason": None}
+
+
+def local_spec(engine: EngineSpec, cache_dir: str, manifest: list[tuple[str, int]] | None) -> EngineSpec:
+    """The spec an engine host runs for ``engine`` on this node: the model on local disk (a model
+    given as a URI is copied into ``cache_dir`` once per node, checked against ``manifest``)."""
+    from udfs import staging
+
+    return dataclasses.replace(engine, model_dir=staging.local_model(engine.model_dir, cache_dir, manifest))
 
 
 _SPAWNED: dict[str, subprocess.Popen] = {}
@@ -580,7 +705,14 @@ def key_for(spec: EngineSpec, gpus: list[str] | None = None) -> str:
     return device_key(gpus, spec, owner_pid())[0]
 
 
-def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths) -> subprocess.Popen:
+# How vLLM starts its engine-core process unless the environment says otherwise: forked from the
+# host, which has imported torch and vLLM already and has not initialised CUDA (vLLM itself turns
+# to spawn when CUDA is initialised, and says so); spawned, the process imports them again.
+MULTIPROC_METHOD = "fork"
+
+
+def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], paths: HostPaths,
+           started_by: str = "task") -> subprocess.Popen:
     """Start the engine host of ``key`` in a session of its own (it outlives the worker), its
     output going to its log."""
     spec_file = Path(paths.sock).with_name(f"{key}.{time.time_ns()}.spec.json")
@@ -588,14 +720,19 @@ def _spawn(spec: EngineSpec, key: str, owner: int, env_extra: dict[str, str], pa
     env = dict(os.environ)
     env.update(env_extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", MULTIPROC_METHOD)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(paths.log, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "udfs.engine_host", "--spec", str(spec_file), "--remove-spec", "--key", key,
-             "--owner", str(owner)],
+             "--owner", str(owner), "--started-by", started_by],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    # Said before the spawn lock is given back, so that no other worker starts a second host
+    # before this one has started far enough to say so itself.
+    if _read_state(paths.state) is None:
+        _write_state(paths.state, proc.pid, state="starting", since=time.time(), fingerprint=fingerprint(spec),
+                     owner=owner, started_by=started_by)
     _SPAWNED[key] = proc
     return proc
 
@@ -608,14 +745,16 @@ def stop_all() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    clock = StartClock.for_this_process()  # first: where the start goes, from the process's own start
     p = argparse.ArgumentParser(prog="python -m udfs.engine_host", description="an engine host (see module doc)")
     p.add_argument("--spec", required=True, help="JSON file of an EngineSpec")
     p.add_argument("--key", required=True)
     p.add_argument("--owner", type=int, required=True, help="exit when this process exits")
     p.add_argument("--remove-spec", action="store_true", help="remove --spec FILE when the host ends")
+    p.add_argument("--started-by", help="who started it (task, prestart), for its info and report")
     a = p.parse_args(argv)
     spec = EngineSpec(**json.loads(Path(a.spec).read_text()))
-    return serve(spec, a.key, a.owner, Path(a.spec) if a.remove_spec else None)
+    return serve(spec, a.key, a.owner, Path(a.spec) if a.remove_spec else None, clock, a.started_by)
 
 
 if __name__ == "__main__":

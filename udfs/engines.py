@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from udfs.start_parts import StartClock
+
 
 @dataclass
 class EngineSpec:
@@ -47,13 +49,20 @@ class EngineError(Exception):
     """The engine cannot go on (not a problem of one row): fail the task, let Spark retry."""
 
 
-def build(spec: EngineSpec):
-    """The engine ``spec`` describes, loaded and ready."""
+def build(spec: EngineSpec, clock: StartClock | None = None):
+    """The engine ``spec`` describes, loaded and ready. With ``clock`` (``udfs.start_parts``, made
+    when the process started) it answers one small request before it returns and keeps where its
+    start went in ``start_parts``."""
     if spec.backend == "transformers":
-        return TransformersEngine(spec)
+        return TransformersEngine(spec, clock)
     if spec.backend == "vllm":
-        return VllmEngine(spec)
+        return VllmEngine(spec, clock)
     raise ValueError(f"unknown backend {spec.backend!r}")
+
+
+def probe_ids(vocab_size: int) -> list[int]:
+    """The token ids of the request that tells when an engine answers its first one."""
+    return [i % vocab_size for i in range(1, 9)]
 
 
 class _BatchLoop:
@@ -85,8 +94,11 @@ class TransformersEngine(_BatchLoop):
     which is what the model's own forward pass returns for an unpadded row.
     """
 
-    def __init__(self, spec: EngineSpec):
+    def __init__(self, spec: EngineSpec, clock: StartClock | None = None):
         import torch
+
+        if clock is not None:
+            clock.mark("torch")
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
@@ -116,6 +128,12 @@ class TransformersEngine(_BatchLoop):
             from torch.nn.attention import SDPBackend
 
             self.sdpa_backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+        self.start_parts = None
+        if clock is not None:
+            clock.mark("ready")
+            self.score([probe_ids(self.vocab_size)])
+            clock.mark("first")
+            self.start_parts = clock.finish()
 
     def _attention_kernels(self):
         if self.sdpa_backends is None:
@@ -198,6 +216,33 @@ def check_vllm() -> None:
                           f"install vLLM {VLLM_VERSION} (pip install 'promptscore[gpu]')")
 
 
+def vllm_kwargs(spec: EngineSpec) -> dict[str, Any]:
+    """vLLM's engine arguments for ``spec``. Unless ``engine_args`` say otherwise, vLLM captures
+    no CUDA graphs: scoring runs prefill steps of thousands of tokens, and vLLM replays graphs only
+    for steps of at most 512 (its largest capture size), so capturing them is start time spent
+    for nothing; the compiled model is the same either way."""
+    kwargs: dict[str, Any] = dict(
+        model=spec.model_dir,
+        runner="pooling",
+        max_model_len=spec.max_model_len,
+        dtype=spec.dtype,
+        tensor_parallel_size=spec.tensor_parallel_size,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        max_num_batched_tokens=max(spec.max_num_batched_tokens, spec.max_model_len),
+        max_num_seqs=spec.max_num_seqs,
+        # Every prompt is different; there is no prefix worth caching.
+        enable_prefix_caching=False,
+        disable_log_stats=True,
+    )
+    if spec.quantization:
+        kwargs["quantization"] = spec.quantization
+    graphs = ("compilation_config", "enforce_eager", "cudagraph_capture_sizes", "max_cudagraph_capture_size")
+    if not any(name in spec.engine_args for name in graphs):
+        kwargs["compilation_config"] = {"cudagraph_mode": "NONE"}
+    kwargs.update(spec.engine_args)
+    return kwargs
+
+
 class VllmEngine:
     """vLLM's pooling runner through its public asynchronous API: each row is one request,
     ``AsyncLLMEngine.encode(tokens_input(ids), PoolingParams(task="classify", use_activation=False))``,
@@ -210,29 +255,16 @@ class VllmEngine:
     ``busy_s`` counts the seconds with at least one row in vLLM, ``idle_s`` those without.
     """
 
-    def __init__(self, spec: EngineSpec):
-        t0 = time.monotonic()
+    def __init__(self, spec: EngineSpec, clock: StartClock | None = None):
+        clock = clock or StartClock()
+        with contextlib.suppress(ImportError):  # else check_vllm says what is missing
+            import torch  # noqa: F401 - timed apart from vLLM's own import
+        clock.mark("torch")
         check_vllm()
         from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
 
-        imported = time.monotonic()
-
-        kwargs: dict[str, Any] = dict(
-            model=spec.model_dir,
-            runner="pooling",
-            max_model_len=spec.max_model_len,
-            dtype=spec.dtype,
-            tensor_parallel_size=spec.tensor_parallel_size,
-            gpu_memory_utilization=spec.gpu_memory_utilization,
-            max_num_batched_tokens=max(spec.max_num_batched_tokens, spec.max_model_len),
-            max_num_seqs=spec.max_num_seqs,
-            # Every prompt is different; there is no prefix worth caching.
-            enable_prefix_caching=False,
-            disable_log_stats=True,
-        )
-        if spec.quantization:
-            kwargs["quantization"] = spec.quantization
-        kwargs.update(spec.engine_args)
+        clock.mark("vllm")
+        kwargs = vllm_kwargs(spec)
         # Made inside the loop that later serves it, as vLLM's own server makes it.
         self.loop = asyncio.new_event_loop()
 
@@ -240,16 +272,18 @@ class VllmEngine:
             return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
 
         self.llm = self.loop.run_until_complete(make())
-        # Where a start's seconds go: importing vLLM and torch, then vLLM's own start (its engine
-        # core process, weights, torch.compile, CUDA graphs), which the compile cache shortens.
-        self.start_parts = {"import_s": round(imported - t0, 3), "engine_s": round(time.monotonic() - imported, 3)}
+        clock.mark("ready")
+        clock.note_engine_core()
         self.params = PoolingParams(task="classify", use_activation=False)
         self.vocab_size = self.llm.model_config.get_vocab_size()
         self._ids = itertools.count()
         self._rows = 0  # rows inside vLLM now
         self._busy = self._idle = 0.0
-        self._since = time.monotonic()
         self.fatal: BaseException | None = None
+        self.loop.run_until_complete(self._one(probe_ids(self.vocab_size)))
+        clock.mark("first")
+        self.start_parts = clock.finish()
+        self._since = time.monotonic()
         import torch
 
         self.device_name = torch.cuda.get_device_name(0)

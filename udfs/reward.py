@@ -100,6 +100,7 @@ class TaskStats:
 
     def __init__(self) -> None:
         self.start = time.monotonic()
+        self.started_at = time.time()
         self.rows = self.scored = self.tokens = 0
         self.engine_wait_s = 0.0
         self.restarts = 0
@@ -117,6 +118,7 @@ class TaskStats:
         return {
             "partition": ctx.partitionId() if ctx else None,
             "attempt": ctx.attemptNumber() if ctx else None,
+            "started_at": round(self.started_at, 3),
             "worker_pid": os.getpid(),
             "executor_pid": owner_pid(),
             "engine_pid": self.host.get("pid"),
@@ -125,6 +127,12 @@ class TaskStats:
             "engine_start_s": self.host.get("engine_start_s"),
             "engine_cache_dir": self.host.get("cache_dir"),
             "engine_cache_warm": self.host.get("cache_warm"),
+            # Where the engine's start went (udfs.start_parts), who started it, and when (epoch
+            # seconds) its process began and it was ready.
+            "engine_start_parts": self.host.get("engine_start_parts"),
+            "engine_started_by": self.host.get("started_by"),
+            "engine_process_started_at": self.host.get("process_started_at"),
+            "engine_ready_at": self.host.get("started_at"),
             "rows": self.rows,
             "scored": self.scored,
             "tokens": self.tokens,
@@ -164,79 +172,140 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
     An engine host that goes away mid-task (killed, out of memory) is started again and given
     the rows it had not answered, ``spec.engine_restarts`` times per task; every row is still
     scored once. ``live`` (a ``udfs.live.TaskReporter``) hears the rows whose scores are back
-    and the engine's state while the task waits for it to start."""
-    from udfs import engine_host, staging
-    from udfs.engines import EngineError
-    from udfs.live import engine_state
-
-    stats = stats or TaskStats()
-    model_dir = staging.local_model(spec.engine.model_dir, spec.cache_dir, spec.model_manifest)
-    engine = dataclasses.replace(spec.engine, model_dir=model_dir)
-    prompter = cached_prompter(model_dir, spec.template, engine.max_model_len)
-    limit = max(1, spec.max_rows_in_flight)
-    client = None
+    and the engine's state while the task waits for it to start (or, while the task prepares,
+    the state of a host the job's prestart started)."""
+    run = _TaskRun(spec, stats or TaskStats(), gpus, live)
     pending: deque[list[_Slice]] = deque()  # batches not yet handed back
-    sent: deque[_Slice] = deque()  # slices with the engine, oldest first
-    in_flight = 0
-    done_rows = 0
+    for batch in batches:
+        if run.client is None:
+            # Connect (and start the engine host, if this is the executor's first task) before
+            # the tokenizer's threads run: a process that forks after them loses them.
+            t0 = time.monotonic()
+            run.stats.host = run.connect()  # an engine that cannot start fails the task at once
+            run.stats.engine_wait_s = time.monotonic() - t0
+            run.stats.busy_start = run.stats.host.get("busy_s")
+            run.stats.idle_start = run.stats.host.get("idle_s")
+        pending.append(run.send_batch(batch))
+        if len(pending) >= spec.inflight:
+            yield run.finish(pending.popleft())
+    while pending:
+        yield run.finish(pending.popleft())
+    run.last_stats()
 
-    def connect():
-        nonlocal client
-        key = engine_host.key_for(engine, gpus)
-        waiting = time.monotonic()
+
+class _TaskRun:
+    """One task's rows on their way to the engine and back (see ``score_batches``)."""
+
+    def __init__(self, spec: ScoreSpec, stats: TaskStats, gpus: list[str] | None, live):
+        from udfs import engine_host
+
+        from udfs.engines import EngineError
+
+        self.spec, self.stats, self.gpus, self.live = spec, stats, gpus, live
+        try:
+            self.key: str | None = engine_host.key_for(spec.engine, gpus)
+        except EngineError:
+            self.key = None  # no device for this engine: said when the first batch connects
+        if live is not None:  # a host already starting (the job's prestart) is reported as such
+            live.engine = self._prestarted
+        self.engine = engine_host.local_spec(spec.engine, spec.cache_dir, spec.model_manifest)
+        self.prompter = cached_prompter(self.engine.model_dir, spec.template, self.engine.max_model_len)
+        self.limit = max(1, spec.max_rows_in_flight)
+        self.client = None
+        self.sent: deque[_Slice] = deque()  # slices with the engine, oldest first
+        self.in_flight = 0
+        self.done_rows = 0
+
+    def _prestarted(self) -> dict[str, Any] | None:
+        from udfs.engine_host import host_state
+        from udfs.live import engine_state
+
+        host = host_state(self.key) if self.key is not None else None
+        return engine_state(self.key, time.monotonic(), host=host) if host is not None else None
+
+    def connect(self) -> dict[str, Any]:
+        from udfs import engine_host
+        from udfs.live import engine_state
+
+        key, live, waiting = engine_host.key_for(self.engine, self.gpus), self.live, time.monotonic()
         if live is not None:
             live.engine = lambda: engine_state(key, waiting, host=engine_host.host_state(key))
             live.preparing_since = None
-        client = engine_host.connect(engine, gpus, spec.start_timeout_s, spec.cache_dir, limit)
-        info = client.stats()
+        self.client = engine_host.connect(self.engine, self.gpus, self.spec.start_timeout_s, self.spec.cache_dir,
+                                          self.limit)
+        info = self.client.stats()
         if live is not None:
             start_s = info.get("engine_start_s")
             live.engine = lambda: engine_state(key, None, start_s, info)
         return info
 
-    def restart(error: EngineError) -> None:
+    def restart(self, error: Exception) -> None:
         """Start the engine host again and send it every slice the lost one had not answered."""
-        if stats.restarts >= spec.engine_restarts:
+        if self.stats.restarts >= self.spec.engine_restarts:
             raise error
-        stats.restarts += 1
-        stats.host = connect()
-        stats.busy_start = stats.host.get("busy_s")
-        stats.idle_start = stats.host.get("idle_s")
-        for sl in sent:
-            sl.rid = client.submit([sl.enc.ids[i] for i in sl.todo])
+        self.stats.restarts += 1
+        self.stats.host = self.connect()
+        self.stats.busy_start = self.stats.host.get("busy_s")
+        self.stats.idle_start = self.stats.host.get("idle_s")
+        for sl in self.sent:
+            sl.rid = self.client.submit([sl.enc.ids[i] for i in sl.todo])
 
-    def with_engine(call):
+    def with_engine(self, call):
+        from udfs.engines import EngineError
+
         while True:
             try:
                 return call()
             except EngineError as e:
-                restart(e)
+                self.restart(e)
 
-    def send(sl: _Slice) -> None:
-        sl.rid = client.submit([sl.enc.ids[i] for i in sl.todo])
+    def _send(self, sl: _Slice) -> None:
+        sl.rid = self.client.submit([sl.enc.ids[i] for i in sl.todo])
 
-    def answer(sl: _Slice) -> list[float | str]:
+    def _answer(self, sl: _Slice) -> list[float | str]:
+        from udfs import engine_host
+
         try:
-            return list(client.result(sl.rid))
+            return list(self.client.result(sl.rid))
         except engine_host.RowError:
-            return isolate(client, [sl.enc.ids[i] for i in sl.todo])
+            return isolate(self.client, [sl.enc.ids[i] for i in sl.todo])
 
-    def done(sl: _Slice) -> None:
-        nonlocal done_rows
-        done_rows += len(sl.enc.ids)
-        if live is not None:
-            live.rows = done_rows
+    def _done(self, sl: _Slice) -> None:
+        self.done_rows += len(sl.enc.ids)
+        if self.live is not None:
+            self.live.rows = self.done_rows
 
-    def await_oldest() -> None:
-        nonlocal in_flight
-        sl = sent[0]
-        sl.values = with_engine(lambda: answer(sl))
-        sent.popleft()
-        in_flight -= len(sl.todo)
-        done(sl)
+    def await_oldest(self) -> None:
+        sl = self.sent[0]
+        sl.values = self.with_engine(lambda: self._answer(sl))
+        self.sent.popleft()
+        self.in_flight -= len(sl.todo)
+        self._done(sl)
 
-    def finish_slice(sl: _Slice) -> pd.DataFrame:
-        enc = sl.enc
+    def send_batch(self, batch) -> list[_Slice]:
+        """Tokenize a batch slice by slice, sending each to the engine as soon as it is tokenized."""
+        if isinstance(batch, tuple):
+            prompts, responses = batch[0].tolist(), batch[1].tolist()
+        else:
+            prompts, responses = batch.tolist(), None
+        step = max(1, self.spec.slice_rows)
+        slices = []
+        for lo in range(0, max(len(prompts), 1), step):
+            enc = self.prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
+            sl = _Slice(enc, [i for i, ids in enumerate(enc.ids) if ids is not None])
+            slices.append(sl)
+            if not sl.todo:  # nothing for the engine (null or empty texts): done already
+                self._done(sl)
+                continue
+            while self.sent and self.in_flight + len(sl.todo) > self.limit:
+                self.await_oldest()
+            self.with_engine(lambda: self._send(sl))
+            self.sent.append(sl)
+            self.in_flight += len(sl.todo)
+        return slices
+
+    def finish_slice(self, sl: _Slice) -> pd.DataFrame:
+        enc, stats = sl.enc, self.stats
         n = len(enc.ids)
         scores: list[float | None] = [None] * n
         errors = list(enc.errors)
@@ -258,49 +327,21 @@ def score_batches(spec: ScoreSpec, batches: Iterator[Any], stats: TaskStats | No
             "truncated": pd.array(enc.truncated, dtype="boolean"),
         })
 
-    def finish(slices: list[_Slice]) -> pd.DataFrame:
+    def finish(self, slices: list[_Slice]) -> pd.DataFrame:
+        """A batch's DataFrame, once every slice of it is back."""
         while any(sl.todo and sl.values is None for sl in slices):
-            await_oldest()
-        frames = [finish_slice(sl) for sl in slices]
+            self.await_oldest()
+        frames = [self.finish_slice(sl) for sl in slices]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
-    step = max(1, spec.slice_rows)
-    for batch in batches:
-        if client is None:
-            # Connect (and start the engine host, if this is the executor's first task) before
-            # the tokenizer's threads run: a process that forks after them loses them.
-            t0 = time.monotonic()
-            stats.host = connect()  # an engine that cannot start fails the task at once
-            stats.engine_wait_s = time.monotonic() - t0
-            stats.busy_start = stats.host.get("busy_s")
-            stats.idle_start = stats.host.get("idle_s")
-        if isinstance(batch, tuple):
-            prompts, responses = batch[0].tolist(), batch[1].tolist()
-        else:
-            prompts, responses = batch.tolist(), None
-        slices = []
-        for lo in range(0, max(len(prompts), 1), step):
-            enc = prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
-            sl = _Slice(enc, [i for i, ids in enumerate(enc.ids) if ids is not None])
-            slices.append(sl)
-            if not sl.todo:  # nothing for the engine (null or empty texts): done already
-                done(sl)
-                continue
-            while sent and in_flight + len(sl.todo) > limit:
-                await_oldest()
-            with_engine(lambda: send(sl))
-            sent.append(sl)
-            in_flight += len(sl.todo)
-        pending.append(slices)
-        if len(pending) >= spec.inflight:
-            yield finish(pending.popleft())
-    while pending:
-        yield finish(pending.popleft())
-    if client is not None:
-        try:
-            stats.host = client.stats()
-        except EngineError:
-            pass  # every row is back already: a host lost now costs this task nothing
+    def last_stats(self) -> None:
+        from udfs.engines import EngineError
+
+        if self.client is not None:
+            try:
+                self.stats.host = self.client.stats()
+            except EngineError:
+                pass  # every row is back already: a host lost now costs this task nothing
 
 
 def make_udf(spec: ScoreSpec, accumulator=None, with_response: bool = False):

@@ -33,6 +33,7 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
     """Check the model and the input columns; choose the backend; fingerprint the model and the
     options. Writes nothing."""
     config, manifest, engine, df = check_inputs(spark, opts)
+    prestart_engines(spark, opts, engine, manifest)
     digest = fingerprint.model_digest(spark, opts.model, manifest, opts.cache_dir,
                                       note=lambda text: cli.print_err(f"score: {text}"))
     basis = fingerprint.score_basis(digest, engine.backend,
@@ -40,6 +41,20 @@ def plan_score(spark: SparkSession, opts: ScoreOptions) -> ScorePlan:
                                     df.schema.json())
     return ScorePlan(config, manifest, engine, df, basis, fingerprint.fingerprint(basis), 0)
 
+
+
+def prestart_engines(spark: SparkSession, opts: ScoreOptions, engine: EngineSpec,
+                     manifest: list[tuple[str, int]] | None) -> None:
+    """Start the engine hosts now, while the driver plans, in a Spark job of their own
+    (``udfs.prestart``), unless ``spark.promptscore.score.prestart`` is false."""
+    from udfs import prestart
+
+    value = (spark.conf.get(prestart.CONF, "true") or "true").strip().lower()
+    if value not in ("true", "false"):
+        raise errors.UsageError(f"{prestart.CONF} must be true or false, not {value!r}")
+    if value == "true":
+        prestart.start_engines(spark, engine, manifest, opts.cache_dir, score_slots(spark),
+                               note=lambda text: cli.print_err(f"score: {text}"))
 
 
 def score_slots(spark: SparkSession) -> int:

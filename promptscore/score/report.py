@@ -24,7 +24,6 @@ def score_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats
     errors = {r: int(m[f"err_{r}"] or 0) for r in REASONS if m[f"err_{r}"]}
     error_rows = rows - scored_n
     bad_fraction = error_rows / rows if rows else 0.0
-    tokens = int(m["tokens"] or 0)
     engines = engine_summaries(result.tasks)
     quantiles = json.loads(stats["quantiles"]) if stats.get("quantiles") else None
     histogram = [[b["x"], b["y"]] for b in json.loads(stats["histogram"])] if stats.get("histogram") else []
@@ -49,13 +48,15 @@ def score_report(opts: ScoreOptions, plan: ScorePlan, result: ScoreResult, stats
         "bad_fraction": round(bad_fraction, 8),
         "max_bad_fraction": opts.max_bad_fraction,
         "truncated": int(m["truncated"] or 0),
-        "tokens": tokens,
+        "tokens": int(m["tokens"] or 0),
         "max_tokens": m["max_tokens"],
         # Rates of this run's own scoring: resumed rows took no time here.
         "prompts_per_s": round(run_rows / write_s, 2) if write_s and run_rows else None,
         "tokens_per_s": round(run_tokens / write_s, 1) if write_s and run_rows else None,
         "engines": engines,
         "engine_start_s": max((e["start_s"] or 0 for e in engines), default=None),
+        # Where the slowest engine's start went (udfs.start_parts); each engine's own: engines[].start_parts.
+        "engine_start_parts": max(engines, key=lambda e: e["start_s"] or 0)["start_parts"] if engines else None,
         # Seconds the engines spent computing (GPU seconds with vLLM), summed over engines.
         "engine_busy_s": round(sum(e["busy_s"] or 0 for e in engines), 3),
         "engine_idle_s": round(sum(e["idle_s"] or 0 for e in engines), 3),
