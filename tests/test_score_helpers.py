@@ -42,13 +42,14 @@ def test_engine_summaries_group_tasks_by_engine_and_span_their_counters():
         task("gpu1", 303, busy=(0.0, 1.0), idle=None),  # the same GPU's next engine: an entry of its own
         task(None, None, busy=None, idle=None),  # an empty partition never connected
     ]
+    NO_START = {"start_parts": None, "started_by": None, "process_started_at": None, "ready_at": None}
     assert engine_summaries(tasks) == [
         {"key": "gpu0", "pid": 101, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": True,
-         "tasks": 2, "busy_s": 10.0, "idle_s": 1.0},
+         "tasks": 2, **NO_START, "busy_s": 10.0, "idle_s": 1.0},
         {"key": "gpu1", "pid": 202, "device": "NVIDIA H200", "start_s": 41.0, "cache_dir": "/c", "cache_warm": False,
-         "tasks": 1, "busy_s": 5.0, "idle_s": 0.25},
+         "tasks": 1, **NO_START, "busy_s": 5.0, "idle_s": 0.25},
         {"key": "gpu1", "pid": 303, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": False,
-         "tasks": 1, "busy_s": 1.0, "idle_s": None},
+         "tasks": 1, **NO_START, "busy_s": 1.0, "idle_s": None},
     ]
     assert engine_summaries([]) == []
 
