@@ -29,11 +29,12 @@ def test_the_jvm_the_context_and_the_hadoop_confs(spark):
     assert sparkapi.jvm(spark).java.lang.Integer.parseInt("42") == 42
     assert sparkapi.java_context(spark).sc().appName() == spark.sparkContext.appName
     assert sparkapi.hadoop_conf(spark).get("fs.defaultFS") is not None
-    spark.conf.set("spark.hadoop.promptscore.test.key", "on")  # a session setting reaches the scan's conf
+    spark.conf.set("promptscore.test.key", "on")  # a session setting reaches the scan's conf
     try:
         assert sparkapi.session_hadoop_conf(spark).get("promptscore.test.key") == "on"
+        assert sparkapi.hadoop_conf(spark).get("promptscore.test.key") is None
     finally:
-        spark.conf.unset("spark.hadoop.promptscore.test.key")
+        spark.conf.unset("promptscore.test.key")
     acc = sparkapi.long_accumulator(spark, "promptscore.test.acc")
     spark.sparkContext.parallelize(range(3), 3).foreach(lambda _: None)
     assert acc.value() == 0 and acc.name().get() == "promptscore.test.acc"
@@ -52,10 +53,11 @@ def test_add_jar_puts_classes_on_the_session_class_path(spark):
 
 
 def test_java_chain_names_the_java_exception_and_its_causes(spark, tmp_path):
-    with pytest.raises(Exception) as failed:
-        sparkapi.jvm(spark).java.lang.Integer.parseInt("not a number")
+    missing = tmp_path / "missing"
+    with pytest.raises(Exception) as failed:  # py4j's error: PySpark converts only its own list of classes
+        sparkapi.jvm(spark).java.io.FileInputStream(str(missing))
     chain = sparkapi.java_chain(failed.value)
-    assert chain[0][0] == "java.lang.NumberFormatException" and "not a number" in chain[0][1]
+    assert chain[0][0] == "java.io.FileNotFoundException" and str(missing) in chain[0][1]
     assert sparkapi.is_py4j_error(failed.value)
     assert sparkapi.java_chain(ValueError("python")) == [] and not sparkapi.is_py4j_error(ValueError("x"))
 
