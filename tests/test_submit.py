@@ -247,7 +247,7 @@ def test_run_returns_the_jobs_exit_code_in_cluster_mode(fake_spark_submit, statu
 def node_command(path: Path) -> tuple[list[str], list[str]]:
     """(the promptscore.tools.submit arguments in the node's header, the spark-submit words in its code)."""
     text = path.read_text()
-    gen = re.search(r"^#\s+python -m promptscore\.submit (.+)$", text, re.M)
+    gen = re.search(r"^#\s+python -m promptscore\.tools\.submit (.+)$", text, re.M)
     assert gen, f"{path.name} does not say how it was generated"
     lines, code = text.splitlines(), []
     start = next(i for i, line in enumerate(lines) if line.startswith("spark-submit"))
