@@ -57,15 +57,15 @@ $(STAMP): setup.py
 
 demo: venv
 	@rm -rf $(DEMO)
-	@$(RUN) python -m promptscore.readahead build >/dev/null
-	@$(RUN) python -m promptscore.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
-	@$(RUN) python -m promptscore.submit convert --profile conf/local.conf --run -- \
+	@$(RUN) python -m promptscore.convert.reader build >/dev/null
+	@$(RUN) python -m promptscore.tools.sample_data $(DEMO)/jsonl --files 200 --file-kb 20 --bad-every 50 --gz-every 10
+	@$(RUN) python -m promptscore.tools.submit convert --profile conf/local.conf --run -- \
 	  --input $(DEMO)/jsonl --output $(DEMO)/parquet --with-source-file --max-bad-fraction 0.01
-	@$(RUN) python -m promptscore.show $(DEMO)/parquet
-	@$(RUN) python -m udfs.tiny_model $(DEMO)/model
-	@$(RUN) python -m promptscore.submit score --profile conf/local.conf --run -- \
+	@$(RUN) python -m promptscore.tools.show $(DEMO)/parquet
+	@$(RUN) python -m promptscore.tools.tiny_model $(DEMO)/model
+	@$(RUN) python -m promptscore.tools.submit score --profile conf/local.conf --run -- \
 	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
-	@$(RUN) python -m promptscore.show $(DEMO)/scored
+	@$(RUN) python -m promptscore.tools.show $(DEMO)/scored
 
 test: venv
 	@$(RUN) python -m pytest -q tests
@@ -93,16 +93,16 @@ bench-score:
 
 package: venv
 	@rm -rf $(DIST) build && mkdir -p $(DIST)
-	@$(RUN) python -m promptscore.readahead build >/dev/null
+	@$(RUN) python -m promptscore.convert.reader build >/dev/null
 	@$(RUN) python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
 	@$(MAKE) -s $(DIST)/promptscore.zip
 	@ls -l $(DIST)
 
 # The zip for --py-files needs nothing but Python, so that `make submit` works on a cluster node. It
 # carries the convert job's jar and the Java sources it was built from (the job copies the jar out).
-%/promptscore.zip: $(wildcard promptscore/*.py udfs/*.py promptscore/java/*.java promptscore/jars/*.jar)
+%/promptscore.zip: $(wildcard promptscore/*.py promptscore/*/*.py udfs/*.py promptscore/convert/java/*.java promptscore/convert/jars/*.jar)
 	@mkdir -p $(@D) && rm -f $@
-	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d, pat in (("promptscore", "*.py"), ("udfs", "*.py"), ("promptscore/java", "*.java"), ("promptscore/jars", "*.jar")) for p in sorted(pathlib.Path(d).rglob(pat))]' $@
+	@python3 -c 'import pathlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); [z.write(p) for d, pat in (("promptscore", "*.py"), ("udfs", "*.py"), ("promptscore/convert/java", "*.java"), ("promptscore/convert/jars", "*.jar")) for p in sorted(pathlib.Path(d).rglob(pat))]' $@
 
 # Wheels for nodes without a package index (install-python-env.sh --wheels DIR): the package with its
 # pinned extras and every dependency, built or fetched for this machine's Python and platform (make it
@@ -116,12 +116,12 @@ wheelhouse: package
 	  echo "$(DIST)/wheelhouse-$$kind: $$(ls $(DIST)/wheelhouse-$$kind | wc -l) wheels, $$(du -sh $(DIST)/wheelhouse-$$kind | cut -f1)"; \
 	done
 
-# The one place that builds a submission is promptscore/submit.py; this only passes the variables.
+# The one place that builds a submission is promptscore/tools/submit.py; this only passes the variables.
 JOB ?= convert
 TARGET ?= emr
 PROFILE ?= $(CONF_FILE)
 submit:
-	@PYTHONPATH=$(CURDIR) python3 -m promptscore.submit $(JOB) --target $(TARGET) \
+	@PYTHONPATH=$(CURDIR) python3 -m promptscore.tools.submit $(JOB) --target $(TARGET) \
 	  $(if $(PROFILE),--profile $(PROFILE)) $(if $(DEPLOY_MODE),--deploy-mode $(DEPLOY_MODE)) \
 	  $(if $(PY_FILES),--py-files $(PY_FILES)) $(if $(JOBS_URI),--jobs-uri $(JOBS_URI)) \
 	  $(if $(ENV_ARCHIVE),--env-archive $(ENV_ARCHIVE)) $(if $(DRIVER_PYTHON),--driver-python $(DRIVER_PYTHON)) \

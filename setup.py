@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["promptscore", "promptscore.*", "udfs", "udfs.*"]),
     # The convert job's read-ahead reader: its source, and its jar when `make package` built it.
-    package_data={"promptscore": ["java/*.java", "jars/*.jar"]},
+    package_data={"promptscore.convert": ["java/*.java", "jars/*.jar"]},
     # The spark-submit entry points, the Spark profiles and the bootstrap scripts travel with the
     # wheel: installed, they are in <env>/share/promptscore/ (install-python-env.sh links it).
     data_files=[

@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from promptscore.sample_data import generate  # noqa: E402
-from promptscore.submit import conf_args  # noqa: E402
+from promptscore.tools.sample_data import generate  # noqa: E402
+from promptscore.tools.submit import conf_args  # noqa: E402
 
 
 def machine() -> str:

@@ -24,7 +24,7 @@ def main() -> int:
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from promptscore import jsonl
+    from promptscore.convert import jsonl
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.ui.showConsoleProgress", "false").config("spark.log.level", "WARN").getOrCreate())

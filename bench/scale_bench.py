@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.convert_bench import machine, run, spark_env  # noqa: E402
-from promptscore.submit import conf_args  # noqa: E402
+from promptscore.tools.submit import conf_args  # noqa: E402
 
 PER_DIR = 1000
 

@@ -87,7 +87,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 def prepare(a) -> None:
     from transformers import AutoTokenizer
 
-    from udfs import tiny_model
+    from promptscore.tools import tiny_model
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def prepare(a) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from promptscore.sample_data import _prompt
+    from promptscore.tools.sample_data import _prompt
 
     tok = AutoTokenizer.from_pretrained(work / "tiny")
     rng = random.Random(0)
@@ -202,8 +202,9 @@ def spark_run(a) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    from promptscore import score
-    from promptscore.output import OutputSpec
+    from promptscore.score.options import ScoreOptions
+    from promptscore.score.run import run_score
+    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     builder = (SparkSession.builder.master(a.master).appName("score-bench")
@@ -244,10 +245,10 @@ def spark_run(a) -> None:
         engine = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
                             max_model_len=a.max_model_len, max_num_batched_tokens=a.max_num_batched_tokens,
                             max_num_seqs=a.max_num_seqs)
-        opts = score.ScoreOptions(inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), engine=engine,
+        opts = ScoreOptions(inputs=[str(src)], out=OutputSpec(str(out), mode="overwrite"), engine=engine,
                                   partitions=partitions, max_bad_fraction=1.0, cache_dir=a.cache_dir)
         t0 = time.monotonic()
-        report = score.run_score(spark, opts)
+        report = run_score(spark, opts)
         report["wall_s"] = time.monotonic() - t0
         results[name] = report
         print(f"{name}: {report['summary']}", flush=True)
@@ -370,18 +371,19 @@ def _session(a, name: str):
 def compare_run(a) -> None:
     """(c) The job's ``--compare-sample`` check: the options (e.g. ``--quantization fp8``) against
     the reference (the same without quantization, ``--compare-dtype``) on a fixed sample."""
-    from promptscore import score
-    from promptscore.output import OutputSpec
+    from promptscore.score.options import ScoreOptions
+    from promptscore.score.run import run_score
+    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     spark = _session(a, "score-bench-compare")
     engine = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
                         max_model_len=a.max_model_len, max_num_batched_tokens=a.max_num_batched_tokens,
                         max_num_seqs=a.max_num_seqs, device=a.device)
-    opts = score.ScoreOptions(inputs=[a.prompts], out=OutputSpec(str(Path(a.json).with_suffix(".out"))),
+    opts = ScoreOptions(inputs=[a.prompts], out=OutputSpec(str(Path(a.json).with_suffix(".out"))),
                               engine=engine, cache_dir=a.cache_dir, compare_sample=a.sample,
                               compare_dtype=a.compare_dtype)
-    report = score.run_score(spark, opts)
+    report = run_score(spark, opts)
     print(report["summary"], flush=True)
     write_json(a.json, {"what": f"--compare-sample {a.sample}", **report})
     spark.stop()

@@ -34,5 +34,5 @@ done
 [ "${#args[@]}" -ge 2 ] || { usage >&2; die "SOURCE and DEST are required"; }
 [ -x "$python" ] || die "no Python at $python: run install-python-env.sh first, or pass --python"
 log "staging ${args[0]} into ${args[1]} with $python"
-"$python" -m promptscore.stage_model "${args[@]}"
+"$python" -m promptscore.tools.stage_model "${args[@]}"
 log "done"

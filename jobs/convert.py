@@ -5,11 +5,12 @@ Many small JSONL files -> a few large Parquet files. See README.md, or run with 
 
 import sys
 
-from promptscore import cli, convert
+from promptscore import cli
+from promptscore.convert import options, run
 
 
 def main(argv=None) -> int:
-    return cli.run("convert", convert.build_parser(), convert.job, argv)
+    return cli.run("convert", options.convert_parser(), run.job, argv)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ A reward-model score for every row of a Parquet dataset. See README.md, or run w
 
 import sys
 
-from promptscore import cli, score
+from promptscore import cli
+from promptscore.score import options, run
 
 
 def main(argv=None) -> int:
-    return cli.run("score", score.build_parser(), score.job, argv)
+    return cli.run("score", options.score_parser(), run.job, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from promptscore import cli
+from promptscore import cli, errors, sparkapi
 
 INTERVAL_CONF = "spark.promptscore.progress.interval"
 DEFAULT_INTERVAL_S = 10.0
@@ -34,7 +34,7 @@ def interval_s(spark) -> float:
     try:
         value = float(str(raw).rstrip("s"))
     except ValueError:
-        raise cli.UsageError(f"{INTERVAL_CONF} must be a number of seconds, got {raw!r}") from None
+        raise errors.UsageError(f"{INTERVAL_CONF} must be a number of seconds, got {raw!r}") from None
     return max(0.0, value)
 
 
@@ -113,10 +113,6 @@ class Reporter:
 # What Spark knows about running work
 
 
-def _seq(jseq) -> list:
-    return [jseq.apply(i) for i in range(jseq.size())]
-
-
 class LiveRows:
     """Rows that the running Spark jobs of some job groups have read into their last stage so far
     (live: updated by executor heartbeats). For a write of ``input -> pandas UDF -> files`` that
@@ -125,7 +121,6 @@ class LiveRows:
 
     def __init__(self, spark) -> None:
         self.spark = spark
-        self.sql = spark._jsparkSession.sharedState().statusStore()
         self.tracker = spark.sparkContext.statusTracker()
         self._execs: dict[str, int] = {}
 
@@ -135,11 +130,10 @@ class LiveRows:
         jobs = set(self.tracker.getJobIdsForGroup(group))
         if not jobs:
             return None
-        for e in reversed(_seq(self.sql.executionsList())):
-            if any(int(j) in jobs for j in _seq(e.jobs().keySet().toSeq())):
-                self._execs[group] = int(e.executionId())
-                return self._execs[group]
-        return None
+        found = sparkapi.execution_of_jobs(self.spark, jobs)
+        if found is not None:
+            self._execs[group] = found
+        return found
 
     def node_rows(self, group: str, node_name: str) -> int:
         """The live "number of output rows" of the plan nodes named ``node_name`` of the job group
@@ -148,34 +142,23 @@ class LiveRows:
         eid = self._execution_of(group)
         if eid is None:
             return 0
-        metrics = self.sql.executionMetrics(eid)
-        total = 0
-        for node in _seq(self.sql.planGraph(eid).allNodes()):
-            if node.name() != node_name:
-                continue
-            for m in _seq(node.metrics()):
-                if m.name() == "number of output rows":
-                    got = metrics.get(m.accumulatorId())
-                    total += _number(got.get()) if got.isDefined() else 0
-        return total
+        return sum(_number(text) if text is not None else 0
+                   for node, name, text in sparkapi.plan_metrics(self.spark, eid)
+                   if node == node_name and name == "number of output rows")
 
     def rows(self, group: str, node_name: str = "Scan") -> int:
         """The live rows of the job group ``group`` (0 when Spark has nothing yet)."""
         eid = self._execution_of(group)
         if eid is None:
             return 0
-        metrics = self.sql.executionMetrics(eid)
         scan, shuffle = 0, None
-        for node in _seq(self.sql.planGraph(eid).allNodes()):
-            for m in _seq(node.metrics()):
-                name = m.name()
-                if name == "records read" or (name == "number of output rows" and node.name().startswith(node_name)):
-                    got = metrics.get(m.accumulatorId())
-                    value = _number(got.get()) if got.isDefined() else 0
-                    if name == "records read":
-                        shuffle = (shuffle or 0) + value
-                    else:
-                        scan += value
+        for node, name, text in sparkapi.plan_metrics(self.spark, eid):
+            if name == "records read" or (name == "number of output rows" and node.startswith(node_name)):
+                value = _number(text) if text is not None else 0
+                if name == "records read":
+                    shuffle = (shuffle or 0) + value
+                else:
+                    scan += value
         return shuffle if shuffle is not None else scan
 
     def forget(self, group: str) -> None:
@@ -201,12 +184,11 @@ def stage_input(spark, group: str) -> tuple[int, int]:
     for job in tracker.getJobIdsForGroup(group):
         info = tracker.getJobInfo(job)
         stage_ids.update(int(s) for s in (info.stageIds if info else []))
-    store = spark.sparkContext._jsc.sc().statusStore()
     nbytes = records = 0
-    for s in _seq(store.activeStages()):
-        if int(s.stageId()) in stage_ids:
-            nbytes += int(s.inputBytes())
-            records += int(s.inputRecords())
+    for stage_id, stage_bytes, stage_records in sparkapi.active_stage_input(spark):
+        if stage_id in stage_ids:
+            nbytes += stage_bytes
+            records += stage_records
     return nbytes, records
 
 

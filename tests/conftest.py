@@ -42,9 +42,9 @@ def oss_bucket(fake_oss_store) -> fake_oss.Bucket:
 def readahead_jar() -> Path | None:
     """The convert job's read-ahead reader (``promptscore/java``), built as ``make`` builds it;
     None without ``javac`` (the job then reads with Spark's text source)."""
-    from promptscore import javac, readahead
+    from promptscore.convert import reader
 
-    return readahead.build() if javac.javac() else None
+    return reader.build() if reader.javac() else None
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +84,8 @@ def spark(fake_oss_store, readahead_jar):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """The tiny random-weight reward model (``python -m udfs.tiny_model``), built once."""
-    from udfs.tiny_model import build
+    """The tiny random-weight reward model (``python -m promptscore.tools.tiny_model``), built once."""
+    from promptscore.tools.tiny_model import build
 
     return build(tmp_path_factory.mktemp("models") / "tiny")
 

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptscore.javac import compile_jar, javac
+from promptscore.convert.reader import compile_jar, javac
 
 SOURCE = Path(__file__).resolve().parent / "objectstore" / "FakeObjectStoreFileSystem.java"
 CLASS = "promptscore.testfs.FakeObjectStoreFileSystem"

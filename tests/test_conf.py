@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from promptscore.submit import conf_args, read_profile
+from promptscore.tools.submit import conf_args, read_profile
 from test_spark_submit import spark_submit
 
 CONFS = sorted((ROOT / "conf").glob("*.conf"))

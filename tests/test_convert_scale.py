@@ -99,12 +99,12 @@ def test_an_oss_inventory_replaces_listing_and_per_file_requests(spark, oss_buck
 
     # Reading the listed objects asks nothing per object but to open it: sizes and times come
     # from the report, and no folder is listed.
-    from promptscore import filelist
+    from promptscore.io import files as listing, lists
 
-    files = filelist.read_inventory(spark, manifest).files
+    files = lists.read_inventory(spark, manifest).files
     assert len(files) == 31 and files[0].mtime_ms > 0
     fake_oss.reset_counts(spark)
-    assert filelist.lines_of(spark, files).count() == 151
+    assert listing.lines_of(spark, files).count() == 151
     counts = fake_oss.counts(spark)
     assert counts["head"] == 0 and counts["list"] == 0 and counts["open"] == 31, counts
 

@@ -13,7 +13,7 @@ import pytest
 from chispa import assert_df_equality
 
 from conftest import run_job, write_lines
-from promptscore import jsonl, readahead
+from promptscore.convert import jsonl, reader
 
 SCHEMA = ("id string, prompt string, n bigint, i int, s smallint, t tinyint, d double, f float, "
           "dec decimal(5,2), ok boolean, o struct<a:bigint,b:string>, tags array<string>, m map<string,bigint>, "
@@ -131,13 +131,13 @@ def test_every_value_is_exact_or_its_line_a_named_reject(spark, tmp_path, capsys
     src, out = tmp_path / "in", tmp_path / "out"
     lines = write_input(src)
     argv = ["--input", src, "--output", out, "--schema", SCHEMA, "--max-line-bytes", "4k"]
-    spark.conf.set(readahead.KEY, str(in_flight))
+    spark.conf.set(reader.KEY, str(in_flight))
     try:
         # Read-ahead on: under --max-bad-fraction 1, exit 0. Spark's text source: the default
         # fraction, exit 3, and the same output and rejects published.
         code, _, err = run_job("convert", argv + (["--max-bad-fraction", "1"] if in_flight else []), capsys)
     finally:
-        spark.conf.unset(readahead.KEY)
+        spark.conf.unset(reader.KEY)
     assert code == (0 if in_flight else 3), err
     got = spark.read.parquet(str(out)).orderBy("id")  # (a map column cannot be sorted on)
     assert_df_equality(got, expected_rows(spark).orderBy("id"), ignore_nullable=True)
@@ -254,12 +254,12 @@ def test_a_schema_the_parser_cannot_fill_exactly_is_refused(tmp_path, capsys, dd
 
 def test_without_the_parser_the_job_exits_2_saying_how_to_fix_it(spark, tmp_path, capsys, monkeypatch):
     write_lines(tmp_path / "in" / "f.jsonl", ['{"prompt": "p"}'])
-    monkeypatch.setattr(readahead, "load", lambda _spark: False)
+    monkeypatch.setattr(reader, "load", lambda _spark: False)
     code, stdout, err = run_job("convert", ["--input", tmp_path / "in", "--output", tmp_path / "o"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and stdout == "" and len(lines) == 1, err
     assert "the JSONL parser (promptscore-readahead.jar) cannot be loaded" in lines[0]
-    assert "python -m promptscore.readahead build" in lines[0]
+    assert "python -m promptscore.convert.reader build" in lines[0]
     assert not (tmp_path / "o").exists()
 
 

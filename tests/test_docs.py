@@ -73,9 +73,9 @@ def test_long_pages_have_a_table_of_contents(page):
 
 
 # The functions and classes that build the reports' fields (by name, wherever they live).
-REPORT_BUILDERS = {"build_report", "build_plan_report", "report_header", "run_plan", "run_compare", "compare_scores",
+REPORT_BUILDERS = {"convert_report", "score_report", "dry_run_report", "report_header", "run_plan", "run_compare", "compare_scores",
                    "token_figures", "calibration_figures", "estimates", "predicted_vs_actual",
-                   "score_estimate_from_sums", "engine_summaries", "only_new_facts", "facts", "examples", "as_dict",
+                   "score_estimate_from_sums", "engine_summaries", "engine_start_fields", "only_new_facts", "facts", "examples", "as_dict",
                    "ConvertEstimate"}
 
 
@@ -102,7 +102,7 @@ def report_fields() -> dict[str, set[str]]:
 
 def test_reports_md_names_every_field_of_every_report():
     found = report_fields()
-    assert {"build_report", "build_plan_report", "report_header", "ConvertEstimate"} <= set(found), \
+    assert {"convert_report", "score_report", "dry_run_report", "report_header", "ConvertEstimate"} <= set(found), \
         f"report builders not found (renamed? update REPORT_BUILDERS): {sorted(set(REPORT_BUILDERS) - set(found))}"
     documented = set()
     for span in re.findall(r"`([^`]+)`", (ROOT / "docs" / "reports.md").read_text(encoding="utf-8")):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from standins import ROLE_CREDENTIALS, MetadataStandIn
-from udfs.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider, role_credentials
+from promptscore.tools.ecs_metadata import Metadata, MetadataError, RoleCredentialsProvider, role_credentials
 
 
 def test_hardened_mode_gets_a_token_once_and_sends_it_with_every_get():

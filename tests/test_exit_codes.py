@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_job, write_lines
-from promptscore import cli
+from promptscore import cli, errors
 
 
 def tmpfs(path: Path, options: str):
@@ -61,7 +61,7 @@ def test_a_disk_that_fills_up_during_the_write_is_exit_4_with_the_path(spark, tm
     out = full_disk / "out"
     code, stdout, err = run_job("convert", ["--input", src, "--output", out, "--compression", "none"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == cli.EXIT_RESOURCES == 4 and stdout == "" and len(lines) == 1, err
+    assert code == errors.EXIT_RESOURCES == 4 and stdout == "" and len(lines) == 1, err
     line = lines[0]
     assert line.startswith("convert: error: disk full at ") and str(full_disk) in line
     assert "No space left on device" in line and "then run the same command again. Exit 4" in line
@@ -87,24 +87,24 @@ def test_spark_submit_exits_4_when_the_disk_fills_up(tmp_path, full_disk):
 
 
 def test_python_and_java_disk_full_errors_are_exit_4(spark, full_disk, few_inodes):
-    from promptscore import hadoop
+    from promptscore.io import hadoop
 
     with pytest.raises(OSError) as e:
         for i in range(10):
             (few_inodes / f"f{i}").write_text("x")
-    got = cli.classify(e.value)  # Python names the file it could not create
+    got = errors.classify(e.value)  # Python names the file it could not create
     assert got.code == 4 and f"disk full at {few_inodes}/f" in got.line and "[Errno 28] No space left" in got.line
 
     with pytest.raises(OSError) as e:
         (full_disk / "big.bin").write_bytes(os.urandom(2 << 20))
-    got = cli.classify(e.value)  # a failed write() names no file: the line says so
+    got = errors.classify(e.value)  # a failed write() names no file: the line says so
     assert got.code == 4 and "disk full at a path not named" in got.line and "No space left on device" in got.line
 
     try:
         hadoop.write_bytes(spark, f"file:{full_disk}/big2.bin", os.urandom(2 << 20))
     except Exception as e:  # noqa: BLE001 - the JVM's own error
-        java = cli.classify(e)
-        assert "FSError" in "".join(t for t, _ in cli.cause_chain(e))
+        java = errors.classify(e)
+        assert "FSError" in "".join(t for t, _ in errors.cause_chain(e))
     assert java.code == 4 and "No space left on device" in java.line
 
 
@@ -112,35 +112,35 @@ def test_an_hdfs_quota_is_exit_4_naming_the_folder(spark):
     jvm = spark.sparkContext._jvm
     quota = jvm.org.apache.hadoop.hdfs.protocol.DSQuotaExceededException(1 << 30, (1 << 30) + 4096)
     quota.setPathName("/user/etl/prompts")
-    got = cli.classify(thrown_in_the_jvm(spark, quota))
+    got = errors.classify(thrown_in_the_jvm(spark, quota))
     assert got.code == 4
     assert got.line.startswith("quota exceeded at /user/etl/prompts: DSQuotaExceededException: The DiskSpace quota")
     assert "raise the quota" in got.line
 
     names = jvm.org.apache.hadoop.hdfs.protocol.NSQuotaExceededException(1000, 1001)
-    assert cli.classify(thrown_in_the_jvm(spark, names)).code == 4
+    assert errors.classify(thrown_in_the_jvm(spark, names)).code == 4
 
     edquot = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/home/etl/out/part-0.parquet")
-    got = cli.classify(edquot)
+    got = errors.classify(edquot)
     assert got.code == 4 and "quota exceeded at /home/etl/out/part-0.parquet" in got.line
 
 
 def test_memory_exhausted_is_exit_4(spark):
     oom = spark.sparkContext._jvm.java.lang.OutOfMemoryError("Java heap space")
-    got = cli.classify(thrown_in_the_jvm(spark, oom))
+    got = errors.classify(thrown_in_the_jvm(spark, oom))
     assert got.code == 4 and got.line.startswith("out of memory: OutOfMemoryError: Java heap space")
     assert "spark.driver.memory" in got.line
 
     try:
         bytearray(1 << 62)
     except MemoryError as e:
-        assert cli.classify(e).code == 4
+        assert errors.classify(e).code == 4
 
 
 def test_other_failures_stay_exit_1(spark):
-    assert cli.classify(RuntimeError("connection reset by peer")) is None
+    assert errors.classify(RuntimeError("connection reset by peer")) is None
     io = spark.sparkContext._jvm.java.io.IOException("Connection reset by peer")
-    assert cli.classify(thrown_in_the_jvm(spark, io)) is None
+    assert errors.classify(thrown_in_the_jvm(spark, io)) is None
 
 
 def test_help_lists_every_exit_code(capsys):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from py4j.protocol import Py4JJavaError
 
-from promptscore.submit import conf_args
+from promptscore.tools.submit import conf_args
 
 import fake_oss
 from conftest import records, run_job, write_lines

@@ -22,9 +22,11 @@ from py4j.protocol import Py4JJavaError
 
 import fake_oss
 from conftest import ROOT, run_job
-from promptscore import hadoop, readahead
-from promptscore.publish import work_dir
-from promptscore.submit import conf_args
+from promptscore import errors
+from promptscore.convert import reader
+from promptscore.io import files, hadoop
+from promptscore.io.publish import work_dir
+from promptscore.tools.submit import conf_args
 from test_progress import HostRows, bucket_settings
 
 FILES, PER_FILE = 6, 300
@@ -201,7 +203,7 @@ def test_driver_reads_retry_transient_failures_and_never_permanent_ones(spark, o
         for _ in range(10):
             assert hadoop.file_size(spark, oss_bucket / "d/a.txt") == 6
             assert hadoop.read_text(spark, oss_bucket / "d/a.txt") == "hello\n"
-            assert sorted(hadoop.list_status(spark, oss_bucket / "d")) == ["a.txt", "b.jsonl.gz", "broken.jsonl.gz"]
+            assert sorted(files.list_status(spark, oss_bucket / "d")) == ["a.txt", "b.jsonl.gz", "broken.jsonl.gz"]
             assert hadoop.exists(spark, oss_bucket / "d/b.jsonl.gz")
             hadoop.read_through(spark, oss_bucket / "d/b.jsonl.gz")
         assert fake_oss.failures(spark) >= 3 and hadoop.retries() - before == fake_oss.failures(spark)
@@ -235,6 +237,6 @@ def test_transient_and_permanent_read_errors(spark, make, transient):
     """The driver's calls and the read-ahead reader's fetches sort errors alike."""
     jvm = spark.sparkContext._jvm
     error = make(jvm)
-    assert hadoop.is_transient(Py4JJavaError("x", error)) is transient
-    assert readahead.load(spark)
-    assert bool(getattr(jvm, readahead.CLASS).isTransient(error)) is transient
+    assert errors.is_transient(Py4JJavaError("x", error)) is transient
+    assert reader.load(spark)
+    assert bool(getattr(jvm, reader.CLASS).isTransient(error)) is transient

@@ -235,9 +235,9 @@ def test_a_versioned_inventory_reads_the_latest_version_of_each_key_once(spark, 
                                        "duplicate_examples": [f"oss://{oss_bucket.name}/raw/c d.jsonl"],
                                        "noncurrent_versions_skipped": 2, "delete_markers_skipped": 1}
 
-    from promptscore import filelist
+    from promptscore.io import lists
 
-    files = filelist.read_inventory(spark, manifest).files
+    files = lists.read_inventory(spark, manifest).files
     assert [(Path(f.path).name, f.checksum) for f in files] == [("a.jsonl", "etag:abcv2"), ("c d.jsonl", "etag:abcv1")]
 
 
@@ -285,7 +285,7 @@ def test_a_symlink_loop_in_a_local_input_is_exit_2_naming_the_link_within_second
 
 
 def test_find_symlink_loop_follows_links_as_hadoop_does(tmp_path):
-    from promptscore.inputs import find_symlink_loop
+    from promptscore.convert.inputs import find_symlink_loop
 
     root = tmp_path / "in"
     write_lines(root / "a" / "f.jsonl", records("a"))

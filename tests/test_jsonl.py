@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from chispa import assert_df_equality
 
-from promptscore import convert, jsonl
-from promptscore.jsonl import KIND_BLANK, KIND_OK, KIND_REJECT
+from promptscore.convert import jsonl, plan
+from promptscore.convert.schema import parse_schema, schema_ddl, with_required
+from promptscore.convert.jsonl import KIND_BLANK, KIND_OK, KIND_REJECT
 
 SCHEMA_DDL = "id bigint, prompt string, meta struct<lang:string,score:double>"
 
@@ -43,7 +44,7 @@ def lines(spark):
 
 @pytest.fixture(scope="module")
 def schema(spark):
-    return convert.parse_schema(SCHEMA_DDL)
+    return parse_schema(SCHEMA_DDL)
 
 
 def test_each_line_gets_its_kind(spark, schema):
@@ -117,16 +118,16 @@ def test_every_line_is_accounted_for(lines, schema):
 
 def test_schema_ddl_round_trips(spark):
     ddl = "id bigint, `odd name` string, tags array<string>, m struct<a:double,b:boolean>"
-    schema = convert.parse_schema(ddl)
-    assert convert.parse_schema(convert.schema_ddl(schema)) == schema
+    schema = parse_schema(ddl)
+    assert parse_schema(schema_ddl(schema)) == schema
 
 
 @pytest.mark.parametrize("bad", ["prompt strin", "prompt string,, x", "int"])
 def test_bad_schema_ddl_is_a_usage_error(spark, bad):
-    from promptscore.cli import UsageError
+    from promptscore.errors import UsageError
 
     with pytest.raises(UsageError, match="--schema"):
-        convert.parse_schema(bad)
+        parse_schema(bad)
 
 
 def test_too_deep_is_told_apart_when_the_line_fits_the_limit(spark, schema):
@@ -153,13 +154,13 @@ def test_bytes_that_are_not_utf8_are_rejected_with_the_bytes_kept(spark, tmp_pat
 ])
 def test_split_bytes_fills_whole_waves(total, files, slots, target, ratio, splits):
     open_cost = 8 << 10
-    split = convert.split_bytes(total, files, open_cost, slots, target, ratio)
+    split = plan.split_bytes(total, files, open_cost, slots, target, ratio)
     n = (total + files * open_cost) / split
     assert splits - 1 < n <= splits
 
 
 def test_parquet_options_skip_dictionaries_for_mostly_distinct_strings(schema):
-    opts = convert.parquet_options(schema, {"prompt": 0.99, "id": 0.1})
+    opts = plan.parquet_options(schema, {"prompt": 0.99, "id": 0.1})
     assert opts == {"parquet.enable.dictionary#prompt": "false"}
 
 
@@ -191,7 +192,7 @@ def test_the_parse_says_what_failed_and_where(spark, schema):
 
 
 def test_unknown_fields_are_found_at_every_depth(spark):
-    schema = convert.parse_schema("prompt string, o struct<a:bigint>, arr array<struct<b:bigint>>")
+    schema = parse_schema("prompt string, o struct<a:bigint>, arr array<struct<b:bigint>>")
     lines = spark.createDataFrame([
         ("f", '{"prompt": "p", "x": {"y": 1}, "o": {"a": 1, "deep": [1]}, "arr": [{"b": 1, "c": 2}, {"c": 3}]}'),
         ("f", '{"prompt": "q"}'),
@@ -207,7 +208,7 @@ def test_a_required_field_spelled_otherwise_in_the_sample_is_its_own_column():
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     sampled = StructType([StructField("Prompt", LongType()), StructField("id", StringType())])
-    assert convert.with_required(sampled, ["prompt"]) == StructType(
+    assert with_required(sampled, ["prompt"]) == StructType(
         [StructField("id", StringType()), StructField("prompt", StringType())])
 
 
@@ -224,7 +225,7 @@ def test_utf8_is_checked_as_strictly_as_python_decodes_it(spark, tmp_path):
     lines = [b'{"prompt": "' + b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) + b'"}'
              for _ in range(3000)]
     (tmp_path / "f.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    schema = convert.parse_schema("prompt string")
+    schema = parse_schema("prompt string")
     got = {bytes(r.raw_bytes) if r.raw_bytes else r.raw.encode(): r.detail
            for r in jsonl.reject_rows(jsonl.parse_lines(spark.read.text(str(tmp_path / "f.jsonl")), schema)).collect()}
     expected = {}

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import run_job
 
+from promptscore.errors import UsageError
+
 
 @pytest.fixture(scope="module")
 def prompts(spark, tmp_path_factory) -> Path:
@@ -95,7 +97,7 @@ def test_a_model_given_as_a_uri_is_checked_through_the_file_system(spark, prompt
 
 
 def test_an_intact_model_passes_and_torch_zip_weights_are_checked_by_their_end(tiny_model, tmp_path):
-    from promptscore import model_files
+    from promptscore.score import model as model_files
 
     assert model_files.check_weights(None, str(tiny_model), None) == ["model.safetensors"]
     model = tmp_path / "bin"
@@ -106,5 +108,5 @@ def test_an_intact_model_passes_and_torch_zip_weights_are_checked_by_their_end(t
     assert model_files.check_weights(None, str(model), None) == ["pytorch_model.bin"]
     data = (model / "pytorch_model.bin").read_bytes()
     (model / "pytorch_model.bin").write_bytes(data[: len(data) - 200])
-    with pytest.raises(model_files.cli.UsageError, match="pytorch_model.bin is cut short: its zip directory"):
+    with pytest.raises(UsageError, match="pytorch_model.bin is cut short: its zip directory"):
         model_files.check_weights(None, str(model), None)

@@ -1,14 +1,14 @@
-"""Which OSS endpoint a model is staged from (udfs.oss_source): the bucket's, from the URI or a flag,
+"""Which OSS endpoint a model is staged from (promptscore.tools.oss_source): the bucket's, from the URI or a flag,
 not the node's region; a bucket in another region is one clear line."""
 
 from __future__ import annotations
 
 import pytest
 
-from promptscore.stage_model import main
+from promptscore.tools.stage_model import main
 from standins import MetadataStandIn, OssStandIn
-from udfs.ecs_metadata import Metadata
-from udfs.oss_source import OssSource, parse_uri
+from promptscore.tools.ecs_metadata import Metadata
+from promptscore.tools.oss_source import OssSource, parse_uri
 from udfs.staging import StagingError
 
 KEYS = {"OSS_ACCESS_KEY_ID": "LTAI5tFAKEkeyIDforTESTS01",

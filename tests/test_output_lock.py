@@ -1,4 +1,4 @@
-"""One run per output: the lease in the target's work directory (``promptscore.lock``).
+"""One run per output: the lease in the target's work directory (``promptscore.io.lock``).
 
 First the lease itself, on local disk and on the fake ``oss://``: a second run is refused naming
 the holder, a stale or dead holder is taken over, a holder that was taken over notices, the
@@ -21,8 +21,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import kill_when, records, run_job, submit, write_lines
-from promptscore import lock
-from promptscore.publish import Publisher, new_run_id, work_dir
+from promptscore import errors
+from promptscore.io import lock
+from promptscore.io.leases import identity
+from promptscore.io.publish import Publisher, new_run_id, work_dir
 
 
 @pytest.fixture()
@@ -69,11 +71,11 @@ def test_a_second_run_is_refused_naming_the_holder_until_the_first_gives_the_loc
     assert first.acquire() is None
     with pytest.raises(lock.OutputLocked) as refused:
         second.acquire()
-    me = lock.identity()
+    me = identity()
     text = str(refused.value)
     assert f"run {first.run_id} (convert job, pid {os.getpid()} on host {me['host']}, user {me['owner']})" in text
     assert "last heartbeat 0 s ago" in text and "spark.promptscore.lock.staleSeconds=300" in text
-    assert isinstance(refused.value, lock.cli.UsageError)  # exit 2
+    assert isinstance(refused.value, errors.UsageError)  # exit 2
     (held,) = leases(tmp_path / ".promptscore.out")
     assert held["run_id"] == first.run_id and held["pid"] == os.getpid() and held["job"] == "convert"
     first.release()
@@ -102,7 +104,7 @@ def test_a_stale_lease_is_taken_over_and_one_on_another_node_waits_until_it_is_s
 
 def test_the_lease_of_a_process_that_is_gone_is_taken_over_at_once(spark, tmp_path):
     work = tmp_path / ".promptscore.out"
-    me = lock.identity()
+    me = identity()
     ended = subprocess.Popen(["true"])
     ended.wait()
     write_lease(work, age_s=1, host=me["host"], boot_id=me["boot_id"], pidns=me["pidns"], pid=ended.pid,
@@ -112,7 +114,7 @@ def test_the_lease_of_a_process_that_is_gone_is_taken_over_at_once(spark, tmp_pa
     assert took["reason"] == "its process is gone" and took["pid"] == ended.pid
     taker.release()
     # A live process of the same node is not taken over, whatever its lease says otherwise.
-    write_lease(work, gen=9, age_s=1, **lock.identity())
+    write_lease(work, gen=9, age_s=1, **identity())
     with pytest.raises(lock.OutputLocked, match="pid 4242|pid " + str(os.getpid())):
         new_lock(spark, f"file:{work}").acquire()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, records, write_lines
-from promptscore.submit import conf_args
+from promptscore.tools.submit import conf_args
 
 
 def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -36,9 +36,9 @@ def fresh_venv(tmp_path_factory):
     return path / "bin" / "python"
 
 
-MODULES = ("import promptscore, promptscore.cli, promptscore.stage_model, promptscore.submit, promptscore.serverless, "
+MODULES = ("import promptscore, promptscore.cli, promptscore.tools.stage_model, promptscore.tools.submit, promptscore.tools.serverless, "
            "udfs, udfs.staging, "
-           "udfs.oss_source")
+           "promptscore.tools.oss_source")
 
 
 def test_the_wheel_installs_and_imports_in_a_fresh_venv(dist, fresh_venv):
@@ -63,7 +63,7 @@ def test_the_installed_package_builds_a_submission_anywhere(dist, fresh_venv, tm
     proc = subprocess.run([fresh_venv, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    out = subprocess.run([fresh_venv, "-m", "promptscore.submit", "score", "--", "--input", "x"],
+    out = subprocess.run([fresh_venv, "-m", "promptscore.tools.submit", "score", "--", "--input", "x"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     words = shlex.split(out.stdout)
@@ -76,9 +76,9 @@ def test_the_installed_package_builds_a_submission_anywhere(dist, fresh_venv, tm
 def test_the_py_files_zip_imports_in_a_fresh_venv(dist, fresh_venv):
     zf = zipfile.ZipFile(dist / "promptscore.zip")
     names = set(zf.namelist())
-    assert {"promptscore/__init__.py", "promptscore/convert.py", "udfs/reward.py", "udfs/engine_host.py"} <= names
-    carried = {"promptscore/jars/promptscore-readahead.jar"} | {f"promptscore/java/{p.name}"
-                                                              for p in (ROOT / "promptscore" / "java").glob("*.java")}
+    assert {"promptscore/__init__.py", "promptscore/convert/run.py", "udfs/reward.py", "udfs/engine_host.py"} <= names
+    carried = {"promptscore/convert/jars/promptscore-readahead.jar"} | {f"promptscore/convert/java/{p.name}"
+                                                              for p in (ROOT / "promptscore" / "convert" / "java").glob("*.java")}
     assert carried <= names  # the convert job's parser, and the sources it was built from
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py") and n not in carried]
     out = subprocess.run([fresh_venv, "-c", f"{MODULES}; print(promptscore.__file__)"], capture_output=True,

@@ -16,8 +16,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import kill_when as _kill_when, records, submit as _submit, write_lines
-from promptscore import publish
-from promptscore.publish import Publisher, work_dir
+from promptscore.io import publish
+from promptscore.io.publish import Publisher, work_dir
 
 
 def make_output(d: Path, run: str, rows: list[str], success: bool = True) -> Path:

@@ -1,4 +1,4 @@
-"""The convert job's read-ahead reader (``promptscore/readahead.py``, ``promptscore/java``): the
+"""The convert job's read-ahead reader (``promptscore/convert/reader.py``, ``promptscore/convert/java``): the
 same lines, bytes and file names as Spark's text source, whatever the line ends, marks,
 compression and splits; each object opened once on an object store; a file it cannot read named
 as Spark names it; and the job's output the same with it and without it."""
@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 import fake_oss
 from conftest import records, run_job, write_lines
-from promptscore import inputs, readahead
+from promptscore.convert import badfiles, inputs, reader
 
 BOM = b"\xef\xbb\xbf"
 
@@ -54,7 +54,7 @@ def both_readers(spark, where: str, in_flight: int = 4):
     """(Spark's text source, the read-ahead reader) over the job's input files under ``where``:
     each line's bytes and its file's metadata."""
     lines = inputs.input_lines(inputs.list_lines(spark, [where]))
-    ahead, used = readahead.read_lines(spark, lines, in_flight)
+    ahead, used = reader.read_lines(spark, lines, in_flight)
     assert used == {"name": "read-ahead", "files_in_flight": in_flight}
     cols = [F.col("value").cast("binary").alias("bytes"), F.col("_metadata.file_path").alias("file_path"),
             F.col("_metadata.file_name").alias("file_name"), F.col("_metadata.file_size").alias("file_size")]
@@ -94,9 +94,9 @@ def test_a_file_that_cannot_be_read_is_named_as_spark_names_it(spark, tmp_path):
     _, got = both_readers(spark, str(tmp_path))
     with pytest.raises(Exception) as failed:
         got.count()
-    named = inputs.named_file(failed.value)
+    named = badfiles.named_file(failed.value)
     assert named == (tmp_path / "cut short.jsonl.gz").resolve().as_uri().replace("file:///", "file:/")
-    assert inputs.is_read_failure(failed.value)
+    assert badfiles.is_read_failure(failed.value)
 
 
 def test_the_job_writes_the_same_rows_and_rejects_with_either_reader(spark, tmp_path, capsys):
@@ -110,17 +110,17 @@ def test_the_job_writes_the_same_rows_and_rejects_with_either_reader(spark, tmp_
     results = {}
     for in_flight in (0, 16):
         out = tmp_path / f"out-{in_flight}"
-        spark.conf.set(readahead.KEY, str(in_flight))
+        spark.conf.set(reader.KEY, str(in_flight))
         try:
             code, _, err = run_job("convert", ["--input", src, "--output", out, "--with-source-file",
                                                "--max-bad-fraction", "0.9"], capsys)
         finally:
-            spark.conf.unset(readahead.KEY)
+            spark.conf.unset(reader.KEY)
         assert code == 0, err
         report = json.loads((out / "_report.json").read_text())
         results[in_flight] = (spark.read.parquet(str(out)), spark.read.parquet(str(out / "_rejects")), report)
     (rows0, rejects0, report0), (rows16, rejects16, report16) = results[0], results[16]
-    assert report0["reader"] == {"name": "spark", "why": f"{readahead.KEY}=0"}
+    assert report0["reader"] == {"name": "spark", "why": f"{reader.KEY}=0"}
     assert report16["reader"] == {"name": "read-ahead", "files_in_flight": 16}
     assert_df_equality(rows16, rows0, ignore_row_order=True)
     assert_df_equality(rejects16, rejects0, ignore_row_order=True)
@@ -133,47 +133,47 @@ def test_the_job_writes_the_same_rows_and_rejects_with_either_reader(spark, tmp_
 
 def test_a_bad_read_ahead_setting_is_one_line_and_exit_2(spark, tmp_path, capsys):
     write_lines(tmp_path / "in" / "a.jsonl", records("a"))
-    spark.conf.set(readahead.KEY, "many")
+    spark.conf.set(reader.KEY, "many")
     try:
         code, _, err = run_job("convert", ["--input", tmp_path / "in", "--output", tmp_path / "out"], capsys)
     finally:
-        spark.conf.unset(readahead.KEY)
+        spark.conf.unset(reader.KEY)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith(f"convert: error: {readahead.KEY}='many': expected a whole number of files from 0 to 64")
+    assert lines[0].startswith(f"convert: error: {reader.KEY}='many': expected a whole number of files from 0 to 64")
     assert not (tmp_path / "out").exists()
 
 
 def test_without_the_jar_the_job_says_it_reads_with_sparks_text_source(spark, tmp_path, monkeypatch):
     lines = inputs.input_lines(inputs.list_lines(spark, [str(tmp_path)]))  # an empty folder is fine here
-    monkeypatch.setattr(readahead, "load", lambda _spark: False)
-    same, used = readahead.read_lines(spark, lines, 16)
-    assert same is lines and used["name"] == "spark" and "python -m promptscore.readahead build" in used["why"]
+    monkeypatch.setattr(reader, "load", lambda _spark: False)
+    same, used = reader.read_lines(spark, lines, 16)
+    assert same is lines and used["name"] == "spark" and "python -m promptscore.convert.reader build" in used["why"]
 
 
 @pytest.mark.slow  # javac, three times
 def test_the_jar_is_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
     java = tmp_path / "java"
     java.mkdir()
-    for source in readahead.sources():
+    for source in reader.sources():
         (java / source.name).write_bytes(source.read_bytes())
-    monkeypatch.setattr(readahead, "JAVA_DIR", java)
-    monkeypatch.setattr(readahead, "JAR", tmp_path / "jars" / "r.jar")
-    readahead.build()
-    assert readahead.is_current(readahead.JAR)
-    first = readahead.JAR.read_bytes()
-    readahead.build(force=True)
-    assert readahead.JAR.read_bytes() == first  # the same sources build the same bytes
+    monkeypatch.setattr(reader, "JAVA_DIR", java)
+    monkeypatch.setattr(reader, "JAR", tmp_path / "jars" / "r.jar")
+    reader.build()
+    assert reader.is_current(reader.JAR)
+    first = reader.JAR.read_bytes()
+    reader.build(force=True)
+    assert reader.JAR.read_bytes() == first  # the same sources build the same bytes
     parser = java / "JsonLineParser.java"
     parser.write_text(parser.read_text() + "\n// changed\n")
-    assert not readahead.is_current(readahead.JAR)
-    readahead.build()
-    assert readahead.is_current(readahead.JAR)
+    assert not reader.is_current(reader.JAR)
+    reader.build()
+    assert reader.is_current(reader.JAR)
 
 
 def test_the_committed_jar_was_built_from_the_committed_sources():
     """The jar travels in the repository (and so in the wheel and the zip): a commit that changes
-    a Java source must carry the jar rebuilt from it (python -m promptscore.readahead build)."""
+    a Java source must carry the jar rebuilt from it (python -m promptscore.convert.reader build)."""
     import subprocess
 
     from conftest import ROOT
@@ -184,12 +184,12 @@ def test_the_committed_jar_was_built_from_the_committed_sources():
 
     if at_head("setup.py") is None:
         pytest.skip("not a git checkout")
-    listed = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "promptscore/java/"], cwd=ROOT,
+    listed = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "promptscore/convert/java/"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split()
     texts = {Path(p).name: at_head(p) for p in listed if p.endswith(".java")}
-    jar = at_head("promptscore/jars/" + readahead.JAR.name)
+    jar = at_head("promptscore/convert/jars/" + reader.JAR.name)
     assert jar is not None, "the jar is not committed"
-    assert readahead.jar_digest(jar) == readahead.digest_of(texts)
+    assert reader.jar_digest(jar) == reader.digest_of(texts)
 
 
 def test_from_a_py_files_zip_the_jar_is_copied_out_and_loads(tmp_path):
@@ -205,13 +205,13 @@ def test_from_a_py_files_zip_the_jar_is_copied_out_and_loads(tmp_path):
         for p in sorted((ROOT / "promptscore").rglob("*")):
             if p.suffix in (".py", ".java", ".jar"):
                 z.write(p, p.relative_to(ROOT).as_posix())
-    code = ("import promptscore.readahead as r; p = r.jar_path(); "
-            "print(p, p.read_bytes() == r.pkgutil.get_data('promptscore', 'jars/' + r.JAR.name))")
+    code = ("import promptscore.convert.reader as r; p = r.jar_path(); "
+            "print(p, p.read_bytes() == r.pkgutil.get_data('promptscore.convert', 'jars/' + r.JAR.name))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(zipped), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     path, same = proc.stdout.split()
-    assert same == "True" and not path.startswith(str(zipped)) and path.endswith(readahead.JAR.name)
+    assert same == "True" and not path.startswith(str(zipped)) and path.endswith(reader.JAR.name)
 
 
 def test_spark_submit_without_jars_reads_ahead_and_sets_a_broken_file_aside(make_submit_convert):

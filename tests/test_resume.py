@@ -15,9 +15,11 @@ import pytest
 from chispa import assert_df_equality
 
 from conftest import kill_when, run_job, submit
-from promptscore import fingerprint, pieces, progress
-from promptscore.compare import compare_scores, spearman
-from promptscore.publish import work_dir
+from promptscore import progress
+from promptscore.score import fingerprint, pieces
+from promptscore.score.compare import compare_scores, spearman
+from promptscore.io.files import File
+from promptscore.io.publish import work_dir
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +260,9 @@ def test_a_model_changed_between_the_blocks_once_sampled_never_reuses_the_old_mo
 
 
 def test_chunks_are_whole_files_packed_in_path_order():
-    files = [pieces.InputFile(f"f{i}", size, 0) for i, size in enumerate([5, 5, 5, 30, 1, 1])]
+    files = [File(f"f{i}", size, 0) for i, size in enumerate([5, 5, 5, 30, 1, 1])]
     chunks = pieces.pack(files, 10)
-    assert [[f.uri for f in c.files] for c in chunks] == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"]]
+    assert [[f.path for f in c.files] for c in chunks] == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"]]
     assert pieces.pack(list(reversed(files)), 10)[0].id == chunks[0].id  # the same chunks, however listed
     assert pieces.chunk_bytes(1000, slots=2, per_slot=4, max_bytes=10**9) == 125
     assert pieces.chunk_bytes(1000, slots=2, per_slot=4, max_bytes=100) == 100
@@ -307,13 +309,13 @@ def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, si
 def test_input_files_of_a_folder_whose_name_needs_encoding_select_their_own_rows(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from promptscore import hadoop
+    from promptscore.io import hadoop
 
     folder = tmp_path / "a b=1%x"
     spark.createDataFrame([(f"p{i}",) for i in range(10)], "prompt string").repartition(2) \
         .write.parquet(str(folder / "part"))
     df = spark.read.parquet(str(folder / "part"))
     files = pieces.list_input_files(spark, df)
-    assert len(files) == 2 and all(" " in f.uri and f.size > 0 for f in files)
-    rows = [df.where(F.col("_metadata.file_path").isin([hadoop.encoded_uri(spark, f.uri)])).count() for f in files]
+    assert len(files) == 2 and all(" " in f.path and f.size > 0 for f in files)
+    rows = [df.where(F.col("_metadata.file_path").isin([hadoop.encoded_uri(spark, f.path)])).count() for f in files]
     assert sum(rows) == 10 and all(rows)

@@ -16,7 +16,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from promptscore import schema_sample as infer
+from promptscore.convert import schema as infer
 
 
 def schema_of(*objs):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from promptscore.score import engine_summaries, resolve_backend
+from promptscore.score.model import resolve_backend
+from promptscore.score.tasks import engine_summaries
 
 
 def test_auto_is_transformers_when_spark_schedules_no_gpus(spark):
@@ -14,7 +15,7 @@ def test_auto_is_transformers_when_spark_schedules_no_gpus(spark):
 
 
 def test_auto_is_vllm_when_spark_schedules_gpus():
-    code = ("from pyspark.sql import SparkSession; from promptscore.score import resolve_backend\n"
+    code = ("from pyspark.sql import SparkSession; from promptscore.score.model import resolve_backend\n"
             "s = SparkSession.builder.master('local[1]').config('spark.ui.enabled', 'false')"
             ".config('spark.executor.resource.gpu.amount', '1').config('spark.task.resource.gpu.amount', '0.5')"
             ".getOrCreate()\n"
@@ -41,19 +42,20 @@ def test_engine_summaries_group_tasks_by_engine_and_span_their_counters():
         task("gpu1", 303, busy=(0.0, 1.0), idle=None),  # the same GPU's next engine: an entry of its own
         task(None, None, busy=None, idle=None),  # an empty partition never connected
     ]
+    NO_START = {"start_parts": None, "started_by": None, "process_started_at": None, "ready_at": None}
     assert engine_summaries(tasks) == [
         {"key": "gpu0", "pid": 101, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": True,
-         "tasks": 2, "busy_s": 10.0, "idle_s": 1.0},
+         "tasks": 2, **NO_START, "busy_s": 10.0, "idle_s": 1.0},
         {"key": "gpu1", "pid": 202, "device": "NVIDIA H200", "start_s": 41.0, "cache_dir": "/c", "cache_warm": False,
-         "tasks": 1, "busy_s": 5.0, "idle_s": 0.25},
+         "tasks": 1, **NO_START, "busy_s": 5.0, "idle_s": 0.25},
         {"key": "gpu1", "pid": 303, "device": "NVIDIA H100", "start_s": 30.0, "cache_dir": "/c", "cache_warm": False,
-         "tasks": 1, "busy_s": 1.0, "idle_s": None},
+         "tasks": 1, **NO_START, "busy_s": 1.0, "idle_s": None},
     ]
     assert engine_summaries([]) == []
 
 
 def test_a_task_that_failed_in_python_is_named_by_the_last_line_of_its_traceback():
-    from promptscore.cli import gist
+    from promptscore.errors import gist
 
     message = ("Job aborted due to stage failure: Task 0 in stage 3.0 failed 4 times, most recent failure: "
                "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"

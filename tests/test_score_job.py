@@ -178,7 +178,7 @@ def test_runs_are_deterministic(spark, prompts, tiny_model, tmp_path, capsys):
 
 
 def test_one_engine_for_many_tasks_and_batches_and_worker_churn(spark, tiny_model, tmp_path, capsys):
-    from promptscore import score as score_job
+    from promptscore.score.rows import score_rows
     from udfs.engines import EngineSpec
     from udfs.reward import ScoreSpec, make_udf
 
@@ -201,7 +201,7 @@ def test_one_engine_for_many_tasks_and_batches_and_worker_churn(spark, tiny_mode
         # Churn: a query that stops reading its UDF's output early (limit) strands its workers...
         spec = ScoreSpec(engine=EngineSpec(model_dir=str(tiny_model), backend="transformers"))
         df = spark.read.parquet(str(src)).repartition(6)
-        assert len(score_job.score_rows(df, make_udf(spec), "prompt").limit(3).collect()) == 3
+        assert len(score_rows(df, make_udf(spec), "prompt").limit(3).collect()) == 3
         # ... and the next job still gets the same single engine.
         second = tmp_path / "second"
         code, _, err = run_job("score", ["--input", src, "--output", second, "--model", tiny_model,

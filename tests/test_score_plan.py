@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_job
-from promptscore import score, score_plan, sizing
-from udfs.words import WORDS
+from promptscore import sizing
+from promptscore.score import estimate, rows
+from promptscore.tools.words import WORDS
 
 MAX_LEN = 40
 UNSCORABLE = {3: None, 11: "", 19: "  \t ", 60: None}
@@ -147,7 +148,7 @@ def test_prediction_beside_the_actual_time_of_a_run():
     counts = {"rows": 1000, "scored": 990, "tokens": 990_000, "tokens_sq": 990 * 1000 ** 2}
     engines = [{"device": "NVIDIA H100 80GB HBM3", "busy_s": 5.0, "start_s": 40.0},
                {"device": "NVIDIA H100 80GB HBM3", "busy_s": 7.0, "start_s": 42.0}]
-    got = score_plan.predicted_vs_actual(config, counts, engines, write_s=60.0)
+    got = estimate.predicted_vs_actual(config, counts, engines, write_s=60.0)
     want = sizing.score_estimate_from_sums(990, 990_000, 990e6, sizing.ModelShape.from_config(config), "H100", 2)
     assert got["predicted"] == want and got["reason"] is None
     assert got["actual"] == {"rows": 1000, "scored": 990, "tokens": 990_000, "engines": 2, "write_s": 60.0,
@@ -155,45 +156,43 @@ def test_prediction_beside_the_actual_time_of_a_run():
                              "engine_busy_gpu_hours": round(12 / 3600, 4), "tokens_per_s_per_gpu": 82500.0}
     assert got["actual_over_predicted"]["wall"] == round(60 / want["wall_s"], 3)
 
-    cpu = score_plan.predicted_vs_actual(config, counts, [{"device": "cpu", "busy_s": 1.0}], write_s=3.0)
+    cpu = estimate.predicted_vs_actual(config, counts, [{"device": "cpu", "busy_s": 1.0}], write_s=3.0)
     assert cpu["predicted"] is None and "ran on cpu" in cpu["reason"] and cpu["actual"]["write_s"] == 3.0
-    none = score_plan.predicted_vs_actual(config, counts, [], write_s=0.5)
+    none = estimate.predicted_vs_actual(config, counts, [], write_s=0.5)
     assert none["predicted"] is None and "no engine scored" in none["reason"]
-    # Chunks committed by an older version lack tokens_sq: the mean length stands in.
-    old = score_plan.predicted_vs_actual(config, {**counts, "tokens_sq": None}, engines[:1], write_s=60.0)
-    assert old["predicted"]["tokens"] == 990_000
 
 
-def test_merge_counts_tolerates_markers_without_tokens_sq():
-    new = {"rows": 2, "scored": 2, "tokens": 7, "tokens_sq": 25, "max_tokens": 4}
-    assert score.merge_counts([new, new])["tokens_sq"] == 50
-    old = {"rows": 3, "scored": 3, "tokens": 9, "max_tokens": 5}
-    merged = score.merge_counts([old, new])
-    assert merged["tokens_sq"] is None and merged["tokens"] == 16 and merged["max_tokens"] == 5
+def test_merge_counts_sums_the_chunks_and_keeps_the_longest():
+    a = {"rows": 2, "scored": 2, "tokens": 7, "tokens_sq": 25, "max_tokens": 4}
+    b = {"rows": 3, "scored": 2, "tokens": 9, "tokens_sq": 41, "max_tokens": 5, "err_empty_text": 1}
+    merged = rows.merge_counts([a, b])
+    assert merged["rows"] == 5 and merged["tokens"] == 16 and merged["tokens_sq"] == 66
+    assert merged["max_tokens"] == 5 and merged["err_empty_text"] == 1
+    assert rows.merge_counts([])["max_tokens"] is None
 
 
 def test_tokenizer_files_leave_the_weights_out():
     manifest = [("config.json", 700), ("model.safetensors", 5 << 30), ("tokenizer.json", 9 << 20),
                 ("sub/pytorch_model.bin", 100), (".promptscore-complete", 10), ("chat_template.jinja", 300),
                 ("optimizer.pt", 10)]
-    assert score_plan.tokenizer_files(manifest) == [("config.json", 700), ("tokenizer.json", 9 << 20),
+    assert estimate.tokenizer_files(manifest) == [("config.json", 700), ("tokenizer.json", 9 << 20),
                                                    ("chat_template.jinja", 300)]
 
 
 def test_a_uri_models_tokenizer_ships_without_its_weights(spark, tiny_model):
     import zipfile
 
-    from promptscore import hadoop
+    from promptscore.io import files
 
     uri = f"file://{tiny_model}"
-    ref, archive = score_plan.ship_tokenizer(spark, uri, hadoop.list_tree(spark, uri))
+    ref, archive = estimate.ship_tokenizer(spark, uri, files.list_tree(spark, uri))
     assert ref == "sparkfiles:" + Path(archive).name
     assert Path(archive).name in {a.rsplit("/", 1)[-1] for a in spark.sparkContext.listArchives}
     with zipfile.ZipFile(archive) as z:
         shipped = {n for n in z.namelist() if not n.endswith("/")}
     assert shipped == {p.name for p in tiny_model.iterdir() if p.suffix != ".safetensors"}
     assert "model.safetensors" not in shipped and {"config.json", "tokenizer.json"} <= shipped
-    assert score_plan.ship_tokenizer(spark, str(tiny_model), None) == (str(tiny_model), None)
+    assert estimate.ship_tokenizer(spark, str(tiny_model), None) == (str(tiny_model), None)
 
 
 def test_token_counts_follow_the_template_and_mark_unscorable_rows(tiny_model):

@@ -1,4 +1,4 @@
-"""An EMR Serverless Spark run from start to end (promptscore.serverless, submit --target serverless --run),
+"""An EMR Serverless Spark run from start to end (promptscore.tools.serverless, submit --target serverless --run),
 against a local HTTP server that answers with the recorded API responses in tests/serverless_api/ and
 checks every request's V3 signature the way the service does. No network."""
 
@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 
 from conftest import ROOT
-from promptscore import serverless
-from promptscore.serverless import Client, Credentials, ServerlessUnavailable, exit_code, sign
+from promptscore.tools import serverless
+from promptscore.tools.serverless import Client, Credentials, ServerlessUnavailable, exit_code, sign
 
 RESPONSES = Path(__file__).parent / "serverless_api"
 KEY_ID, SECRET = "LTAI5tFAKEserverlessKEYid", "FAKEserverlessSECRETforTESTSonly42"
@@ -161,7 +161,7 @@ def run_cli(url: str, *extra: str, env: dict | None = None) -> subprocess.Comple
             "--", "--input", "oss://my-bucket/raw/", "--output", "oss://my-bucket/prompts/"]
     if env is None:
         env = clean_env(ALIBABA_CLOUD_ACCESS_KEY_ID=KEY_ID, ALIBABA_CLOUD_ACCESS_KEY_SECRET=SECRET)
-    return subprocess.run([sys.executable, "-m", "promptscore.submit", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "promptscore.tools.submit", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=env)
 
 
@@ -288,7 +288,7 @@ def test_exit_codes_of_final_states(state, reason, code):
     (["--environment-id", "ev-1", "--timeout-seconds", "0"], "--timeout-seconds must be positive"),
 ])
 def test_bad_serverless_calls_are_one_line_and_exit_2(args, error):
-    proc = subprocess.run([sys.executable, "-m", "promptscore.submit", "convert", "--target", "serverless",
+    proc = subprocess.run([sys.executable, "-m", "promptscore.tools.submit", "convert", "--target", "serverless",
                            "--jobs-uri", "oss://b/jobs", *args, "--", "--input", "x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
@@ -296,7 +296,7 @@ def test_bad_serverless_calls_are_one_line_and_exit_2(args, error):
 
 
 def test_an_env_archive_stands_in_for_a_runtime_environment():
-    from promptscore.submit import serverless_request
+    from promptscore.tools.submit import serverless_request
 
     body = serverless_request("convert", [], "oss://b/jobs", env_archive="oss://b/env.tar.gz", client_token="t-2")
     params = shlex.split(body["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])

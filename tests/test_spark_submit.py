@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from conftest import ROOT
-from promptscore.submit import conf_args
+from promptscore.tools.submit import conf_args
 
 
 def spark_submit(args: list[str], timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptscore.stage_model import main
+from promptscore.tools.stage_model import main
 from udfs.staging import MARKER, DirSource, StagingError, cache_path, local_model, stage
 
 
@@ -128,7 +128,7 @@ CREDENTIAL_VARS = [f"{p}{n}" for p in ("OSS_", "ALIBABA_CLOUD_")
 
 def test_from_oss_with_the_instance_ram_role_in_hardened_mode(model, tmp_path, monkeypatch):
     from standins import ROLE_CREDENTIALS, MetadataStandIn, OssStandIn
-    from udfs.oss_source import OssSource
+    from promptscore.tools.oss_source import OssSource
 
     for name in CREDENTIAL_VARS:
         monkeypatch.delenv(name, raising=False)

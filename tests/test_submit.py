@@ -1,4 +1,4 @@
-"""promptscore.submit, the one place that builds a submission, and the DataWorks nodes built with it."""
+"""promptscore.tools.submit, the one place that builds a submission, and the DataWorks nodes built with it."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from promptscore.submit import SubmitError, conf_args, read_profile, spark_submit_args
+from promptscore.tools.submit import SubmitError, conf_args, read_profile, spark_submit_args
 
 NODES = ROOT / "docs" / "dataworks"
 
 
 def submit_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "promptscore.submit", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "promptscore.tools.submit", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=env)
 
 
@@ -245,9 +245,9 @@ def test_run_returns_the_jobs_exit_code_in_cluster_mode(fake_spark_submit, statu
 # -- DataWorks nodes --------------------------------------------------------------------------------
 
 def node_command(path: Path) -> tuple[list[str], list[str]]:
-    """(the promptscore.submit arguments in the node's header, the spark-submit words in its code)."""
+    """(the promptscore.tools.submit arguments in the node's header, the spark-submit words in its code)."""
     text = path.read_text()
-    gen = re.search(r"^#\s+python -m promptscore\.submit (.+)$", text, re.M)
+    gen = re.search(r"^#\s+python -m promptscore\.tools\.submit (.+)$", text, re.M)
     assert gen, f"{path.name} does not say how it was generated"
     lines, code = text.splitlines(), []
     start = next(i for i, line in enumerate(lines) if line.startswith("spark-submit"))

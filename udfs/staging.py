@@ -2,9 +2,10 @@
 
 Two ways in, one lock, one marker and one check:
 
-- ``stage(source, dest)`` copies a source (``DirSource``, or ``udfs.oss_source.OssSource`` for
-  ``oss://``) file by file, keeping files already there with the right size and resuming partial
-  ones. ``python -m promptscore.stage_model`` (the EMR bootstrap action) runs it.
+- ``stage(source, dest)`` copies a source (``DirSource``, or for ``oss://`` the
+  ``promptscore.tools.oss_source.OssSource`` that ``promptscore.tools.stage_model`` picks) file by
+  file, keeping files already there with the right size and resuming partial ones.
+  ``python -m promptscore.tools.stage_model`` (the EMR bootstrap action) runs it.
 - ``local_model(model, cache_dir, manifest)`` is what every Spark worker calls: a plain path is
   used in place; a URI is copied into ``cache_dir`` by the first worker of the node while the
   others wait, through the cluster's own ``hadoop fs -copyToLocal`` (the job's connector and
@@ -30,7 +31,7 @@ from typing import Iterable, Protocol, Sequence
 from urllib.parse import urlparse
 
 from udfs.locks import file_lock
-from udfs.uris import has_scheme, has_userinfo, redact
+from udfs.uris import has_scheme, redact
 
 MARKER = ".promptscore-complete"
 
@@ -86,21 +87,6 @@ class DirSource:
         with open(self.root / entry.path, "rb") as src, open(target, "ab") as dst:
             src.seek(have)
             shutil.copyfileobj(src, dst, 8 << 20)
-
-
-def source_for(uri: str, endpoint: str | None = None, region: str | None = None) -> Source:
-    """The source a URI or path names: ``oss://bucket/prefix``, a ``file:`` URI or a directory.
-    ``endpoint`` and ``region`` say where an OSS bucket is (``udfs.oss_source``)."""
-    if has_userinfo(uri):
-        raise StagingError(f"source {redact(uri)}: keys do not go into a URI; set OSS_ACCESS_KEY_ID/"
-                           "OSS_ACCESS_KEY_SECRET in the environment or use the instance's RAM role")
-    if uri.startswith("oss://"):
-        from udfs.oss_source import OssSource
-
-        return OssSource(uri, endpoint, region=region)
-    if has_scheme(uri) and not uri.startswith("file:"):
-        raise StagingError(f"unsupported source {uri}: use oss://bucket/prefix or a directory")
-    return DirSource(uri)
 
 
 def size_problems(directory: Path, entries: Iterable[Entry | tuple[str, int]]) -> list[str]:

@@ -25,3 +25,8 @@ def has_userinfo(uri: str) -> bool:
 def redact(uri: str) -> str:
     """``uri`` with any ``user:secret@`` part shown as ``***@``; other strings unchanged."""
     return _USERINFO.sub(r"\1***@", uri)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the user-info part of every URI in it hidden."""
+    return re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]*", lambda m: redact(m.group(0)), text)

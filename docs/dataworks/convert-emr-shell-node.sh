@@ -10,7 +10,7 @@
 # Rerun settings and what each exit code means: docs/dataworks/README.md.
 #
 # The spark-submit command is generated from conf/emr-convert.conf; regenerate it after changing that file:
-#   python -m promptscore.submit convert --deploy-mode cluster --jobs-uri oss://my-bucket/promptscore/jobs --format lines -- --input 'oss://my-bucket/raw/prompts/${bizdate}/' --output oss://my-bucket/warehouse/prompts/ --partition-col dt --partition-value '${bizdate}'
+#   python -m promptscore.tools.submit convert --deploy-mode cluster --jobs-uri oss://my-bucket/promptscore/jobs --format lines -- --input 'oss://my-bucket/raw/prompts/${bizdate}/' --output oss://my-bucket/warehouse/prompts/ --partition-col dt --partition-value '${bizdate}'
 # shellcheck disable=SC2154  # bizdate is a DataWorks scheduling parameter
 set -uo pipefail
 # No other dollar-brace expression in this file: DataWorks substitutes them all.

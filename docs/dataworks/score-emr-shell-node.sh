@@ -11,7 +11,7 @@
 # Rerun settings and what each exit code means: docs/dataworks/README.md.
 #
 # The spark-submit command is generated from conf/emr-score-gpu.conf; regenerate it after changing that file:
-#   python -m promptscore.submit score --deploy-mode cluster --jobs-uri oss://my-bucket/promptscore/jobs --format lines -- --input 'oss://my-bucket/warehouse/prompts/dt=${bizdate}/' --output oss://my-bucket/warehouse/prompt_scores/ --partition-col dt --partition-value '${bizdate}' --model /mnt/disk1/models/reward-model --template chat --max-model-len 4096
+#   python -m promptscore.tools.submit score --deploy-mode cluster --jobs-uri oss://my-bucket/promptscore/jobs --format lines -- --input 'oss://my-bucket/warehouse/prompts/dt=${bizdate}/' --output oss://my-bucket/warehouse/prompt_scores/ --partition-col dt --partition-value '${bizdate}' --model /mnt/disk1/models/reward-model --template chat --max-model-len 4096
 # shellcheck disable=SC2154  # bizdate is a DataWorks scheduling parameter
 set -uo pipefail
 # No other dollar-brace expression in this file: DataWorks substitutes them all.
@@ -33,6 +33,7 @@ spark-submit \
   --conf spark.executor.memory=16g \
   --conf spark.executor.memoryOverhead=32g \
   --conf spark.python.worker.reuse=true \
+  --conf spark.promptscore.score.prestart=true \
   --conf spark.sql.execution.arrow.pyspark.enabled=true \
   --conf spark.sql.execution.arrow.maxRecordsPerBatch=1024 \
   --conf spark.sql.files.maxPartitionBytes=64m \

@@ -1,0 +1,137 @@
+"""What a convert run settles before it writes: the input (``promptscore.convert.inputs``), the
+schema (given, or from a sample) and the packing of the input into tasks, so that each task writes
+one output file of about ``--target-file-size`` and the tasks fill whole waves of the cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StringType, StructType
+
+from promptscore import cli, errors, sparkapi
+from promptscore.convert import jsonl
+from promptscore.convert.inputs import INPUT_NAMES, InputIndex, select_input
+from promptscore.convert.options import ConvertOptions
+from promptscore.convert.schema import SchemaSample, sample_schema, with_required
+from promptscore.io import hadoop
+from promptscore.io.files import File
+from promptscore.io.reports import Phases, redact_uri
+
+DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
+
+
+@dataclass
+class ConvertPlan:
+    """What the job decided before writing: the input, the schema and the packing."""
+
+    lines: DataFrame | None  # None: nothing to read (--only-new found nothing new)
+    index: InputIndex
+    schema: StructType
+    schema_source: str
+    sample: SchemaSample | None
+    slots: int
+    open_cost: int
+    split: int
+    ratio: float | None
+    writer_options: dict[str, str]
+    phases: Phases
+    files: list[File] | None = None  # the files to read, when known one by one
+    already_converted: int = 0  # --only-new: input files left out (other partitions hold them, or changed and skipped)
+
+
+def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
+                 target: str | None = None) -> ConvertPlan:
+    """List the input, settle the schema (``explicit``, or from a sample) and size the tasks.
+    Writes nothing."""
+    clock = Phases()
+    lines, index, files, already = select_input(spark, opts, target)
+    clock.lap("list")
+    if index.files == 0 and not (index.only_new and (already or index.only_new["changed_files"])):
+        where = redact_uri(opts.input_list) if opts.input_list else ", ".join(map(redact_uri, opts.inputs))
+        raise errors.UsageError(f"no {INPUT_NAMES} files in {where}")
+    sample = None
+    if explicit is not None:
+        schema, source = explicit, "explicit"
+    elif index.files:
+        sample = sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes)
+        schema, source = with_required(sample.schema, opts.required_fields), f"sample of {sample.files} files"
+    else:
+        schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
+    if opts.with_source_file and "source_file" in schema.fieldNames():
+        raise errors.UsageError("--with-source-file clashes with a field named source_file in the data")
+    clock.lap("schema")
+    open_cost, slots = _open_cost(spark), _task_slots(spark)
+    ratio = None
+    if index.files and (opts.plan or index.bytes / opts.target_file_size > slots):
+        ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
+    split = split_bytes(index.bytes, max(1, index.files), open_cost, slots, opts.target_file_size,
+                        ratio or DEFAULT_RATIO)
+    writer = parquet_options(schema, sample.distinct_share if sample else {})
+    return ConvertPlan(lines, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock,
+                       files, already)
+
+
+def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructType, codec: str) -> float:
+    """Parquet bytes per input byte, measured by writing the sampled records in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not sample:
+        return DEFAULT_RATIO
+    in_bytes = sum(hadoop.file_size(spark, p) for p in sample)
+    lines = spark.read.text([hadoop.escape_glob(p) for p in sample])
+    df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False), schema)
+    batches = sparkapi.collect_arrow(df)
+    if in_bytes <= 0 or not batches:
+        return DEFAULT_RATIO
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_batches(batches), buf, compression=None if codec == "none" else codec)
+    return min(1.0, max(0.02, buf.tell() / in_bytes))
+
+
+def split_bytes(total_bytes: int, files: int, open_cost: int, slots: int, target_file_size: int,
+                ratio: float) -> int:
+    """The ``spark.sql.files.maxPartitionBytes`` that packs the input into a whole number of waves.
+
+    One task writes one output file, so the input is cut into ``n`` equal splits: enough for
+    output files of about ``target_file_size`` (``ratio`` is Parquet bytes per input byte), and a
+    multiple of the task slots so that no core idles in a last, short wave. Spark packs whole
+    files into splits greedily, closing a split when the next file would overflow it, so each
+    split gets the room of a few files (at most 1%) on top of its share.
+    """
+    weighted = total_bytes + files * open_cost
+    wanted = max(1, math.ceil(total_bytes * ratio / target_file_size))
+    n = slots * math.ceil(wanted / slots)
+    share = weighted / n
+    slack = min(4 * weighted / max(1, files), 0.01 * share)
+    return max(open_cost, math.ceil(share + slack))
+
+
+def parquet_options(schema: StructType, distinct_share: dict[str, float]) -> dict[str, str]:
+    """Writer options: no dictionary encoding for string columns whose sampled values are mostly
+    distinct (prompts, ids), where building a dictionary only costs time before Parquet gives up
+    on it."""
+    return {f"parquet.enable.dictionary#{f.name}": "false" for f in schema.fields
+            if isinstance(f.dataType, StringType) and distinct_share.get(f.name, 0.0) > 0.5}
+
+
+def _open_cost(spark: SparkSession) -> int:
+    # Many small files: opening one must not count as megabytes, or tasks stay small. A value
+    # set at launch (--conf) wins.
+    if spark.sparkContext.getConf().contains("spark.sql.files.openCostInBytes"):
+        return cli.parse_size(spark.conf.get("spark.sql.files.openCostInBytes"))
+    return 8 << 10
+
+
+def _task_slots(spark: SparkSession) -> int:
+    launch = spark.sparkContext.getConf()
+    for key in ("spark.sql.files.minPartitionNum", "spark.sql.leafNodeDefaultParallelism"):
+        value = launch.get(key, None)
+        if value:
+            return max(1, int(value))
+    return max(1, spark.sparkContext.defaultParallelism)
