@@ -154,6 +154,7 @@ def test_too_many_unscorable_rows_exit_3_after_writing(spark, prompts, tiny_mode
     out = tmp_path / "scored"
     code, stdout, err = run_job("score", ["--input", prompts, "--output", out, "--model", tiny_model], capsys)
     assert code == 3
+    err = "".join(line for line in err.splitlines(keepends=True) if "engine hosts starting ahead" not in line)
     assert err.count("\n") == 1 and "3 of 8 rows got no score" in err and "Traceback" not in err
     assert read(spark, out).count() == 8
     report = json.loads((out / "_report.json").read_text())
