@@ -122,18 +122,18 @@ def _write_run(a, clock: StartClock, parts: dict, seconds: float, tokenize_s: fl
 
 
 def host(a) -> None:
-    """One engine host started alone, as a task starts it (``udfs.engine_host.connect``), with the
+    """One engine host started alone, as a task starts it (``udfs.engine_client.connect``), with the
     environment ``--env`` adds (e.g. the multiprocessing method); its start parts."""
     from score_bench import write_json
 
-    from udfs import engine_host
+    from udfs import engine_client
     from udfs.engines import EngineSpec
 
     os.environ.update(dict(kv.split("=", 1) for kv in a.env))
     spec = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, max_model_len=MAX_MODEL_LEN,
                       engine_args=json.loads(a.engine_args), device="cpu" if a.backend == "transformers" else "auto")
     t0 = time.monotonic()
-    client = engine_host.connect(spec, None, 600.0, a.cache_dir)
+    client = engine_client.connect(spec, None, 600.0, a.cache_dir)
     wall = time.monotonic() - t0
     info = client.stats()
     client.shutdown()

@@ -338,13 +338,13 @@ def engine_start(a) -> None:
     """(a) One engine start through the engine host, as a Spark worker starts one, with its
     compile caches in ``--cache-dir``: run twice in fresh processes on an empty cache, the first
     start is cold, the second warm."""
-    from udfs import engine_host
+    from udfs import engine_client
     from udfs.engines import EngineSpec
 
     spec = EngineSpec(model_dir=a.model, backend=a.backend, dtype=a.dtype, quantization=a.quantization,
                       max_model_len=a.max_model_len, device=a.device)
     t0 = time.monotonic()
-    client = engine_host.connect(spec, None, 1800.0, a.cache_dir)
+    client = engine_client.connect(spec, None, 1800.0, a.cache_dir)
     wall = time.monotonic() - t0
     info = client.stats()
     client.score([[1, 2, 3]])

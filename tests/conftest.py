@@ -76,9 +76,9 @@ def spark(fake_oss_store, readahead_jar):
         .getOrCreate()
     )
     yield session
-    from udfs import engine_host
+    from udfs import engine_client
 
-    engine_host.stop_all()
+    engine_client.stop_all()
     session.stop()
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from udfs import engine_cache, engine_host
-from udfs.engine_host import EngineClient, RowError, paths_for
+from udfs import engine_cache, engine_client, host_files
+from udfs.engine_client import EngineClient
+from udfs.host_files import RowError, paths_for
 from udfs.engines import EngineError, EngineSpec
 
 
@@ -40,13 +41,13 @@ def owner():
 
 def start_host(spec: EngineSpec, key: str, owner: int) -> subprocess.Popen:
     """An engine host started as a worker starts one (its output goes to its log)."""
-    return engine_host._spawn(spec, key, owner, {"CUDA_VISIBLE_DEVICES": ""}, paths_for(key))
+    return engine_client._spawn(spec, key, owner, {"CUDA_VISIBLE_DEVICES": ""}, paths_for(key))
 
 
 def wait_for_socket(key: str, timeout: float = 60) -> EngineClient:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        conn = engine_host._try_connect(paths_for(key).sock)
+        conn = engine_client._try_connect(paths_for(key).sock)
         if conn is not None:
             return EngineClient(conn, key)
         time.sleep(0.1)
@@ -66,7 +67,7 @@ def test_one_engine_per_key_and_it_leaves_with_its_owner_leaving_only_its_log(ti
     key = f"cpu-{owner.pid}"
     first = start_host(spec, key, owner.pid)
     client = wait_for_socket(key)
-    assert client.hello(engine_host.fingerprint(spec), owner.pid)
+    assert client.hello(host_files.fingerprint(spec), owner.pid)
     assert client.info["pid"] == first.pid
 
     # A second host for the same key refuses to start: never two engines on one device.
@@ -134,7 +135,7 @@ WORKER = """
 import json, os, signal, sys
 from pathlib import Path
 import pandas as pd
-from udfs import engine_host
+from udfs import engine_client, host_files
 from udfs.engines import EngineError, EngineSpec
 from udfs.reward import ScoreSpec, TaskStats, score_batches
 
@@ -147,7 +148,7 @@ def batches(kills, st):
     for _ in range(kills):
         out["pids"].append(st.host["pid"])
         os.kill(st.host["pid"], signal.SIGKILL)  # the engine dies, as the kernel's OOM killer kills it
-        out["stale_socket"] = Path(engine_host.paths_for(st.host["key"]).sock).exists()
+        out["stale_socket"] = Path(host_files.paths_for(st.host["key"]).sock).exists()
         yield pd.Series(["the second prompt"])
 
 out["scored"] = [float(df["score"][0]) for df in score_batches(spec, batches(1, stats), stats)]
@@ -161,7 +162,7 @@ except EngineError as e:
 again = TaskStats()  # the next task of this worker
 frames = list(score_batches(spec, iter([pd.Series(["the third prompt"])]), again))
 out.update(next_pid=again.host["pid"], next_error=frames[0]["score_error"][0])
-engine_host.stop_all()
+engine_client.stop_all()
 print(json.dumps(out))
 """
 
@@ -191,7 +192,7 @@ def test_a_connection_never_has_more_rows_in_the_host_than_its_limit(tiny_model,
     key = f"cpu-{owner.pid}"
     host = start_host(spec, key, owner.pid)
     client = wait_for_socket(key)
-    assert client.hello(engine_host.fingerprint(spec), owner.pid, 256)
+    assert client.hello(host_files.fingerprint(spec), owner.pid, 256)
     rids = [client.submit([[1, 2, 3, 4] * 8] * 50) for _ in range(60)]  # 3,000 rows at once
     assert [len(client.result(r)) for r in rids] == [50] * 60
     stats = client.stats()
@@ -211,7 +212,7 @@ def test_the_host_says_when_it_is_starting_and_when_ready(tiny_model, owner):
     seen = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not seen or seen[-1]["state"] != "ready"):
-        state = engine_host.host_state(key)
+        state = host_files.host_state(key)
         if state is not None and (not seen or state != seen[-1]):
             seen.append(state)
         time.sleep(0.02)
@@ -220,15 +221,15 @@ def test_the_host_says_when_it_is_starting_and_when_ready(tiny_model, owner):
         assert seen[0]["state"] == "starting" and seen[0]["since"] <= seen[-1]["since"] + seen[-1]["start_s"]
     wait_for_socket(key).shutdown()
     assert host.wait(timeout=30) == 0
-    assert engine_host.host_state(key) is None and not Path(paths_for(key).state).exists()
+    assert host_files.host_state(key) is None and not Path(paths_for(key).state).exists()
 
 
 def test_a_host_that_dies_while_starting_is_reported_with_the_end_of_its_log(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    code = ("from udfs import engine_host; from udfs.engines import EngineSpec; "
-            f"engine_host.connect(EngineSpec(model_dir={str(broken)!r}, device='cpu'), start_timeout_s=120)")
+    code = ("from udfs import engine_client; from udfs.engines import EngineSpec; "
+            f"engine_client.connect(EngineSpec(model_dir={str(broken)!r}, device='cpu'), start_timeout_s=120)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1
     error = proc.stderr.strip().splitlines()
@@ -239,8 +240,8 @@ def test_a_host_that_dies_while_starting_is_reported_with_the_end_of_its_log(tmp
 def worker(model: Path, max_model_len: int = 4096) -> dict:
     """A stand-in for a Spark Python worker (a child of this process, as workers are children of
     their executor): connects, scores a row, exits."""
-    code = ("import json; from udfs import engine_host; from udfs.engines import EngineSpec; "
-            f"c = engine_host.connect(EngineSpec(model_dir={str(model)!r}, device='cpu', "
+    code = ("import json; from udfs import engine_client; from udfs.engines import EngineSpec; "
+            f"c = engine_client.connect(EngineSpec(model_dir={str(model)!r}, device='cpu', "
             f"max_model_len={max_model_len})); c.score([[1, 2]]); print(json.dumps(c.stats()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -268,10 +269,10 @@ def test_a_host_keeps_its_caches_in_the_cache_dir_and_says_when_they_are_warm(ti
     mine = tmp_path / "engine-cache" / str(os.getuid())
     # An engine of this spec started with this cache before (a cold start: test_score_job's URI test).
     monkeypatch.setenv(engine_cache.ROOT_ENV, str(mine))
-    engine_cache.record_start(engine_host.fingerprint(spec), 1.0)
-    host = engine_host._spawn(spec, key, owner.pid, env, paths_for(key))
+    engine_cache.record_start(host_files.fingerprint(spec), 1.0)
+    host = engine_client._spawn(spec, key, owner.pid, env, paths_for(key))
     client = wait_for_socket(key)
-    assert client.hello(engine_host.fingerprint(spec), owner.pid)
+    assert client.hello(host_files.fingerprint(spec), owner.pid)
     assert client.info["cache_dir"] == str(mine) and client.info["cache_warm"] is True
     assert client.info["cache_env"] == {name: str(mine / sub) for name, sub in engine_cache.ENV_DIRS.items()}
     client.shutdown()
@@ -286,18 +287,18 @@ def test_a_host_keeps_its_caches_in_the_cache_dir_and_says_when_they_are_warm(ti
 
 def test_a_vllm_without_the_public_api_fails_the_start_in_one_line(tiny_model):
     with pytest.raises(EngineError) as e:
-        engine_host.connect(EngineSpec(model_dir=str(tiny_model), backend="vllm"), ["0"], start_timeout_s=120)
+        engine_client.connect(EngineSpec(model_dir=str(tiny_model), backend="vllm"), ["0"], start_timeout_s=120)
     message = str(e.value)
     assert "\n" not in message and message.startswith("the engine host for gpu0 could not start: vLLM ")
     assert "vLLM 0.25.0" in message
 
 
-PRESTART = ("import json; from udfs import engine_host; from udfs.engines import EngineSpec; "
-            "print(json.dumps(engine_host.prestart(EngineSpec(model_dir={model!r}, device='cpu'))))")
+PRESTART = ("import json; from udfs import engine_client; from udfs.engines import EngineSpec; "
+            "print(json.dumps(engine_client.prestart(EngineSpec(model_dir={model!r}, device='cpu'))))")
 
 
 def prestart(model: Path) -> dict:
-    """``engine_host.prestart`` in a stand-in for a Spark Python worker (a child of this process)."""
+    """``engine_client.prestart`` in a stand-in for a Spark Python worker (a child of this process)."""
     out = subprocess.run([sys.executable, "-c", PRESTART.format(model=str(model))], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
@@ -322,7 +323,7 @@ def test_a_prestarted_host_is_joined_by_the_first_task_and_says_where_its_start_
     assert parts["torch_import_s"] > 0 and parts["weights_s"] > 0 and parts["first_request_s"] > 0
     assert parts["vllm_import_s"] is None and parts["compile_s"] is None  # no vLLM here
     assert abs(parts["total_s"] - info["engine_start_s"] - parts["python_s"]) < 1.0
-    state = engine_host.host_state(key)
+    state = host_files.host_state(key)
     assert state["state"] == "ready" and state["start_parts"] == parts and state["started_by"] == "prestart"
     assert info["process_started_at"] <= info["started_at"]
     wait_for_socket(key).shutdown()
@@ -330,20 +331,20 @@ def test_a_prestarted_host_is_joined_by_the_first_task_and_says_where_its_start_
 
 def test_a_prestart_starts_nothing_on_a_device_another_process_holds(tiny_model):
     spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
-    key = engine_host.key_for(spec)
+    key = engine_client.key_for(spec)
     from udfs.locks import file_lock
 
     with file_lock(paths_for(key).lock):
-        done = engine_host.prestart(spec)
+        done = engine_client.prestart(spec)
     assert done == {"key": key, "started": False, "pid": None, "reason": "device held"}
-    assert engine_host.host_state(key) is None and not Path(paths_for(key).log).exists()
+    assert host_files.host_state(key) is None and not Path(paths_for(key).log).exists()
 
 
 def test_a_host_whose_owner_exits_while_it_starts_stops_at_once_leaving_only_its_log(tiny_model, owner, runtime_dir):
     spec = EngineSpec(model_dir=str(tiny_model), device="cpu")
     key = f"cpu-{owner.pid}"
     host = start_host(spec, key, owner.pid)
-    assert engine_host.host_state(key)["state"] == "starting"  # said by the spawner at once
+    assert host_files.host_state(key)["state"] == "starting"  # said by the spawner at once
     owner.kill()
     owner.wait()
     assert host.wait(timeout=30) != 0

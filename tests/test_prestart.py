@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_job
-from udfs import engine_host
-from udfs.engine_host import EngineClient, paths_for
+from udfs import engine_client, host_files
+from udfs.engine_client import EngineClient
+from udfs.host_files import paths_for
 from udfs.engines import EngineSpec
 from udfs.start_parts import PART_KEYS
 
@@ -33,7 +34,7 @@ def no_host(spark, tiny_model):
     """No engine host on this session's executor when the test starts (a test before may have
     left one, as runs do); the key of that executor's CPU engine."""
     spec = EngineSpec(model_dir=str(tiny_model), backend="transformers", max_model_len=MAX_LEN)
-    key = spark.sparkContext.parallelize([0], 1).map(lambda _: engine_host.key_for(spec)).collect()[0]
+    key = spark.sparkContext.parallelize([0], 1).map(lambda _: engine_client.key_for(spec)).collect()[0]
     stop_host(key)
     yield key
     stop_host(key)
@@ -42,10 +43,10 @@ def no_host(spark, tiny_model):
 def stop_host(key: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        conn = engine_host._try_connect(paths_for(key).sock)
+        conn = engine_client._try_connect(paths_for(key).sock)
         if conn is not None:
             EngineClient(conn, key).shutdown()
-        elif engine_host.host_state(key) is None:
+        elif host_files.host_state(key) is None:
             return
         time.sleep(0.2)
     raise AssertionError(f"the engine host of {key} did not stop")
@@ -105,15 +106,15 @@ def test_a_run_that_fails_after_the_prestart_leaves_one_host_that_the_next_run_u
     code, _, err = run_job("score", args(prompts, out, tiny_model), capsys)
     assert code == 2 and "20260101T000000-other" in err  # another run holds the output
     deadline = time.monotonic() + 60
-    while engine_host.host_state(no_host) is None and time.monotonic() < deadline:
+    while host_files.host_state(no_host) is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    state = engine_host.host_state(no_host)
+    state = host_files.host_state(no_host)
     assert state is not None and state["started_by"] == "prestart"
     tracker = spark.sparkContext.statusTracker()
     while tracker.getActiveJobsIds() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not tracker.getActiveJobsIds()  # the prestart's Spark job is over, not left running
-    while engine_host.host_state(no_host)["state"] != "ready" and time.monotonic() < deadline:
+    while host_files.host_state(no_host)["state"] != "ready" and time.monotonic() < deadline:
         time.sleep(0.2)
     starts = Path(paths_for(no_host).starts).read_text().splitlines()
 

@@ -20,7 +20,7 @@ import fake_oss
 from conftest import run_job
 from promptscore import progress
 from promptscore.convert import reader
-from udfs import engine_host
+from udfs import engine_client, host_files
 
 
 class Recorder:
@@ -152,15 +152,15 @@ class HostRows:
 
     def __init__(self, spark):
         self.key = f"cpu-{spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()}"
-        self.client: engine_host.EngineClient | None = None
+        self.client: engine_client.EngineClient | None = None
 
     def __call__(self) -> int:
         for _ in range(2):
             if self.client is None:
-                conn = engine_host._try_connect(engine_host.paths_for(self.key).sock)
+                conn = engine_client._try_connect(host_files.paths_for(self.key).sock)
                 if conn is None:
                     return 0
-                self.client = engine_host.EngineClient(conn, self.key)
+                self.client = engine_client.EngineClient(conn, self.key)
             try:
                 return int(self.client.stats()["rows"])
             except Exception:  # noqa: BLE001 - a host on its way out: ask the next one
@@ -169,10 +169,10 @@ class HostRows:
 
     def stop_host(self) -> None:
         """Shut the running host down, so that the next task starts an engine."""
-        conn = engine_host._try_connect(engine_host.paths_for(self.key).sock)
+        conn = engine_client._try_connect(host_files.paths_for(self.key).sock)
         if conn is not None:
-            engine_host.EngineClient(conn, self.key).shutdown()
-        _until(lambda: engine_host.host_state(self.key) is None, timeout=60)
+            engine_client.EngineClient(conn, self.key).shutdown()
+        _until(lambda: host_files.host_state(self.key) is None, timeout=60)
         self.client = None
 
 
@@ -189,7 +189,8 @@ def test_score_progress_never_counts_a_row_before_its_score_is_back(spark, tiny_
     host_rows.stop_host()  # a fresh engine (its row count starts at 0) and its start to watch
     recorder = Recorder(host_rows)
     monkeypatch.setattr(progress, "Reporter", recorder.cls)
-    with session_conf(spark, **{progress.INTERVAL_CONF: "0.3"}):
+    # the tasks wait for the engine to start (no prestart), so its start is a phase of the line
+    with session_conf(spark, **{progress.INTERVAL_CONF: "0.3", "spark.promptscore.score.prestart": "false"}):
         code, _, err = run_job("score", ["--input", src, "--output", tmp_path / "out", "--model", tiny_model],
                                capsys)
     assert code == 0, err

@@ -12,7 +12,7 @@ from chispa import assert_df_equality
 
 from conftest import direct_scores, has_gpu_and_vllm, run_job
 from udfs import engine_cache
-from udfs.engine_host import paths_for
+from udfs.host_files import paths_for
 from udfs.start_parts import PART_KEYS
 
 SCHEMA = "id int, prompt string, response string, meta struct<lang:string,n:bigint>"

@@ -74,7 +74,7 @@ def launch_gpu_score(home: Path, model: str, env_extra: dict[str, str]) -> subpr
 def test_workers_come_and_go_one_engine_per_gpu_stays(gpu_score_submit):
     """Two executors with a GPU address each from Spark's scheduler, and a new Python worker for
     every task: each GPU gets one engine, started once, which every worker of its executor uses."""
-    from udfs.engine_host import paths_for
+    from udfs.host_files import paths_for
 
     proc, home = gpu_score_submit
     out = home / "scored"

@@ -105,7 +105,7 @@ def reporter_for_task(address: tuple[str, int] | None, token: str | None) -> Tas
 def engine_state(key: str, waiting_since: float | None, start_s: float | None = None,
                  host: dict[str, Any] | None = None) -> dict[str, Any]:
     """The engine's state as a task reports it: ``node`` and ``key`` name the engine; ``state``
-    is the engine host's own (``udfs.engine_host.host_state``) while the task waits for it,
+    is the engine host's own (``udfs.host_files.host_state``) while the task waits for it,
     else ``ready``; ``for_s``: seconds it has been starting so far."""
     out: dict[str, Any] = {"node": socket.gethostname(), "key": key}
     if waiting_since is None:

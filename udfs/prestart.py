@@ -6,7 +6,7 @@ counted the rows, and after the task has read Parquet and loaded the tokenizer. 
 runs a small Spark job at the top of the run instead, in a thread of its own: one task per
 task slot of the job (each GPU, under GPU scheduling, where Spark's resource scheduler puts it),
 each of which copies the model to its node when it is given as a URI (as a scoring task would)
-and spawns the engine host of its device (``udfs.engine_host.prestart``), then returns without
+and spawns the engine host of its device (``udfs.engine_client.prestart``), then returns without
 waiting for the engine. The scoring tasks connect to the host that is starting or ready.
 
 It never holds the run up and never fails it: a task finds a host already running or starting
@@ -30,16 +30,16 @@ CONF = "spark.promptscore.score.prestart"
 
 def start_in_task(engine: EngineSpec, manifest: list[tuple[str, int]] | None, cache_dir: str) -> dict[str, Any]:
     """In a task: spawn the engine host of this task's device for ``engine`` (the model staged as
-    a scoring task stages it), unless one runs or starts; what it did (``engine_host.prestart``)."""
+    a scoring task stages it), unless one runs or starts; what it did (``engine_client.prestart``)."""
     import socket
 
-    from udfs import engine_host
+    from udfs import engine_client
     from udfs.reward import task_gpus
 
     t0 = time.monotonic()
     try:
-        spec = engine_host.local_spec(engine, cache_dir, manifest)
-        done = engine_host.prestart(spec, task_gpus(), cache_dir)
+        spec = engine_client.local_spec(engine, cache_dir, manifest)
+        done = engine_client.prestart(spec, task_gpus(), cache_dir)
     except Exception as e:  # noqa: BLE001 - the scoring tasks meet the same error and say it
         done = {"key": None, "started": False, "pid": None, "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
     return {**done, "node": socket.gethostname(), "seconds": round(time.monotonic() - t0, 3)}

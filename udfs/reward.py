@@ -78,7 +78,7 @@ def task_gpus() -> list[str] | None:
 
 def isolate(client, rows: list[list[int]]) -> list[float | str]:
     """Score ``rows`` after the engine refused them together: split until each refusal is one row."""
-    from udfs.engine_host import RowError
+    from udfs.host_files import RowError
 
     if len(rows) == 1:
         try:
@@ -111,7 +111,7 @@ class TaskStats:
     def as_dict(self, busy_end: float | None) -> dict[str, Any]:
         from pyspark import TaskContext
 
-        from udfs.engine_host import owner_pid
+        from udfs.host_files import owner_pid
 
         ctx = TaskContext.get()
         seconds = time.monotonic() - self.start
@@ -197,18 +197,17 @@ class _TaskRun:
     """One task's rows on their way to the engine and back (see ``score_batches``)."""
 
     def __init__(self, spec: ScoreSpec, stats: TaskStats, gpus: list[str] | None, live):
-        from udfs import engine_host
-
+        from udfs import engine_client
         from udfs.engines import EngineError
 
         self.spec, self.stats, self.gpus, self.live = spec, stats, gpus, live
         try:
-            self.key: str | None = engine_host.key_for(spec.engine, gpus)
+            self.key: str | None = engine_client.key_for(spec.engine, gpus)
         except EngineError:
             self.key = None  # no device for this engine: said when the first batch connects
         if live is not None:  # a host already starting (the job's prestart) is reported as such
             live.engine = self._prestarted
-        self.engine = engine_host.local_spec(spec.engine, spec.cache_dir, spec.model_manifest)
+        self.engine = engine_client.local_spec(spec.engine, spec.cache_dir, spec.model_manifest)
         self.prompter = cached_prompter(self.engine.model_dir, spec.template, self.engine.max_model_len)
         self.limit = max(1, spec.max_rows_in_flight)
         self.client = None
@@ -217,21 +216,21 @@ class _TaskRun:
         self.done_rows = 0
 
     def _prestarted(self) -> dict[str, Any] | None:
-        from udfs.engine_host import host_state
+        from udfs.host_files import host_state
         from udfs.live import engine_state
 
         host = host_state(self.key) if self.key is not None else None
         return engine_state(self.key, time.monotonic(), host=host) if host is not None else None
 
     def connect(self) -> dict[str, Any]:
-        from udfs import engine_host
+        from udfs import engine_client, host_files
         from udfs.live import engine_state
 
-        key, live, waiting = engine_host.key_for(self.engine, self.gpus), self.live, time.monotonic()
+        key, live, waiting = engine_client.key_for(self.engine, self.gpus), self.live, time.monotonic()
         if live is not None:
-            live.engine = lambda: engine_state(key, waiting, host=engine_host.host_state(key))
+            live.engine = lambda: engine_state(key, waiting, host=host_files.host_state(key))
             live.preparing_since = None
-        self.client = engine_host.connect(self.engine, self.gpus, self.spec.start_timeout_s, self.spec.cache_dir,
+        self.client = engine_client.connect(self.engine, self.gpus, self.spec.start_timeout_s, self.spec.cache_dir,
                                           self.limit)
         info = self.client.stats()
         if live is not None:
@@ -263,11 +262,11 @@ class _TaskRun:
         sl.rid = self.client.submit([sl.enc.ids[i] for i in sl.todo])
 
     def _answer(self, sl: _Slice) -> list[float | str]:
-        from udfs import engine_host
+        from udfs import host_files
 
         try:
             return list(self.client.result(sl.rid))
-        except engine_host.RowError:
+        except host_files.RowError:
             return isolate(self.client, [sl.enc.ids[i] for i in sl.todo])
 
     def _done(self, sl: _Slice) -> None:
