@@ -38,7 +38,7 @@ call                                           Spark 3.5 (tested)               
 ``SparkContext.statusStore`` (stages),         AppStatusStore, SQLAppStatusStore    same
 ``sharedState().statusStore()`` (SQL
 executions, plan graph, metrics)
-``CapturedException._java_exception``         pyspark.errors                       same
+``CapturedException._origin``                 pyspark.errors                       same
 =============================================  ==================================  ============================================
 
 The Java of the convert job's jar (``promptscore/convert/java``) uses Spark's ``InternalRow`` and
@@ -118,12 +118,16 @@ def driver_heap_mb(spark) -> int:
 
 
 def java_chain(exc: BaseException, limit: int = 16) -> list[tuple[str, str]]:
-    """(class name, message) of the Java exception behind ``exc`` (py4j's ``java_exception``, or
-    PySpark's ``_java_exception`` for errors it converted) and its causes, outermost first; []
-    for a Python error, or when the JVM is gone."""
-    java = getattr(exc, "java_exception", None)
-    if java is None:
-        java = getattr(exc, "_java_exception", None)
+    """(class name, message) of the Java exception behind ``exc`` and its causes, outermost first;
+    [] for a Python error, or when the JVM is gone. The Java exception is py4j's
+    ``java_exception`` on a raw ``Py4JJavaError``; on an error PySpark converted
+    (``CapturedException``: ``AnalysisException`` and the like) it is ``_origin`` (3.5 and 4.0),
+    or ``_java_exception`` where a PySpark keeps it under that name."""
+    java = None
+    for attribute in ("java_exception", "_origin", "_java_exception"):
+        java = getattr(exc, attribute, None)
+        if java is not None:
+            break
     out: list[tuple[str, str]] = []
     while java is not None and len(out) < limit:
         try:

@@ -234,7 +234,7 @@ def soak_submit(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     SPARK_CONF_DIR like a cluster's (its spark-defaults.conf sets ``spark.eventLog.dir`` to
     ``<home>/spark-events`` and the Parquet codec to snappy): the process, and ``home``.
     Read by test_print_err (lines and resources) and test_conf (the properties it ran with)."""
-    from promptscore.submit import conf_args
+    from promptscore.tools.submit import conf_args
 
     home = tmp_path_factory.mktemp("soak")
     conf_dir = home / "spark-conf"

@@ -128,3 +128,17 @@ def test_status_stores_see_executions_and_metrics(spark, tmp_path):
     metrics = sparkapi.plan_metrics(spark, execution)
     assert any(name == "number of output rows" for _, name, _ in metrics)
     assert sparkapi.active_stage_input(spark) == []  # nothing runs now
+
+
+def test_java_chain_finds_the_java_exception_behind_an_error_pyspark_converted(spark, tmp_path):
+    from pyspark.errors import AnalysisException
+
+    from promptscore import errors
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(AnalysisException) as failed:  # PySpark converts this one to its own class
+        spark.read.parquet(str(missing))
+    chain = sparkapi.java_chain(failed.value)
+    assert chain and chain[0][0] == "org.apache.spark.sql.AnalysisException" and str(missing) in chain[0][1]
+    assert errors.cause_chain(failed.value)[0][0] == "org.apache.spark.sql.AnalysisException"
+    assert errors.classify(failed.value) is None  # a missing path is not out of resources

@@ -144,3 +144,24 @@ def test_from_oss_with_the_instance_ram_role_in_hardened_mode(model, tmp_path, m
     assert signed and all(h["authorization"].startswith(f"OSS {ROLE_CREDENTIALS['AccessKeyId']}:") and
                           h["x-oss-security-token"] == ROLE_CREDENTIALS["SecurityToken"] for h in signed)
     assert all("x-aliyun-ecs-metadata-token" in r["headers"] for r in metadata.requests if r["method"] == "GET")
+
+
+def test_a_disk_that_fills_up_while_staging_is_exit_4_naming_the_path(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "weights.bin").write_bytes(os.urandom(2 << 20))
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        dest = small / "model"
+        proc = subprocess.run([sys.executable, "-m", "promptscore.tools.stage_model", str(tmp_path / "m"), str(dest)],
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 4 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"stage-model: error: disk full at {dest}: ") and "No space left" in lines[0]
+        assert "then run the same command again. Exit 4" in lines[0]
+        assert not (dest / MARKER).exists() and not (dest / "weights.bin").exists()  # nothing claims to be complete
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -234,7 +234,7 @@ def fake_spark_submit(tmp_path):
     return env
 
 
-@pytest.mark.parametrize("status, code", [("0", 0), ("2", 2), ("3", 3), ("1", 1), ("none", 1)])
+@pytest.mark.parametrize("status, code", [("0", 0), ("2", 2), ("3", 3), ("4", 4), ("1", 1), ("none", 1)])
 def test_run_returns_the_jobs_exit_code_in_cluster_mode(fake_spark_submit, status, code):
     proc = submit_cli("convert", "--deploy-mode", "cluster", "--run", "--", "--input", "x",
                       env=fake_spark_submit(status))
@@ -284,7 +284,7 @@ def test_the_four_dataworks_nodes_are_there():
 @pytest.mark.parametrize("job", ["convert", "score"])
 @pytest.mark.parametrize("status, code, says", [
     ("0", 0, "done: oss://my-bucket/warehouse/"), ("2", 2, "the call is wrong"),
-    ("3", 3, "_SUCCESS is not"), ("none", 1, "a rerun of the same command is safe")])
+    ("3", 3, "_SUCCESS is not"), ("4", 4, "out of resources"), ("none", 1, "a rerun of the same command is safe")])
 def test_shell_node_exits_with_the_jobs_code(tmp_path, fake_spark_submit, job, status, code, says):
     # What DataWorks does before running the node: substitute the scheduling parameter.
     node = tmp_path / "node.sh"
@@ -293,6 +293,6 @@ def test_shell_node_exits_with_the_jobs_code(tmp_path, fake_spark_submit, job, s
     proc = subprocess.run(["bash", str(node)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert says in proc.stdout.splitlines()[-1]
-    assert "dt=20261122/" in proc.stdout.splitlines()[-1] or status in ("2", "none")
+    assert "dt=20261122/" in proc.stdout.splitlines()[-1] or status in ("2", "4", "none")
     args = shlex.split(Path(env["FAKE_ARGS"]).read_text())
     assert "spark.submit.deployMode=cluster" in args and "20261122" in args

@@ -63,6 +63,7 @@ case $rc in
   0) echo "convert: done: $DAY (_SUCCESS, _report.json)" ;;
   2) echo "convert: the call is wrong (see the error above): fix the node; a rerun fails the same way" ;;
   3) echo "convert: too many malformed lines: output, _rejects/ and _report.json are published, _SUCCESS is not; look at $DAY""_rejects/ (a rerun replaces them and makes nothing worse)" ;;
+  4) echo "convert: out of resources (a disk or quota full, memory exhausted; the error above names the cause and the path): free or add the resource, then rerun the same command" ;;
   *) echo "convert: failed unexpectedly (exit $rc); a rerun of the same command is safe and may succeed" ;;
 esac
 exit "$rc"

@@ -75,6 +75,7 @@ case $rc in
   0) echo "score: done: $DAY (_SUCCESS, _report.json)" ;;
   2) echo "score: the call is wrong (see the error above): fix the node; a rerun fails the same way" ;;
   3) echo "score: too many rows got no score: output and _report.json are published, _SUCCESS is not; see score_error in $DAY (a rerun replaces them and makes nothing worse)" ;;
+  4) echo "score: out of resources (a disk or quota full, memory exhausted; the error above names the cause and the path): free or add the resource, then rerun the same command" ;;
   *) echo "score: failed unexpectedly (exit $rc); a rerun of the same command is safe and may succeed" ;;
 esac
 exit "$rc"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from promptscore.errors import classify
 from promptscore.tools.oss_source import OssSource
 from udfs.staging import DirSource, Source, StagingError, stage
 from udfs.uris import has_scheme, has_userinfo, redact
@@ -43,7 +44,8 @@ def source_for(uri: str, endpoint: str | None = None, region: str | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit code (1 with a one-line error when staging fails)."""
+    """The command line; returns the exit code: 1 with a one-line error when staging fails, 4
+    (``EXIT_RESOURCES``) with one line naming the path when the disk or a quota is full."""
     p = argparse.ArgumentParser(prog="python -m promptscore.tools.stage_model", description=__doc__.splitlines()[0])
     p.add_argument("source", help="oss://bucket/prefix/ or a directory")
     p.add_argument("dest", help="local directory to fill")
@@ -56,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except StagingError as e:
         print(f"stage-model: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.filename is None:  # a failed write() names no file: the copy's is the one
+            e.filename = a.dest
+        got = classify(e)
+        if got is None:
+            raise
+        print(f"stage-model: error: {got.line}", file=sys.stderr)
+        return got.code
     return 0
 
 

@@ -64,7 +64,9 @@ import org.apache.spark.unsafe.types.UTF8String;
  * One instance per task: it is not thread-safe.
  */
 public final class JsonLineParser {
-    /** Every reason a line is set aside, in the order of the README's table. */
+    /** Every reason a line is set aside, indexed by the constants below and in the order of
+     *  {@code promptscore.convert.jsonl.REASONS}; docs/convert.md, "Reject reasons", says what each
+     *  means and which wins when a line has several. */
     public static final String[] REASONS = {"line_too_long", "invalid_utf8", "not_json_object", "trailing_data",
         "too_deep", "schema_mismatch", "missing_required_field", "unknown_field", "duplicate_key",
         "number_out_of_range", "invalid_unicode"};
