@@ -12,8 +12,8 @@ from conftest import ROOT
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 # The executor side's long loops, kept whole where splitting them would hide their order of events.
-LONG_FUNCTIONS_ALLOWED = {"udfs/engines.py", "udfs/engine_host.py", "udfs/reward.py", "udfs/live.py"}
-MODULE_SIZE_ALLOWED = {"udfs/engine_host.py"}
+LONG_FUNCTIONS_ALLOWED = {"udfs/engines.py", "udfs/engine_host.py", "udfs/engine_client.py", "udfs/reward.py", "udfs/live.py"}
+MODULE_SIZE_ALLOWED: set[str] = set()
 
 
 def modules() -> dict[str, Path]:
