@@ -164,15 +164,16 @@ def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sampl
                 i += 1
     sample = sorted(hadoop.uri_to_path(spark, u) for u in picked)
     return InputIndex(n_files, n_bytes, sample, skipped, max(0, total - n_files - skipped_n),
-                      sample_files=_known_sample(lines, picked, sample))
+                      sample_files=_known_sample(spark, lines, picked, sample))
 
 
-def _known_sample(lines: DataFrame, picked: list[str], sample: list[str]) -> list[File]:
+def _known_sample(spark: SparkSession, lines: DataFrame, picked: list[str], sample: list[str]) -> list[File]:
     """The sampled files with the sizes and times of Spark's listing (no request), or [] where
     this Spark does not say."""
     if not picked:
         return []
-    known = sparkapi.scan_files(lines.where(F.col("_metadata.file_path").isin(picked)))
+    names = [hadoop.encoded_uri(spark, u, encoded=True) for u in picked]  # as _metadata spells them
+    known = sparkapi.scan_files(lines.where(F.col("_metadata.file_path").isin(names)))
     files = sorted(File(path, size, mtime) for path, size, mtime in known or [])
     return files if [f.path for f in files] == sample else []
 
