@@ -23,7 +23,7 @@ rename, delete) and the bytes its tasks read (Spark's event log, input metrics):
 
 Only the jobs' command lines and the tests' fake store are used, so the bench keeps working when
 the package's modules move. Needs ``javac`` (for the fake store) and, for the score rows, the CPU
-environment (``transformers``; the model is built by ``python -m udfs.tiny_model``).
+environment (``transformers``; the model is built by ``python -m promptscore.tools.tiny_model``).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def main() -> int:
         print("score runs:", flush=True)
         model_local = work / "tiny-model"
         if not (model_local / "config.json").is_file():
-            subprocess.run([sys.executable, "-m", "udfs.tiny_model", str(model_local)], cwd=ROOT, check=True,
+            subprocess.run([sys.executable, "-m", "promptscore.tools.tiny_model", str(model_local)], cwd=ROOT, check=True,
                            capture_output=True)
         shutil.rmtree(r.bucket / "model", ignore_errors=True)
         shutil.copytree(model_local, r.bucket / "model")
