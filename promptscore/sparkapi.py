@@ -249,15 +249,45 @@ def index_files(df) -> list[tuple[str, int, int]]:
     return out
 
 
+def scan_files(df, limit: int | None = None) -> list[tuple[str, int, int]] | None:
+    """(path, size, modification ms) of the files the file scans of ``df`` read after pruning
+    (filters on ``_metadata`` prune the listing Spark already holds: no request), at most
+    ``limit``; None where this Spark's scan does not say (read them the public way)."""
+    out: list[tuple[str, int, int]] = []
+    try:
+        for scan in file_scans(df):
+            parts = scan.selectedPartitions()
+            for i in range(len(parts)):
+                files = parts[i].files()
+                n = files.size() if limit is None else min(files.size(), limit - len(out))
+                for start in range(0, n, _CHUNK):
+                    text = files.slice(start, min(n, start + _CHUNK)).mkString("\n")
+                    out += [(m.group(1), int(m.group(3)), int(m.group(4))) for m in _STATUS.finditer(str(text))
+                            if m.group(2) == "false"]
+                if limit is not None and len(out) >= limit:
+                    return out[:limit]
+    except Exception as e:  # noqa: BLE001 - another Spark's internals
+        if not is_py4j_error(e) and not isinstance(e, (AttributeError, TypeError)):
+            raise
+        return None
+    return out
+
+
 class KnownFile(Protocol):
     path: str
     size: int
     mtime_ms: int
 
 
-def read_known_files(spark, files: Sequence[KnownFile]) -> Any:
-    """The lines (``value``, with ``_metadata``) of exactly ``files``, read through a file index
-    made from their known sizes and times: Spark lists nothing and asks nothing per file."""
+_FORMATS = {"text": ("text.TextFileFormat", "value string"),
+            "binaryFile": ("binaryfile.BinaryFileFormat",
+                           "path string, modificationTime timestamp, length bigint, content binary")}
+
+
+def read_known_files(spark, files: Sequence[KnownFile], fmt: str = "text") -> Any:
+    """The lines (``value``, with ``_metadata``) of exactly ``files`` (or, ``fmt="binaryFile"``,
+    one row per file with its ``content``), read through a file index made from their known
+    sizes and times: Spark lists nothing and asks nothing per file."""
     sc = spark.sparkContext
     j, gateway = sc._jvm, sc._gateway
     fs_pkg = j.org.apache.hadoop.fs
@@ -279,8 +309,11 @@ def read_known_files(spark, files: Sequence[KnownFile]) -> Any:
     none = j.scala.Option.apply(None)
     jspark = spark._jsparkSession
     index = ds.InMemoryFileIndex(jspark, utils.toSeq(roots), params, none, cache, none, none)
-    relation = ds.HadoopFsRelation(index, j.org.apache.spark.sql.types.StructType(), java_schema(spark, "value string"),
-                                   none, ds.text.TextFileFormat(), params, jspark)
+    cls, ddl = _FORMATS[fmt]
+    package, name = cls.split(".")
+    file_format = getattr(getattr(ds, package), name)()
+    relation = ds.HadoopFsRelation(index, j.org.apache.spark.sql.types.StructType(), java_schema(spark, ddl),
+                                   none, file_format, params, jspark)
     return frame(spark, jspark.baseRelationToDataFrame(relation))
 
 

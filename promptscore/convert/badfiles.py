@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import errors
+from promptscore import errors, sparkapi
 from promptscore.io import hadoop
+from promptscore.io.files import File
 from udfs.uris import redact
 
 
@@ -60,20 +61,22 @@ def check_file(spark: SparkSession, uri: str) -> BadFile | None:
         return BadFile(uri, reason, f"{kind.rsplit('.', 1)[-1]}: {redact(message)}"[:500], size)
 
 
-def find_bad_files(spark: SparkSession, inputs: Sequence[str], exc: BaseException) -> list[BadFile]:
+def find_bad_files(spark: SparkSession, compressed: Callable[[], Sequence[File] | None], inputs: Sequence[str],
+                   exc: BaseException) -> list[BadFile]:
     """The input files behind a failed read.
 
     When Spark names the file, only that file is checked. Otherwise (a compressed stream that
     breaks off mid-way is reported without its name) every compressed input file is checked in
     parallel on the executors, and each one found is confirmed on the driver with Spark's own
-    reader before it is set aside.
+    reader before it is set aside. ``compressed()`` gives those files as the listing knows them
+    (read without listing again); where it gives None, ``inputs`` are listed for them.
     """
     named = named_file(exc)
     if named:
         bad = check_file(spark, hadoop.encoded_uri(spark, named, encoded=True))
         return [bad] if bad else []
     found = []
-    for uri in _suspect_compressed_files(spark, inputs):
+    for uri in _suspect_compressed_files(spark, compressed(), inputs):
         bad = check_file(spark, uri)
         if bad:
             found.append(bad)
@@ -104,13 +107,23 @@ def _gzip_problems(contents: pd.Series) -> pd.Series:
     return contents.map(gzip_problem)
 
 
-def _suspect_compressed_files(spark: SparkSession, inputs: Sequence[str]) -> list[str]:
+def _suspect_compressed_files(spark: SparkSession, known: Sequence[File] | None, inputs: Sequence[str]) -> list[str]:
     """Compressed input files that Python's gzip cannot read to their end (checked on executors)."""
     from pyspark.sql.functions import pandas_udf
 
     problem = pandas_udf(_gzip_problems, "string")  # type: ignore[call-overload]
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-             .option("pathGlobFilter", "*.jsonl.gz").load(list(inputs)))
+    files = None
+    if known is not None:
+        if not known:
+            return []
+        try:
+            files = sparkapi.read_known_files(spark, known, "binaryFile")
+        except Exception as e:  # noqa: BLE001 - another Spark's internals: list the inputs instead
+            if not sparkapi.is_py4j_error(e):
+                raise
+    if files is None:
+        files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                 .option("pathGlobFilter", "*.jsonl.gz").load(list(inputs)))
     bad = files.select("path", problem(F.col("content")).alias("problem")).where(F.col("problem").isNotNull())
     return sorted(hadoop.encoded_uri(spark, r.path) for r in bad.collect())
 

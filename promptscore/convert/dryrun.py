@@ -19,7 +19,7 @@ from pyspark.sql.types import StructType
 from promptscore import cli, sizing, sparkapi
 from promptscore.convert import jsonl, reader
 from promptscore.convert.options import ConvertOptions
-from promptscore.convert.plan import DEFAULT_RATIO, ConvertPlan, plan_convert
+from promptscore.convert.plan import DEFAULT_RATIO, ConvertPlan, plan_convert, sample_bytes, sample_lines
 from promptscore.convert.schema import schema_ddl
 from promptscore.convert.write import write_metrics
 from promptscore.io import hadoop, output, publish
@@ -120,11 +120,13 @@ def measure_parse_rate(spark: SparkSession, plan: ConvertPlan, opts: ConvertOpti
     task; the best of a few rounds."""
     if not plan.index.sample:
         return 0.0
-    size = sum(hadoop.file_size(spark, p) for p in plan.index.sample)
-    if size <= 0:
+    size = sample_bytes(spark, plan.index)
+    sample = plan.sample_lines if plan.sample_lines is not None else sample_lines(spark, plan.index, cache=True)
+    if size <= 0 or sample is None:
+        if sample is not None:
+            sample.unpersist()
         return 0.0
     repeat = max(1, math.ceil(min_bytes / size))
-    sample = spark.read.text([hadoop.escape_glob(p) for p in plan.index.sample]).coalesce(1).cache()
     lines = sample.crossJoin(spark.range(repeat).coalesce(1)).select("value").withColumn("source_file", F.lit(""))
     try:
         sample.count()

@@ -132,6 +132,7 @@ class InputIndex:
     empty_files: int = 0
     input_list: dict | None = None  # --input-list: entries, duplicates (FileList.facts)
     only_new: dict | None = None  # --only-new: files already ingested, changed since
+    sample_files: list[File] = field(default_factory=list)  # the sample with sizes and times, when known
 
 
 def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sample_files: int) -> InputIndex:
@@ -147,8 +148,7 @@ def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sampl
                "by_rule": {"other_name": skipped_n} if skipped_n else {}, "examples": [],
                "hidden": HIDDEN_RULE}
     if skipped_n:
-        rows = others.select(F.col("_metadata.file_path").alias("p")).distinct().limit(5).collect()
-        skipped["examples"] = sorted(redact(hadoop.uri_to_path(spark, r.p)) for r in rows)
+        skipped["examples"] = _skipped_examples(spark, others)
 
     want = min(sample_files, n_files)
     picked: list[str] = []
@@ -163,7 +163,28 @@ def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sampl
             else:
                 i += 1
     sample = sorted(hadoop.uri_to_path(spark, u) for u in picked)
-    return InputIndex(n_files, n_bytes, sample, skipped, max(0, total - n_files - skipped_n))
+    return InputIndex(n_files, n_bytes, sample, skipped, max(0, total - n_files - skipped_n),
+                      sample_files=_known_sample(spark, lines, picked, sample))
+
+
+def _known_sample(spark: SparkSession, lines: DataFrame, picked: list[str], sample: list[str]) -> list[File]:
+    """The sampled files with the sizes and times of Spark's listing (no request), or [] where
+    this Spark does not say."""
+    if not picked:
+        return []
+    names = [hadoop.encoded_uri(spark, u, encoded=True) for u in picked]  # as _metadata spells them
+    known = sparkapi.scan_files(lines.where(F.col("_metadata.file_path").isin(names)))
+    files = sorted(File(path, size, mtime) for path, size, mtime in known or [])
+    return files if [f.path for f in files] == sample else []
+
+
+def _skipped_examples(spark: SparkSession, others: DataFrame, n: int = 5) -> list[str]:
+    """Up to ``n`` skipped files, named from the listing Spark holds (none of them is opened)."""
+    known = sparkapi.scan_files(others, limit=n)
+    if known is not None:
+        return sorted(redact(path) for path, _, _ in known)
+    rows = others.select(F.col("_metadata.file_path").alias("p")).distinct().limit(n).collect()
+    return sorted(redact(hadoop.uri_to_path(spark, r.p)) for r in rows)
 
 
 def spread_sample(paths: Sequence[str], n: int) -> list[str]:
@@ -222,9 +243,10 @@ def select_input(spark: SparkSession, opts: ConvertOptions, target: str | None) 
         listed_files = sel.new + ([f for f, _ in sel.changed] if opts.changed_policy == "reingest" else [])
         listed_files.sort()
         left_out = len(sel.same) + (len(sel.changed) if opts.changed_policy == "skip" else 0)
-    index = InputIndex(len(listed_files), sum(f.size for f in listed_files),
-                       spread_sample([f.path for f in listed_files], opts.sample_files), skipped, empty,
-                       listed_info, only_new)
+    sample = spread_sample([f.path for f in listed_files], opts.sample_files)
+    chosen = set(sample)
+    index = InputIndex(len(listed_files), sum(f.size for f in listed_files), sample, skipped, empty,
+                       listed_info, only_new, sorted(f for f in listed_files if f.path in chosen))
     if not listed_files:
         return None, index, [], left_out  # type: ignore[return-value]
     return lines_of(spark, listed_files), index, listed_files, left_out

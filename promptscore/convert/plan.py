@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructType
 
 from promptscore import cli, errors, sparkapi
@@ -19,7 +20,7 @@ from promptscore.convert.inputs import INPUT_NAMES, InputIndex, select_input
 from promptscore.convert.options import ConvertOptions
 from promptscore.convert.schema import SchemaSample, sample_schema, with_required
 from promptscore.io import hadoop
-from promptscore.io.files import File
+from promptscore.io.files import File, lines_of
 from promptscore.io.reports import Phases, redact_uri
 
 DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
@@ -42,6 +43,7 @@ class ConvertPlan:
     phases: Phases
     files: list[File] | None = None  # the files to read, when known one by one
     already_converted: int = 0  # --only-new: input files left out (other partitions hold them, or changed and skipped)
+    sample_lines: DataFrame | None = None  # --plan: the sampled lines, held in memory (``sample_lines``)
 
 
 def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
@@ -58,7 +60,8 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     if explicit is not None:
         schema, source = explicit, "explicit"
     elif index.files:
-        sample = sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes)
+        sample = sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes,
+                               sizes={f.path: f.size for f in index.sample_files})
         schema, source = with_required(sample.schema, opts.required_fields), f"sample of {sample.files} files"
     else:
         schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
@@ -67,24 +70,50 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     clock.lap("schema")
     open_cost, slots = _open_cost(spark), _task_slots(spark)
     ratio = None
+    sampled = None
     if index.files and (opts.plan or index.bytes / opts.target_file_size > slots):
-        ratio = estimate_ratio(spark, index.sample, schema, opts.out.compression)
+        # --plan reads the sample once more, to measure the rate: held in memory for both.
+        sampled = sample_lines(spark, index, cache=opts.plan)
+        ratio = estimate_ratio(spark, sampled, sample_bytes(spark, index), schema, opts.out.compression)
+        if not opts.plan:
+            sampled = None
     split = split_bytes(index.bytes, max(1, index.files), open_cost, slots, opts.target_file_size,
                         ratio or DEFAULT_RATIO)
     writer = parquet_options(schema, sample.distinct_share if sample else {})
     return ConvertPlan(lines, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock,
-                       files, already)
+                       files, already, sampled)
 
 
-def estimate_ratio(spark: SparkSession, sample: Sequence[str], schema: StructType, codec: str) -> float:
-    """Parquet bytes per input byte, measured by writing the sampled records in memory."""
+def sample_lines(spark: SparkSession, index: InputIndex, cache: bool = False) -> DataFrame | None:
+    """The lines of the sampled files (``source_file``, ``value``; one partition), read through
+    the statuses the listing gave when it gave them (no request per file); ``cache``: held in
+    memory until ``unpersist``. None when nothing is sampled."""
+    if not index.sample:
+        return None
+    if len(index.sample_files) == len(index.sample):
+        read = lines_of(spark, index.sample_files)
+    else:
+        read = spark.read.text([hadoop.escape_glob(p) for p in index.sample])
+    df = read.select(F.col("_metadata.file_path").alias("source_file"), "value").coalesce(1)
+    return df.cache() if cache else df
+
+
+def sample_bytes(spark: SparkSession, index: InputIndex) -> int:
+    """The bytes of the sampled files: from the listing when it gave them, else asked per file."""
+    if len(index.sample_files) == len(index.sample):
+        return sum(f.size for f in index.sample_files)
+    return sum(hadoop.file_size(spark, p) for p in index.sample)
+
+
+def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, schema: StructType,
+                   codec: str) -> float:
+    """Parquet bytes per input byte (``in_bytes`` of input in ``lines``, from ``sample_lines``),
+    measured by writing the sampled records in memory."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not sample:
+    if lines is None:
         return DEFAULT_RATIO
-    in_bytes = sum(hadoop.file_size(spark, p) for p in sample)
-    lines = spark.read.text([hadoop.escape_glob(p) for p in sample])
     df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False), schema)
     batches = sparkapi.collect_arrow(df)
     if in_bytes <= 0 or not batches:

@@ -259,8 +259,9 @@ class SchemaSample:
 
 
 def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
-                  max_line_bytes: int = 64 << 20) -> SchemaSample:
-    """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each.
+                  max_line_bytes: int = 64 << 20, sizes: dict[str, int] | None = None) -> SchemaSample:
+    """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each
+    (``sizes``: the files' sizes where the listing gave them, not asked again).
 
     A file whose head cannot be read or decompressed is listed in ``unreadable_files`` and
     otherwise left to the job (which sets it aside as a reject).
@@ -274,7 +275,7 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
             out.files += 1
             local = os.path.join(tmp, str(i))
             try:
-                size = hadoop.copy_head(spark, path, local, bytes_per_file)
+                size = hadoop.copy_head(spark, path, local, bytes_per_file, (sizes or {}).get(path))
                 with open(local, "rb") as f:
                     data = f.read()
                 records, unusable = parse_sample(data, path.endswith(".gz"), len(data) >= size, max_line_bytes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
-from promptscore import cli, errors, progress
+from promptscore import cli, errors, progress, sparkapi
 from promptscore.convert import jsonl, ledger, reader
 from promptscore.convert.badfiles import BadFile, find_bad_files, is_read_failure
 from promptscore.convert.inputs import input_lines, is_input_name
@@ -111,6 +111,7 @@ def _write_rows(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, ou
     """Write the good rows into the staging directory, again without each file found unreadable;
     returns the write's observed metrics and its job group."""
     roots = opts.inputs or [f.path for f in plan.files or [] if f.path.endswith(".gz")]
+    compressed = CompressedInputs(spark, plan)
     while True:
         obs = Observation(f"convert-{result.attempts}")
         observed = lines.parsed(bad, result).observe(obs, *write_metrics())
@@ -121,17 +122,39 @@ def _write_rows(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, ou
                                  out.staging, opts.out.compression, group, plan.writer_options)
             return obs, group
         except Exception as e:  # noqa: BLE001 - only a read failure of an input file is handled
-            _set_aside(spark, e, roots, bad)
+            _set_aside(spark, e, compressed, roots, bad)
             hadoop.delete(spark, out.staging)
             result.attempts += 1
 
 
-def _set_aside(spark: SparkSession, error: Exception, roots: list[str], bad: dict[str, BadFile]) -> None:
+class CompressedInputs:
+    """The ``.jsonl.gz`` input files as the listing knows them (asked once, on the first failed
+    read that names no file); None where this Spark does not say."""
+
+    def __init__(self, spark: SparkSession, plan: ConvertPlan):
+        self.spark, self.plan = spark, plan
+        self.files: list[File] | None = None
+        self.asked = False
+
+    def __call__(self) -> list[File] | None:
+        if not self.asked:
+            self.asked = True
+            if self.plan.files is not None:
+                self.files = [f for f in self.plan.files if f.path.endswith(".jsonl.gz")]
+            elif self.plan.lines is not None:
+                gz = self.plan.lines.where(F.col("_metadata.file_name").endswith(".jsonl.gz"))
+                known = sparkapi.scan_files(gz)
+                self.files = None if known is None else sorted(File(p, size, mtime) for p, size, mtime in known)
+        return self.files
+
+
+def _set_aside(spark: SparkSession, error: Exception, compressed: CompressedInputs, roots: list[str],
+               bad: dict[str, BadFile]) -> None:
     """Add the input files behind a failed write to ``bad``, or raise ``error`` when it was no read
     failure of an input file (or UsageError past ``MAX_BAD_FILES``)."""
     if not is_read_failure(error):
         raise error
-    found = [b for b in find_bad_files(spark, roots, error) if b.uri not in bad]
+    found = [b for b in find_bad_files(spark, compressed, roots, error) if b.uri not in bad]
     if not found:
         raise error
     bad.update((b.uri, b) for b in found)
@@ -164,13 +187,20 @@ def _take_counts(result: ConvertResult, m: dict) -> None:
                       "names": sorted(n for n in (m["unknown_names"] or "").split(_SEP) if n)}
 
 
+def lines_of_files(plan: ConvertPlan, uris: list[str]) -> DataFrame:
+    """The lines of the input files ``uris`` (as ``source_file`` names them), from the listing
+    the plan holds: filtered by name, Spark neither lists nor asks about a file again."""
+    assert plan.lines is not None
+    return plan.lines.where(F.col("_metadata.file_path").isin(sorted(uris)))
+
+
 def _write_rejects(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan, result: ConvertResult,
                    path: str) -> dict[str, int]:
     """Read only the files that held rejected lines again and write those lines, and one row per
     file that could not be read, to ``path``. Returns the count per reason."""
     frames = []
     if result.reject_files:
-        again = spark.read.text([hadoop.escape_glob(hadoop.uri_to_path(spark, f)) for f in result.reject_files])
+        again = lines_of_files(plan, result.reject_files)
         frames.append(jsonl.reject_rows(
             jsonl.parse_lines(again, plan.schema, opts.required_fields, opts.max_line_bytes, opts.strict_schema)))
     if result.bad_files:

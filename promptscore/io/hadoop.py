@@ -13,6 +13,7 @@ retries cover them, and the jobs' journals make a failed one safe to run again.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import re
 import threading
@@ -90,27 +91,32 @@ def is_root(spark, uri: str) -> bool:
     return _path(spark, qualify(spark, uri)).getParent() is None
 
 
-@_reads
 def exists(spark, uri: str) -> bool:
     """Whether a file or directory exists at ``uri``."""
-    p = _path(spark, uri)
-    return bool(_fs(spark, p).exists(p))
+    return kind(spark, uri) is not None
+
+
+def is_dir(spark, uri: str) -> bool:
+    """Whether ``uri`` is a directory (on object stores: a prefix that holds objects)."""
+    return kind(spark, uri) == "dir"
 
 
 @_reads
-def is_dir(spark, uri: str) -> bool:
-    """Whether ``uri`` is a directory (on object stores: a prefix that holds objects)."""
-    p = _path(spark, uri)
-    fs = _fs(spark, p)
-    return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
+def kind(spark, uri: str) -> str | None:
+    """What is at ``uri``: ``"file"``, ``"dir"`` or None, from one status request."""
+    try:
+        st = _fs(spark, p := _path(spark, uri)).getFileStatus(p)
+    except Exception as e:  # noqa: BLE001 - only "not found" means absent
+        if _java_class(e).endswith("FileNotFoundException"):
+            return None
+        raise
+    return "dir" if st.isDirectory() else "file"
 
 
 def delete(spark, uri: str, recursive: bool = True) -> None:
-    """Delete ``uri`` if it exists."""
+    """Delete ``uri`` if it exists (one request: ``FileSystem.delete`` answers false for nothing)."""
     p = _path(spark, uri)
-    fs = _fs(spark, p)
-    if exists(spark, uri):
-        fs.delete(p, recursive)
+    _fs(spark, p).delete(p, recursive)
 
 
 def mkdirs(spark, uri: str) -> None:
@@ -119,19 +125,18 @@ def mkdirs(spark, uri: str) -> None:
     _fs(spark, p).mkdirs(p)
 
 
-def rename(spark, src: str, dst: str) -> None:
+def rename(spark, src: str, dst: str, checked: bool = False) -> None:
     """Rename ``src`` to ``dst``, which must not exist; raise ``OSError`` if the file system refuses.
-
-    On HDFS and local disk this is one atomic step; on object stores it is a copy and a delete per
-    object.
-    """
+    One atomic step on HDFS and local disk; on object stores a copy and a delete per object.
+    ``checked``: the caller has just seen nothing at ``dst`` and made its folder: not asked again."""
     s, d = _path(spark, src), _path(spark, dst)
     fs = _fs(spark, s)
-    if fs.exists(d):
-        raise OSError(f"cannot rename onto an existing path: {dst}")
-    parent = d.getParent()
-    if parent is not None and not fs.exists(parent):
-        fs.mkdirs(parent)
+    if not checked:
+        if fs.exists(d):
+            raise OSError(f"cannot rename onto an existing path: {dst}")
+        parent = d.getParent()
+        if parent is not None and not fs.exists(parent):
+            fs.mkdirs(parent)
     if not fs.rename(s, d):
         raise OSError(f"rename failed: {src} -> {dst}")
 
@@ -211,12 +216,12 @@ def read_through(spark, uri: str) -> None:
 def list_dir(spark, uri: str, only_dir: bool = False) -> list[tuple[str, str, bool, int, int]]:
     """(path, name, is a file, size, modification ms) of each entry directly under ``uri`` (one
     listing request); [] when nothing is there or, with ``only_dir``, when ``uri`` is no directory."""
-    p = _path(spark, uri)
-    fs = _fs(spark, p)
-    if not fs.exists(p) or only_dir and not fs.getFileStatus(p).isDirectory():
+    found = kind(spark, uri)
+    if found is None or only_dir and found != "dir":
         return []
+    p = _path(spark, uri)
     return [(str(st.getPath().toString()), str(st.getPath().getName()), bool(st.isFile()), int(st.getLen()),
-             int(st.getModificationTime())) for st in fs.listStatus(p)]
+             int(st.getModificationTime())) for st in _fs(spark, p).listStatus(p)]
 
 
 @_reads
@@ -279,13 +284,15 @@ def checksums(spark, uris: list[str], threads: int = 16) -> list[str | None]:
         return list(pool.map(one, uris))
 
 
-def copy_head(spark, uri: str, local: str, max_bytes: int) -> int:
+def copy_head(spark, uri: str, local: str, max_bytes: int, size: int | None = None) -> int:
     """Copy the first ``max_bytes`` of the file at ``uri`` to the local file ``local``, in the JVM
-    (much faster than bytes through py4j); returns the file's whole size."""
+    (much faster than bytes through py4j); returns the file's whole size (``size``, when the
+    caller knows it from a listing, else asked)."""
     jvm = sparkapi.jvm(spark)
     p = _path(spark, uri)
     fs = _fs(spark, p)
-    size = int(fs.getFileStatus(p).getLen())
+    if size is None:
+        size = int(fs.getFileStatus(p).getLen())
     # copyInputStreamToFile closes the stream.
     head = jvm.org.apache.commons.io.input.BoundedInputStream(fs.open(p), min(size, max_bytes))
     jvm.org.apache.commons.io.FileUtils.copyInputStreamToFile(head, jvm.java.io.File(local))
@@ -332,11 +339,9 @@ def escape_glob(path: str) -> str:
     return _GLOB_CHARS.sub(r"\\\1", path)
 
 
-@_reads
 def file_size(spark, uri: str) -> int:
     """The length of the file at ``uri`` in bytes."""
-    p = _path(spark, uri)
-    return int(_fs(spark, p).getFileStatus(p).getLen())
+    return status(spark, uri)[1]
 
 
 def _java_class(error: BaseException) -> str:
@@ -379,12 +384,10 @@ def remove_empty_dir(spark, uri: str) -> bool:
     (local disk, HDFS); True if it is gone. On object stores a directory is a key prefix and
     this does nothing."""
     if scheme(spark, uri) == "file":
-        import os
-
         try:
             os.rmdir(local_path(spark, uri))
         except FileNotFoundError:
-            return True
+            pass
         except OSError:
             return False
         return True

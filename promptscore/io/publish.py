@@ -186,9 +186,10 @@ class Publisher:
 
     def state(self) -> TargetState:
         """Classify what is at the target now (see TargetState)."""
-        if not hadoop.exists(self.spark, self.target):
+        found = hadoop.kind(self.spark, self.target)
+        if found is None:
             return TargetState("absent")
-        if not hadoop.is_dir(self.spark, self.target):
+        if found != "dir":
             return TargetState("foreign")
         names = list_names(self.spark, self.target)
         if REPORT in names:
@@ -285,12 +286,15 @@ class Publisher:
         pause_point("publish-swapping")
         files = [rel for rel, _ in list_tree(spark, staged)]
         first = [rel for rel in files if rel != SUCCESS]
+        # The folders first, once, so that each object's move asks one question about its place.
+        for folder in sorted({f"{target}/{rel}".rsplit("/", 1)[0] for rel in files}):
+            hadoop.mkdirs(spark, folder)
 
         def move(rel: str) -> None:
             dst = f"{target}/{rel}"
-            if hadoop.exists(spark, dst):  # copied by an earlier attempt that died before the delete
+            if hadoop.kind(spark, dst) is not None:  # copied by an earlier attempt that died before the delete
                 hadoop.delete(spark, dst, recursive=False)
-            hadoop.rename(spark, f"{staged}/{rel}", dst)
+            hadoop.rename(spark, f"{staged}/{rel}", dst, checked=True)
 
         if first:
             move(first[0])
@@ -318,11 +322,11 @@ class Publisher:
         return "rename" if scheme in _ATOMIC_RENAME else "copy"
 
     def _read_journal(self) -> dict | None:
-        path = f"{self.work}/{JOURNAL}"
-        if not hadoop.exists(self.spark, path):
+        data = hadoop.read_bytes_if_there(self.spark, f"{self.work}/{JOURNAL}")
+        if data is None:
             return None
         try:
-            journal = json.loads(hadoop.read_text(self.spark, path))
+            journal = json.loads(data.decode("utf-8"))
             if journal.get("strategy") in STRATEGIES:
                 return journal
         except ValueError:

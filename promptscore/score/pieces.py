@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promptscore.io import hadoop
-from promptscore.io.files import File, file_status, list_data_files, list_names, list_status
+from promptscore.io.files import File, file_status, index_files, list_data_files, list_names, list_status
 
 # The version of the pieces' layout and markers, and of how a score follows from the fingerprint's
 # basis: part of the fingerprint, so bump it when any of them changes and a rerun never reuses pieces
@@ -66,7 +66,11 @@ class Chunk:
 
 def list_input_files(spark, df) -> list[File]:
     """Every file of ``df``'s scan (as a plain path, not percent-encoded) with its size and
-    modification time: one listing per parent directory (not one request per file)."""
+    modification time: from the index Spark built when it listed, else one listing per parent
+    directory (not one request per file)."""
+    known = index_files(df)
+    if known and len(known) == len(df.inputFiles()):
+        return sorted(known)
     by_parent: dict[str, list[str]] = {}
     for path in (hadoop.uri_to_path(spark, uri) for uri in df.inputFiles()):
         parent, _, name = path.rpartition("/")
@@ -215,3 +219,20 @@ class Pieces:
 def keep_only(fp: str):
     """The ``keep`` hook of ``Publisher.recover``: the pieces of fingerprint ``fp``, nothing else."""
     return lambda name: name == f"{PREFIX}{fp}"
+
+
+def input_rows(spark, df, rp: ResumePlan) -> int:
+    """The rows of the input: those of the reused chunks from their markers (their input files
+    are the versions they recorded), plus a count of the files left to score only (Spark prunes
+    its listing by name: nothing is listed again, the reused files' footers are not read)."""
+    reused = sum(int(m.counts.get("rows", 0)) for m in rp.reused)
+    todo = [f.path for c in rp.todo for f in c.files]
+    if not rp.reused:
+        return df.count()
+    if not todo:
+        return reused
+    from pyspark.sql import functions as F
+
+    names = [hadoop.encoded_uri(spark, p) for p in todo]
+    return reused + df.where(F.col("_metadata.file_path").isin(names)).count()
+

@@ -55,7 +55,7 @@ def run_score(spark: SparkSession, opts: ScoreOptions) -> dict:
                                     conf_int(spark, pieces.CHUNKS_PER_SLOT_CONF, pieces.DEFAULT_CHUNKS_PER_SLOT),
                                     conf_int(spark, pieces.MAX_CHUNK_BYTES_CONF, pieces.DEFAULT_MAX_CHUNK_BYTES))
         rp = pcs.plan(files, target)
-        plan.input_rows = plan.df.count()
+        plan.input_rows = pieces.input_rows(spark, plan.df, rp)
         clock.lap("plan")
         result = execute_score(spark, opts, plan, out, pcs, rp)
         if result.metrics["rows"] != plan.input_rows:
