@@ -42,7 +42,7 @@ executions, plan graph, metrics)
 =============================================  ==================================  ============================================
 
 The Java of the convert job's jar (``promptscore/convert/java``) uses Spark's ``InternalRow`` and
-``FileScanRDD`` partitions; ``tests/test_sparkapi.py`` runs every call here on the Spark in use.
+``FileScanRDD`` partitions; ``tests/spark/test_sparkapi.py`` runs every call here on the Spark in use.
 """
 
 from __future__ import annotations
