@@ -201,8 +201,8 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
-    config.addinivalue_line("markers", "slow: tests/e2e: launches spark-submit, a local-cluster or another JVM, or builds the "
-                            "wheel and virtualenvs; -m 'not slow' (make test-fast) skips it")
+    config.addinivalue_line("markers", "slow: tests/e2e: launches spark-submit, a local-cluster or another JVM, or "
+                            "builds the wheel and virtualenvs; make test-fast leaves it out")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 

@@ -28,8 +28,10 @@ def test_install_into_a_prefix_from_a_wheel_directory(tmp_path, wheelhouse):
     py = prefix / "venv" / "bin" / "python"
     check = run([py, "-c", "import promptscore, udfs, pyarrow, pandas; print(pyarrow.__version__, pandas.__version__)"])
     assert check.stdout.split() == ["21.0.0", "2.3.3"]  # the pinned versions of the locked extra
-    assert (prefix / "app" / "jobs" / "convert.py").is_file() and (prefix / "app" / "conf" / "emr-score-gpu.conf").is_file()
-    found = run([prefix / "bin" / "gpu-discovery.sh"], env={**fake_nvidia_smi(tmp_path, 2), "PROMPTSCORE_GPU_AMOUNT": "2"})
+    assert (prefix / "app" / "jobs" / "convert.py").is_file()
+    assert (prefix / "app" / "conf" / "emr-score-gpu.conf").is_file()
+    found = run([prefix / "bin" / "gpu-discovery.sh"],
+                env={**fake_nvidia_smi(tmp_path, 2), "PROMPTSCORE_GPU_AMOUNT": "2"})
     assert json.loads(found.stdout)["addresses"] == ["0", "1"], found.stderr
     assert (prefix / "spark-python.conf").read_text() == f"spark.pyspark.python {py}\n"
     line = f"export PYSPARK_PYTHON={py}"

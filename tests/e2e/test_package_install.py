@@ -68,8 +68,9 @@ def test_the_py_files_zip_imports_in_a_fresh_venv(dist, fresh_venv):
     zf = zipfile.ZipFile(dist / "promptscore.zip")
     names = set(zf.namelist())
     assert {"promptscore/__init__.py", "promptscore/convert/run.py", "udfs/reward.py", "udfs/engine_host.py"} <= names
+    sources = (ROOT / "promptscore" / "convert" / "java").glob("*.java")
     carried = {"promptscore/convert/jars/promptscore-readahead.jar"} | {f"promptscore/convert/java/{p.name}"
-                                                              for p in (ROOT / "promptscore" / "convert" / "java").glob("*.java")}
+                                                                          for p in sources}
     assert carried <= names  # the convert job's parser, and the sources it was built from
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py") and n not in carried]
     out = subprocess.run([fresh_venv, "-c", f"{MODULES}; print(promptscore.__file__)"], capture_output=True,

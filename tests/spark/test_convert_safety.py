@@ -22,7 +22,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def parquet_rows(path: Path, col: str = "prompt") -> list:
-    return sorted(ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).to_table().column(col).to_pylist())
+    table = ds.dataset(str(path), format="parquet", ignore_prefixes=["_", "."]).to_table()
+    return sorted(table.column(col).to_pylist())
 
 
 def one_error_line(err: str) -> str:
@@ -160,7 +161,8 @@ def test_every_line_is_a_row_or_a_reject_with_its_reason_and_exact_bytes(spark, 
     assert sorted(r.id for r in got) == ["big", "bom", "long", "ok\ufffd", "t0"]
     assert spark.read.parquet(str(out)).where("id = 'big'").first().prompt == long_ok
 
-    rejects = {bytes(r.raw_bytes) if r.raw_bytes else r.raw.encode(): r.reason for r in spark.read.parquet(str(out / "_rejects")).collect()}
+    rejects = {bytes(r.raw_bytes) if r.raw_bytes else r.raw.encode(): r.reason
+               for r in spark.read.parquet(str(out / "_rejects")).collect()}
     assert rejects == {
         lines[1]: "trailing_data",
         lines[2]: "trailing_data",
@@ -177,7 +179,8 @@ def test_every_line_is_a_row_or_a_reject_with_its_reason_and_exact_bytes(spark, 
     code, _, err = run_job("convert", ["--input", src, "--output", out2, "--max-bad-fraction", "1",
                                        "--schema", "id string, prompt string", "--max-line-bytes", "4k"], capsys)
     assert code == 0, err
-    too_long = [r.raw[:12] for r in spark.read.parquet(str(out2 / "_rejects")).where("reason = 'line_too_long'").collect()]
+    too_long = [r.raw[:12] for r in
+                spark.read.parquet(str(out2 / "_rejects")).where("reason = 'line_too_long'").collect()]
     assert sorted(too_long) == ['{"id": "big"', '{"id": "deep', '{"id": "long']
 
 

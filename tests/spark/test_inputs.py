@@ -210,7 +210,8 @@ def _object(bucket, key: str, lines: list[str], version: str, latest: bool = Tru
         write_lines(bucket.path(key), lines)
     mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bucket.path(key).stat().st_mtime if latest else 1e9))
     return {"Bucket": bucket.name, "Key": key.replace(" ", "%20"), "VersionId": version,
-            "IsLatest": str(latest).lower(), "IsDeleteMarker": "false", "Size": len(data), "StorageClass": "Standard", "LastModifiedDate": mtime,
+            "IsLatest": str(latest).lower(), "IsDeleteMarker": "false", "Size": len(data), "StorageClass": "Standard",
+            "LastModifiedDate": mtime,
             "ETag": '"ABC' + version + '"', "IsMultipartUploaded": "false", "EncryptionStatus": "false"}
 
 

@@ -49,7 +49,8 @@ def schema(spark):
 
 def test_each_line_gets_its_kind(spark, schema):
     # The parse keeps a line's text only for rejects: the file name says which line each row is.
-    numbered = spark.createDataFrame([(str(i), v) for i, (v, _) in enumerate(LINES)], "source_file string, value string")
+    numbered = spark.createDataFrame([(str(i), v) for i, (v, _) in enumerate(LINES)],
+                                     "source_file string, value string")
     got = jsonl.parse_lines(numbered, schema, max_line_bytes=LIMIT).select("source_file", "kind")
     expected = spark.createDataFrame([(str(i), k) for i, (_, k) in enumerate(LINES)], "source_file string, kind string")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
@@ -143,7 +144,8 @@ def test_bytes_that_are_not_utf8_are_rejected_with_the_bytes_kept(spark, tmp_pat
     parsed = jsonl.parse_lines(spark.read.text(str(tmp_path / "f.jsonl")), schema)
     assert [r.prompt for r in jsonl.good_rows(parsed, schema).collect()] == ["ok"]
     rejected = jsonl.reject_rows(parsed).first()
-    assert (rejected.reason, bytes(rejected.raw_bytes), rejected.detail) == ("invalid_utf8", raw, "byte 24 is not UTF-8")
+    assert (rejected.reason, bytes(rejected.raw_bytes), rejected.detail) == \
+        ("invalid_utf8", raw, "byte 24 is not UTF-8")
     assert rejected.raw == '{"id": 1, "prompt": "caf\ufffd"}'
 
 
@@ -198,7 +200,8 @@ def test_unknown_fields_are_found_at_every_depth(spark):
         ("f", '{"prompt": "q"}'),
     ], "source_file string, value string")
     got = jsonl.parse_lines(lines, schema).select("kind", "unknown")
-    expected = spark.createDataFrame([("ok", ["x", "o.deep", "arr[].c"]), ("ok", [])], "kind string, unknown array<string>")
+    expected = spark.createDataFrame([("ok", ["x", "o.deep", "arr[].c"]), ("ok", [])],
+                                     "kind string, unknown array<string>")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
     unchecked = jsonl.parse_lines(lines, schema, check_fields=False).select("unknown").collect()
     assert [r.unknown for r in unchecked] == [[], []]

@@ -53,7 +53,8 @@ def executors():
         p.wait()
 
 
-def discover(env: dict, owner: subprocess.Popen | None = None, amount: int | None = None) -> subprocess.CompletedProcess:
+def discover(env: dict, owner: subprocess.Popen | None = None,
+             amount: int | None = None) -> subprocess.CompletedProcess:
     env = dict(env)
     if owner is not None:
         env["PROMPTSCORE_GPU_OWNER_PID"] = str(owner.pid)
@@ -168,7 +169,8 @@ def fake_oss_tools(tmp_path: Path, root: Path, ossutil: str, hadoop: str) -> dic
     bin_dir.mkdir()
     scripts = {
         ("ossutil", "fail"): 'echo "Read config file error: stat /root/.ossutilconfig: no such file or directory, '
-                             'please try \\"help config\\" to set configuration or use \\"--config-file\\" option" >&2\n'
+                             'please try \\"help config\\" to set configuration or use '
+                             '\\"--config-file\\" option" >&2\n'
                              'exit 1\n',
         ("hadoop", "copy"): 'echo "$*" >> "$FAKE_HADOOP_CALLS"\nsrc=${4#oss://bucket/}\n'
                             '# shellcheck disable=SC2086\ncp "$FAKE_OSS_ROOT"/$src "$5"\n',

@@ -72,9 +72,10 @@ def test_long_pages_have_a_table_of_contents(page):
 
 
 # The functions and classes that build the reports' fields (by name, wherever they live).
-REPORT_BUILDERS = {"convert_report", "score_report", "dry_run_report", "report_header", "run_plan", "run_compare", "compare_scores",
-                   "token_figures", "calibration_figures", "estimates", "predicted_vs_actual",
-                   "score_estimate_from_sums", "engine_summaries", "engine_start_fields", "only_new_facts", "facts", "examples", "as_dict",
+REPORT_BUILDERS = {"convert_report", "score_report", "dry_run_report", "report_header", "run_plan", "run_compare",
+                   "compare_scores", "token_figures", "calibration_figures", "estimates", "predicted_vs_actual",
+                   "score_estimate_from_sums", "engine_summaries", "engine_start_fields", "only_new_facts", "facts",
+                   "examples", "as_dict",
                    "ConvertEstimate"}
 
 

@@ -17,8 +17,8 @@ def make(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-MODULES = ("import promptscore, promptscore.cli, promptscore.tools.stage_model, promptscore.tools.submit, promptscore.tools.serverless, "
-           "udfs, udfs.staging, "
+MODULES = ("import promptscore, promptscore.cli, promptscore.tools.stage_model, promptscore.tools.submit, "
+           "promptscore.tools.serverless, udfs, udfs.staging, "
            "promptscore.tools.oss_source")
 
 

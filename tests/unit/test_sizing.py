@@ -44,7 +44,8 @@ def test_a_calibrated_rate_replaces_the_flops_model():
         sizing.score_estimate(1, [1], shape, "Z9")
 
 
-@pytest.mark.parametrize("latency, tasks, bound", [(0, 1, "cpu"), (30, 1, "latency"), (30, 8, "latency"), (30, 32, "cpu")])
+@pytest.mark.parametrize("latency, tasks, bound",
+                         [(0, 1, "cpu"), (30, 1, "latency"), (30, 8, "latency"), (30, 32, "cpu")])
 def test_convert_estimate_bounds(latency, tasks, bound):
     # 4,000 files of 100 KB parsed at 80 MB/s per core: 1.25 ms of CPU per file.
     est = sizing.convert_estimate(4000, 400_000_000, list_s=1.0, parse_bytes_per_s=80e6, cores=2,

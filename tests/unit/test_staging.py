@@ -61,7 +61,8 @@ def test_a_damaged_copy_is_repaired_on_the_next_run(model, tmp_path):
 
 def test_concurrent_runs_copy_once(model, tmp_path):
     dest = tmp_path / "dest"
-    code = f"from udfs.staging import DirSource, stage; print(stage(DirSource({str(model)!r}), {str(dest)!r})['copied'])"
+    code = (f"from udfs.staging import DirSource, stage; "
+            f"print(stage(DirSource({str(model)!r}), {str(dest)!r})['copied'])")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     copied = sorted(int(p.communicate(timeout=60)[0]) for p in procs)
     assert copied == [0, 0, 3]
