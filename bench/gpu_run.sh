@@ -21,7 +21,7 @@ export PROMPTSCORE_RUNTIME_DIR=${PROMPTSCORE_RUNTIME_DIR:-/tmp/promptscore-runti
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 case "$what" in
   tests)
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_score_job.py 2>&1 | tee "$out/gpu-tests.log"
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/spark/test_score_job.py 2>&1 | tee "$out/gpu-tests.log"
     rc=${PIPESTATUS[0]}
     cp "$PROMPTSCORE_RUNTIME_DIR"/*.log "$out/" 2>/dev/null
     exit "$rc" ;;

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import fake_oss  # noqa: E402
 from convert_bench import machine, parquet_rows, run, spark_env  # noqa: E402
 from convert_bench import prepare as generate_once  # noqa: E402
+
 from promptscore.tools.submit import conf_args  # noqa: E402
 
 BUCKET = "bench"

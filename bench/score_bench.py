@@ -106,7 +106,7 @@ def prepare(a) -> None:
     rng = random.Random(0)
     pool = tok(" ".join(_prompt(rng) for _ in range(4000)))["input_ids"]
     texts, lengths = [], []
-    for i in range(a.prompts):
+    for _ in range(a.prompts):
         n = rng.randint(a.min_tokens, a.max_tokens)
         start = rng.randrange(0, len(pool) - n)
         text = tok.decode(pool[start:start + n])
@@ -145,7 +145,8 @@ def bare_vllm(a) -> None:
         from udfs.prompts import Prompter
 
         t0 = time.monotonic()
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in Prompter(a.model, "raw", a.max_model_len).encode(texts).ids]
+        encoded = Prompter(a.model, "raw", a.max_model_len).encode(texts)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in encoded.ids]
         tokenize_s = time.monotonic() - t0
     llm.classify(prompts[:256], pooling_params=params, use_tqdm=False)  # warm-up
     t0 = time.monotonic()
@@ -202,9 +203,9 @@ def spark_run(a) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    from promptscore.io.output import OutputSpec
     from promptscore.score.options import ScoreOptions
     from promptscore.score.run import run_score
-    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     builder = (SparkSession.builder.master(a.master).appName("score-bench")
@@ -371,9 +372,9 @@ def _session(a, name: str):
 def compare_run(a) -> None:
     """(c) The job's ``--compare-sample`` check: the options (e.g. ``--quantization fp8``) against
     the reference (the same without quantization, ``--compare-dtype``) on a fixed sample."""
+    from promptscore.io.output import OutputSpec
     from promptscore.score.options import ScoreOptions
     from promptscore.score.run import run_score
-    from promptscore.io.output import OutputSpec
     from udfs.engines import EngineSpec
 
     spark = _session(a, "score-bench-compare")
@@ -497,7 +498,8 @@ def run_scale(a) -> None:
     common = ["--model", model, "--max-model-len", "2048", "--dtype", dtype]
     steps = {
         "prepare": [["prepare", "--work", str(work), "--prompts", str(n1k), "--min-tokens", "900",
-                     "--max-tokens", "1100", "--name", "prompts-1k", "--device", gpu, *(["--skip-big"] if a.dry else [])],
+                     "--max-tokens", "1100", "--name", "prompts-1k", "--device", gpu,
+                     *(["--skip-big"] if a.dry else [])],
                     ["prepare", "--work", str(work), "--prompts", str(n300), "--min-tokens", "250",
                      "--max-tokens", "350", "--name", "prompts-300", "--device", gpu, "--skip-big"]],
         "start": [["engine-start", *common, "--prompts", p1k, "--backend", backend, "--device", device,
@@ -550,12 +552,14 @@ def report_scale(a) -> None:
     if bare and job:
         ratio = job["engine_busy_s"] / bare["seconds"]
         print_(f"| engine busy, job vs bare | bare {bare['seconds']:.2f} s ({bare['prompts']:,} prompts, "
-              f"{bare['prompts_per_s']:.1f}/s) | job busy {job['engine_busy_s']:.2f} s, idle {job['engine_idle_s']:.2f} s, "
-              f"write {job['seconds']:.2f} s | **{ratio:.4f}x** (goal at most 1.02x: {'met' if ratio <= 1.02 else 'NOT met'}) |")
+              f"{bare['prompts_per_s']:.1f}/s) | job busy {job['engine_busy_s']:.2f} s, "
+              f"idle {job['engine_idle_s']:.2f} s, write {job['seconds']:.2f} s | **{ratio:.4f}x** "
+              f"(goal at most 1.02x: {'met' if ratio <= 1.02 else 'NOT met'}) |")
     if job:
         for name, r in [("prompts-1k", job), *job.get("more", {}).items()]:
             print_(f"| throughput {name} | {r['prompts']:,} prompts, mean {r['mean_tokens']:.0f} tokens | "
-                  f"{r['prompts_per_s']:.1f} prompts/s | {r['tokens_per_s']:,.0f} tokens/s | busy {r['engine_busy_s']:.1f} s |")
+                  f"{r['prompts_per_s']:.1f} prompts/s | {r['tokens_per_s']:,.0f} tokens/s | "
+                  f"busy {r['engine_busy_s']:.1f} s |")
     if cmp:
         print_(f"| compare-sample | {cmp['summary']} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -566,7 +570,8 @@ def report(a) -> None:
     out = Path(a.out)
     runs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if "engine-logs" not in p.name}
     base = runs.get("vllm-bf16-ids") or runs.get("vllm-bf16")
-    print("| run | prompts | tokens | seconds | prompts/s | tokens/s | MFU (of 989 TFLOP/s) | vs bare vLLM bf16 (ids) |")
+    print("| run | prompts | tokens | seconds | prompts/s | tokens/s | MFU (of 989 TFLOP/s) "
+          "| vs bare vLLM bf16 (ids) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     for name in ("vllm-bf16-ids", "vllm-bf16", "spark", "spark-1gpu", "spark-2gpu", "vllm-fp8", "transformers"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from promptscore import sizing  # noqa: E402
+from promptscore import sizing
 
 FILES = 4_000_000
 BYTES = 400 * 10**9
@@ -29,7 +29,8 @@ LLAMA_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 1
 def convert_tables(a: argparse.Namespace) -> None:
     print("### Converting 4 million files (400 GB)\n")
     print(f"Inputs: {FILES:,} files, {BYTES / 1e9:,.0f} GB (mean {BYTES / FILES / 1e3:,.0f} KB); one core converts "
-          f"{a.parse_mb_s} MB/s (read, parse and Parquet: the job's steady state); an OSS GET takes {a.latency_ms} ms to "
+          f"{a.parse_mb_s} MB/s (read, parse and Parquet: the job's steady state); an OSS GET takes "
+          f"{a.latency_ms} ms to "
           f"the first byte; listing {a.list_s} s (4,000 LIST pages of one flat prefix, page after page, at "
           f"{a.list_s / 4000 * 1000:.0f} ms); publishing copies each output file once, ~2 s per 256 MB copy, "
           "16 at a time.\n")
@@ -58,7 +59,8 @@ def score_tables(a: argparse.Namespace) -> None:
           f"fields) = {prompts / 1e6:,.0f} million prompts of ~{a.tokens} tokens (~1,000 characters: 250-400 "
           f"tokens in English with a Qwen2.5 or Llama-3 tokenizer) = {prompts * a.tokens / 1e9:,.0f} billion "
           "tokens.\n")
-    for label, cfg in (("Qwen2.5-1.5B-shaped reward model", QWEN_1_5B), ("Llama-3.1-8B-shaped (Skywork-Reward-Llama-3.1-8B)", LLAMA_8B)):
+    for label, cfg in (("Qwen2.5-1.5B-shaped reward model", QWEN_1_5B),
+                       ("Llama-3.1-8B-shaped (Skywork-Reward-Llama-3.1-8B)", LLAMA_8B)):
         shape = sizing.ModelShape.from_config(cfg)
         print(f"**{label}** ({shape.params / 1e9:.2f}B weights per token):\n")
         print("| GPU | how | tokens/s per GPU | GPU-hours | 8 GPUs: wall-clock | physical limit (GPU-hours) |")
@@ -67,7 +69,8 @@ def score_tables(a: argparse.Namespace) -> None:
         for gpu in ("H100", "H20", "A100", "L20", "A10"):
             measured = a.h100_tokens_s if gpu == "H100" and cfg is QWEN_1_5B and a.h100_tokens_s else None
             est = sizing.score_estimate(prompts, lengths, shape, gpu, gpus=8, calibrated_tokens_per_s=measured)
-            how = "measured" if measured else ("FLOPs-scaled from the H100" if gpu != "H100" else "FLOPs model, H100 MFU")
+            how = ("measured" if measured
+                   else "FLOPs-scaled from the H100" if gpu != "H100" else "FLOPs model, H100 MFU")
             print(f"| {gpu} | {how} | {est['tokens_per_s_per_gpu']:,.0f} | {est['gpu_hours']:,.0f} | "
                   f"{est['wall']} | {est['physical_limit_gpu_hours']:,.0f} |")
         print()

@@ -16,8 +16,18 @@ import traceback
 from typing import Any, Callable, NoReturn, Sequence
 
 from promptscore import sparkapi
-from promptscore.errors import (EXIT_CODES_HELP, EXIT_DATA, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, DataQualityError,
-                                UsageError, cause_chain, classify, file_named)
+from promptscore.errors import (
+    EXIT_CODES_HELP,
+    EXIT_DATA,
+    EXIT_OK,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    DataQualityError,
+    UsageError,
+    cause_chain,
+    classify,
+    file_named,
+)
 from udfs.uris import has_userinfo, redact, redact_text
 
 _UNEXPANDED = re.compile(r"\$\{[^}]*\}|\$\[[^\]]*\]")

@@ -299,7 +299,7 @@ class StatusServer:
         ready = starting = 0
         longest = 0.0
         with self.lock:
-            for task, (at, so_far) in list(self.preparing.items()):
+            for task, (at, _so_far) in list(self.preparing.items()):
                 if now - at > self.stale_s:
                     del self.preparing[task]
             preparing = len(self.preparing)

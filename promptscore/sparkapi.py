@@ -10,16 +10,17 @@ and the note said why. Refusing unknown versions outright would also refuse the 
 
 What each call is, and what Spark 4 changes (checked against Spark's sources; Spark 4 under
 Spark Connect has no JVM on the Python side at all, so none of these works there: the jobs need a
-classic session, which is what ``spark-submit`` gives):
+classic session, which is what ``spark-submit`` gives; ``...`` stands for the package of the
+Spark 3.5 column):
 
-=============================================  ==================================  ============================================
+=============================================  ==================================  ====================================
 call                                           Spark 3.5 (tested)                  Spark 4.0
-=============================================  ==================================  ============================================
+=============================================  ==================================  ====================================
 ``SparkContext._jvm`` / ``_jsc`` /             py4j gateway, JavaSparkContext      same (classic)
 ``_gateway`` / ``_ensure_initialized``
-``SparkSession._jsparkSession``                ``org.apache.spark.sql.SparkSession``  ``org.apache.spark.sql.classic.SparkSession``;
+``SparkSession._jsparkSession``                ``org.apache.spark.sql.SparkSession``  ``...classic.SparkSession``;
                                                                                    the methods used here are on it
-``DataFrame(jdf, session)``                    ``pyspark.sql.DataFrame``           ``pyspark.sql.classic.dataframe.DataFrame``
+``DataFrame(jdf, session)``                    ``pyspark.sql.DataFrame``           ``...classic.dataframe.DataFrame``
                                                                                    (``frame`` picks whichever is there)
 ``DataFrame._jdf``, ``inputFiles()`` on it     Dataset                              same
 ``_parse_datatype_string``                     ``pyspark.sql.types``                same
@@ -29,7 +30,7 @@ call                                           Spark 3.5 (tested)               
 ``sessionState().newHadoopConf()``,            SessionState                         same
 ``resourceLoader().addJar``
 ``FileSourceScanExec.inputRDD``                lazy val                             same
-``FileSourceScanExec.selectedPartitions``      ``Array[PartitionDirectory]``        ``ScanFileListing`` (only forced here)
+``FileSourceScanExec.selectedPartitions``      ``Array[PartitionDirectory]``        ``ScanFileListing`` (forced here)
 ``InMemoryFileIndex`` (7 arguments),           as called                            same
 ``SharedInMemoryCache(size, ttl)``,
 ``HadoopFsRelation(...)(session)``
@@ -39,10 +40,10 @@ call                                           Spark 3.5 (tested)               
 ``sharedState().statusStore()`` (SQL
 executions, plan graph, metrics)
 ``CapturedException._origin``                 pyspark.errors                       same
-=============================================  ==================================  ============================================
+=============================================  ==================================  ====================================
 
 The Java of the convert job's jar (``promptscore/convert/java``) uses Spark's ``InternalRow`` and
-``FileScanRDD`` partitions; ``tests/test_sparkapi.py`` runs every call here on the Spark in use.
+``FileScanRDD`` partitions; ``tests/spark/test_sparkapi.py`` runs every call here on the Spark in use.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def scan_files(df, limit: int | None = None) -> list[tuple[str, int, int]] | Non
                             if m.group(2) == "false"]
                 if limit is not None and len(out) >= limit:
                     return out[:limit]
-    except Exception as e:  # noqa: BLE001 - another Spark's internals
+    except Exception as e:
         if not is_py4j_error(e) and not isinstance(e, (AttributeError, TypeError)):
             raise
         return None

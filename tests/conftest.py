@@ -12,11 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import fake_oss
 import pytest
 
-import fake_oss
-
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+# The tiers: unit (no SparkSession, no JVM), spark (the shared session, jobs in this process) and
+# e2e (spark-submit, local-cluster, other JVMs, wheel builds: all slow). A tier's tests may import
+# another tier's helpers and fixtures by module name.
+TIERS = ("unit", "spark", "e2e")
+sys.path[1:1] = [str(TESTS / tier) for tier in TIERS if str(TESTS / tier) not in sys.path]
 
 # Engine hosts of this test run keep their sockets, locks and logs here (inherited by Spark's
 # JVM and its Python workers, which start after this line).
@@ -196,22 +201,22 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
-    config.addinivalue_line("markers", "slow: launches spark-submit, a local-cluster or another JVM, or builds the "
-                            "wheel and virtualenvs; -m 'not slow' (make test-fast) skips it")
+    config.addinivalue_line("markers", "slow: tests/e2e: launches spark-submit, a local-cluster or another JVM, or "
+                            "builds the wheel and virtualenvs; make test-fast leaves it out")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 
-# Slow, and so left out of `make test-fast`: a test that uses a fixture that launches spark-submit
-# or builds the wheel, and these tests of files that do not import pytest (a separate JVM).
+# A test that launches spark-submit or builds the wheel belongs in tests/e2e, which is all slow and
+# so left out of `make test-fast`; one elsewhere that uses these fixtures is refused.
 SLOW_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit", "package_dist", "offline_wheels"}
-SLOW_TESTS = {"test_score_helpers.py::test_auto_is_vllm_when_spark_schedules_gpus"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or \
-                f"{item.path.name}::{item.name}" in SLOW_TESTS:
+        if item.path.parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
+        elif SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            raise pytest.UsageError(f"{item.nodeid} is slow: it belongs in tests/e2e")
 
 
 def has_gpu_and_vllm() -> bool:
@@ -275,7 +280,7 @@ def gpu_score_submit(tmp_path_factory, tiny_model) -> tuple[subprocess.Completed
     with a GPU address each, a new Python worker for every task), the model given as a URI and
     copied into ``<home>/cache``, an event log in ``<home>/events``, and the fake keys of
     test_secrets in its environment. The process, and ``home`` (``in``, ``scored``)."""
-    from test_secrets import FAKE
+    from test_secrets_submit import FAKE
     from test_spark_submit import launch_gpu_score
 
     home = tmp_path_factory.mktemp("gpu-score")

@@ -114,7 +114,7 @@ class TransformersEngine(_BatchLoop):
         self.device = device
         model = AutoModelForSequenceClassification.from_pretrained(spec.model_dir, dtype=getattr(torch, dtype))
         self.model = model.to(device).eval()
-        self.head = getattr(model, "score", None) or getattr(model, "classifier")
+        self.head = getattr(model, "score", None) or model.classifier
         self.vocab_size = model.config.vocab_size
         self.pad_id = model.config.pad_token_id or 0
         self.batch_tokens = spec.batch_tokens
@@ -258,7 +258,7 @@ class VllmEngine:
     def __init__(self, spec: EngineSpec, clock: StartClock | None = None):
         clock = clock or StartClock()
         with contextlib.suppress(ImportError):  # else check_vllm says what is missing
-            import torch  # noqa: F401 - timed apart from vLLM's own import
+            import torch
         clock.mark("torch")
         check_vllm()
         from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
@@ -313,8 +313,8 @@ class VllmEngine:
             # vLLM's own check allows ids up to the tokenizer's size, which may exceed the model's.
             raise ValueError(f"token id {bad} is out of vocabulary (size {self.vocab_size})")
         out = None
-        async for out in self.llm.encode(tokens_input(ids), self.params.clone(), f"ps-{next(self._ids)}"):
-            pass
+        async for item in self.llm.encode(tokens_input(ids), self.params.clone(), f"ps-{next(self._ids)}"):
+            out = item
         return float(out.outputs.data.reshape(-1)[0])
 
     async def _request(self, req, deliver: Deliver) -> None:

@@ -17,7 +17,6 @@ splitting its batch until only that row fails.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -140,7 +139,8 @@ class TaskStats:
             "engine_wait_s": round(self.engine_wait_s, 3),
             "engine_restarts": self.restarts,
             # The engine's busy seconds while this task ran (exact when one task uses the engine).
-            "gpu_s": round(busy_end - self.busy_start, 3) if busy_end is not None and self.busy_start is not None else None,
+            "gpu_s": (round(busy_end - self.busy_start, 3)
+                      if busy_end is not None and self.busy_start is not None else None),
             # The engine's lifetime counters at this task's start and end: seconds computing, and
             # seconds without rows to compute.
             "engine_busy_start_s": self.busy_start,
@@ -290,7 +290,8 @@ class _TaskRun:
         step = max(1, self.spec.slice_rows)
         slices = []
         for lo in range(0, max(len(prompts), 1), step):
-            enc = self.prompter.encode(prompts[lo:lo + step], responses[lo:lo + step] if responses is not None else None)
+            enc = self.prompter.encode(prompts[lo:lo + step],
+                                       responses[lo:lo + step] if responses is not None else None)
             sl = _Slice(enc, [i for i, ids in enumerate(enc.ids) if ids is not None])
             slices.append(sl)
             if not sl.todo:  # nothing for the engine (null or empty texts): done already
@@ -298,7 +299,7 @@ class _TaskRun:
                 continue
             while self.sent and self.in_flight + len(sl.todo) > self.limit:
                 self.await_oldest()
-            self.with_engine(lambda: self._send(sl))
+            self.with_engine(lambda sl=sl: self._send(sl))
             self.sent.append(sl)
             self.in_flight += len(sl.todo)
         return slices

@@ -118,7 +118,7 @@ def _suspect_compressed_files(spark: SparkSession, known: Sequence[File] | None,
             return []
         try:
             files = sparkapi.read_known_files(spark, known, "binaryFile")
-        except Exception as e:  # noqa: BLE001 - another Spark's internals: list the inputs instead
+        except Exception as e:
             if not sparkapi.is_py4j_error(e):
                 raise
     if files is None:

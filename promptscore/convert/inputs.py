@@ -26,7 +26,6 @@ from promptscore.io import hadoop, lists, output
 from promptscore.io.files import File, folders, index_files, lines_of, with_checksums
 from udfs.uris import redact
 
-
 SUFFIXES = (".jsonl", ".jsonl.gz")
 INPUT_NAMES = "*.jsonl, *.jsonl.gz"
 HIDDEN_RULE = "names starting with '_' or '.' are never listed (Hadoop's hidden files)"
@@ -68,9 +67,9 @@ def check_symlink_loops(spark: SparkSession, inputs: Sequence[str]) -> None:
             loop = find_symlink_loop(start)
             if loop:
                 link, target = loop
-                raise errors.UsageError(f"input {redact(uri)} holds a symbolic link loop: {link} -> {target} leads back "
-                                     "to a folder above it, so listing the input would never end; remove the link, "
-                                     "or pass the folders beside it as --input")
+                raise errors.UsageError(f"input {redact(uri)} holds a symbolic link loop: {link} -> {target} leads "
+                                     "back to a folder above it, so listing the input would never end; remove the "
+                                     "link, or pass the folders beside it as --input")
 
 
 def find_symlink_loop(root: str) -> tuple[str, str] | None:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ArrayType, DataType, MapType, StringType, StructField, StructType)
+from pyspark.sql.types import ArrayType, DataType, MapType, StringType, StructField, StructType
 
 from promptscore import errors, sparkapi
 from promptscore.convert import reader

@@ -13,7 +13,6 @@ from promptscore.flags import option
 from promptscore.io.output import OutputSpec
 
 
-
 def _names(text: str) -> list[str]:
     return [f.strip() for f in text.split(",") if f.strip()]
 

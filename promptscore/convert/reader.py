@@ -16,7 +16,8 @@ The reader and the convert job's line parser (``JsonLineParser.java``, see
 ``promptscore.convert.jsonl``) are one jar, ``promptscore/convert/jars/promptscore-readahead.jar``,
 built from every ``promptscore/convert/java/*.java`` with the machine's ``javac`` against pyspark's
 jars (class files for Java 8, the oldest JVM a supported Spark runs on) and committed with the
-sources it was built from (a test checks that its recorded digest matches them). The wheel and the ``--py-files`` zip carry it; the job adds it to its session itself
+sources it was built from (a test checks that its recorded digest matches them). The wheel and the
+``--py-files`` zip carry it; the job adds it to its session itself
 (``SparkContext.addJar`` sends it to the executors; from a zip it is first copied to a local
 file), and a jar passed with ``spark-submit --jars`` is used as it is. The parser is required:
 without the jar the convert job exits 2 saying how to get it. Read-ahead is not: when Spark's

@@ -26,8 +26,8 @@ or ``Infinity`` constants, no number that overflows a double or underflows to ze
 from __future__ import annotations
 
 import gzip
-import math
 import json
+import math
 import os
 import re
 import tempfile

@@ -105,7 +105,7 @@ def lines_of(spark: SparkSession, files: Sequence[File]) -> DataFrame:
         raise ValueError("no files")
     try:
         return sparkapi.read_known_files(spark, files)
-    except Exception as e:  # noqa: BLE001 - another Spark's internals: read the slow, public way
+    except Exception as e:
         if not sparkapi.is_py4j_error(e):
             raise
         return (spark.read.option("recursiveFileLookup", "true")

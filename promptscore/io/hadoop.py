@@ -46,7 +46,7 @@ def _reads(fn: Callable[..., T]) -> Callable[..., T]:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - re-raised unless transient
+            except Exception as e:
                 if attempt == ATTEMPTS or not errors.is_transient(e):
                     raise
             with _retries_lock:
@@ -106,7 +106,7 @@ def kind(spark, uri: str) -> str | None:
     """What is at ``uri``: ``"file"``, ``"dir"`` or None, from one status request."""
     try:
         st = _fs(spark, p := _path(spark, uri)).getFileStatus(p)
-    except Exception as e:  # noqa: BLE001 - only "not found" means absent
+    except Exception as e:
         if _java_class(e).endswith("FileNotFoundException"):
             return None
         raise
@@ -358,7 +358,7 @@ def create_new(spark, uri: str, data: bytes) -> bool:
     p = _path(spark, uri)
     try:
         out = _fs(spark, p).create(p, False)
-    except Exception as e:  # noqa: BLE001 - py4j wraps the Java exception
+    except Exception as e:
         if any(k in _java_class(e) for k in ("FileAlreadyExists", "AlreadyBeingCreated")):
             return False
         raise
@@ -373,7 +373,7 @@ def read_bytes_if_there(spark, uri: str) -> bytes | None:
     """The bytes of the small file ``uri``, or None if there is no such file."""
     try:
         return read_bytes(spark, uri)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if "FileNotFound" in _java_class(e):
             return None
         raise

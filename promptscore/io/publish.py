@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Callable
 
 from promptscore.io import hadoop
-from promptscore.io.files import list_names, list_tree
 from promptscore.io import lock as locks
+from promptscore.io.files import list_names, list_tree
 from udfs.uris import redact
 
 JOURNAL = "_publish.json"

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from promptscore.io import hadoop
-from udfs.uris import has_scheme, redact as redact_uri
+from udfs.uris import has_scheme
+from udfs.uris import redact as redact_uri
 
 __all__ = ["Phases", "human_bytes", "num", "now_iso", "redact_uri", "spark_info", "write_report"]
 

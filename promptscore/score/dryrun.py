@@ -16,7 +16,6 @@ from promptscore.score.options import ScoreOptions
 from promptscore.score.plan import score_slots
 
 
-
 def run_plan(spark: SparkSession, opts: ScoreOptions) -> dict:
     """Check, count, tokenize (and calibrate); print the plan and write it with ``--report``.
     Writes no output and, without ``--calibrate``, loads no engine."""

@@ -215,7 +215,8 @@ def check_inputs(spark: SparkSession, opts: ScoreOptions) -> tuple[dict, list[tu
     try:
         df = spark.read.parquet(*opts.inputs)
     except AnalysisException as e:
-        raise errors.UsageError(f"cannot read --input as Parquet: {redact_uri(str(e).strip().splitlines()[0])}") from None
+        first = redact_uri(str(e).strip().splitlines()[0])
+        raise errors.UsageError(f"cannot read --input as Parquet: {first}") from None
     for col, flag in ((opts.text_col, "--text-col"), (opts.response_col, "--response-col")):
         if col is None:
             continue

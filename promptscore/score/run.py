@@ -25,8 +25,8 @@ from promptscore.io.reports import Phases, now_iso, redact_uri, spark_info
 from promptscore.score import pieces
 from promptscore.score.options import ScoreOptions
 from promptscore.score.plan import conf_int, plan_score, score_slots
-from promptscore.score.rows import score_stats
 from promptscore.score.report import HISTOGRAM_PNG, histogram_png, score_report, summary_line
+from promptscore.score.rows import score_stats
 from promptscore.score.write import execute_score
 
 

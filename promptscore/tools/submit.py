@@ -4,7 +4,8 @@
     python -m promptscore.tools.submit score --deploy-mode cluster --run -- --input ... --model /mnt/models/rm
     python -m promptscore.tools.submit convert --profile conf/local.conf --run -- --input data/ --output out/
     python -m promptscore.tools.submit convert --target serverless --jobs-uri oss://b/jobs --environment-id ev-1 -- ...
-    python -m promptscore.tools.submit convert --target serverless ... --run --workspace-id w-1 --region cn-hangzhou -- ...
+    python -m promptscore.tools.submit convert --target serverless ... --run --workspace-id w-1 \
+        --region cn-hangzhou -- ...
     python -m promptscore.tools.submit --conf-args conf/local.conf
 
 A profile (a Spark properties file in ``conf/``) becomes ``--conf key=value`` pairs on the command
