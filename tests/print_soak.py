@@ -20,7 +20,7 @@ from promptscore import cli, progress
 def main(lines: int) -> None:
     cli.print_err("soak: before the session")  # the gateway exists before any SparkContext
     spark = cli.get_session("print-soak")
-    # The properties the session runs with, for tests/test_conf.py.
+    # The properties the session runs with, for tests/e2e/test_conf_submit.py.
     print("CONF" + json.dumps(dict(spark.sparkContext.getConf().getAll())), flush=True)
     bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getThreadMXBean()
     me = psutil.Process()
