@@ -19,6 +19,7 @@ from conftest import run_job
 
 from promptscore import progress
 from promptscore.convert import reader
+from promptscore.frames import session_conf
 from udfs import engine_client, host_files
 
 
@@ -40,18 +41,6 @@ class Recorder:
 
     def record(self, text: str) -> None:
         self.lines.append((text, self.measure()))
-
-
-@contextlib.contextmanager
-def session_conf(spark, **conf):
-    old = {k: spark.conf.get(k, None) for k in conf}
-    for k, v in conf.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
 
 
 @contextlib.contextmanager
@@ -189,7 +178,7 @@ def test_score_progress_never_counts_a_row_before_its_score_is_back(spark, tiny_
     recorder = Recorder(host_rows)
     monkeypatch.setattr(progress, "Reporter", recorder.cls)
     # the tasks wait for the engine to start (no prestart), so its start is a phase of the line
-    with session_conf(spark, **{progress.INTERVAL_CONF: "0.3", "spark.promptscore.score.prestart": "false"}):
+    with session_conf(spark, {progress.INTERVAL_CONF: "0.3", "spark.promptscore.score.prestart": "false"}):
         code, _, err = run_job("score", ["--input", src, "--output", tmp_path / "out", "--model", tiny_model],
                                capsys)
     assert code == 0, err
@@ -237,7 +226,7 @@ def test_convert_progress_never_claims_more_than_the_files_read(spark, oss_bucke
     recorder = Recorder(opened)
     monkeypatch.setattr(progress, "Reporter", recorder.cls)
     with bucket_settings(spark, delays_ms={"open": 15}), \
-            session_conf(spark, **{progress.INTERVAL_CONF: "0.2", reader.KEY: read_ahead}):
+            session_conf(spark, {progress.INTERVAL_CONF: "0.2", reader.KEY: read_ahead}):
         fake_oss.reset_counts(spark)
         code, _, err = run_job("convert", ["--input", oss_bucket / "in", "--output", oss_bucket / "out",
                                            "--schema", "prompt string", "--sample-files", "0"], capsys)
