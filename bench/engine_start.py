@@ -240,6 +240,23 @@ def prepare(c: Call) -> None:
         r.wait()
     if code != 0:
         raise SystemExit("prepare failed; see logs/prepare.log")
+    compile_site(c)
+
+
+def compile_site(c: Call) -> None:
+    """Byte-compile the packages vLLM was installed with, as ``pip install`` does unless told
+    ``--no-compile`` (wheels staged for an offline machine may have been installed that way, and a
+    Python that may not write ``__pycache__`` then compiles every module at every start)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch" if c.a.dry else "vllm")
+    if not spec or not spec.origin:
+        return
+    site = Path(spec.origin).parents[1]
+    before = sum(1 for _ in (site / ("torch" if c.a.dry else "vllm")).rglob("*.pyc"))
+    c.say(f"compile: {site}: {before} .pyc files under the package before; this Python writes bytecode: "
+          f"{not sys.dont_write_bytecode} (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE')!r})")
+    c.run("compile", [sys.executable, "-m", "compileall", "-q", "-j", "0", str(site)], 180)
 
 
 def bare_run(c: Call, label: str, fresh: bool, engine_args: dict | None = None, limit_s: float = 330,

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from udfs.architectures import native_architecture
 from udfs.start_parts import StartClock
 
 
@@ -193,7 +194,7 @@ def check_vllm() -> None:
     """Fail with one line, naming the vLLM found and the one expected, unless vLLM's public API
     that ``VllmEngine`` uses is there: ``vllm.AsyncEngineArgs``, ``vllm.AsyncLLMEngine`` (vLLM's
     ``AsyncLLM``) with ``from_engine_args`` and ``encode``, ``vllm.PoolingParams`` with ``task``
-    and ``use_activation``, and ``vllm.inputs.tokens_input``."""
+    and ``use_activation``, ``vllm.ModelRegistry.get_supported_archs`` and ``vllm.inputs.tokens_input``."""
     try:
         import vllm
     except ImportError as e:
@@ -202,13 +203,14 @@ def check_vllm() -> None:
     found = getattr(vllm, "__version__", "of unknown version")
     missing: list[str] = []
     try:
-        from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams  # noqa: F401
+        from vllm import AsyncEngineArgs, AsyncLLMEngine, ModelRegistry, PoolingParams  # noqa: F401
         from vllm.inputs import tokens_input  # noqa: F401
     except ImportError as e:
         missing.append(str(e))
     else:
         missing += [f"AsyncLLMEngine.{name}" for name in ("from_engine_args", "encode", "shutdown")
                     if not hasattr(AsyncLLMEngine, name)]
+        missing += [] if hasattr(ModelRegistry, "get_supported_archs") else ["ModelRegistry.get_supported_archs"]
         fields = getattr(PoolingParams, "__struct_fields__", None) or ()
         missing += [f"PoolingParams.{name}" for name in ("task", "use_activation") if name not in fields]
     if missing:
@@ -261,10 +263,12 @@ class VllmEngine:
             import torch
         clock.mark("torch")
         check_vllm()
-        from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
+        from vllm import AsyncEngineArgs, AsyncLLMEngine, ModelRegistry, PoolingParams
 
         clock.mark("vllm")
         kwargs = vllm_kwargs(spec)
+        if "model_impl" not in kwargs and native_architecture(spec.model_dir, ModelRegistry.get_supported_archs()):
+            kwargs["model_impl"] = "vllm"
         # Made inside the loop that later serves it, as vLLM's own server makes it.
         self.loop = asyncio.new_event_loop()
 

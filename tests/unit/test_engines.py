@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import direct_scores
 
@@ -55,3 +57,27 @@ def test_padded_batches_group_rows_by_length_within_the_token_budget(engine):
     assert all(width == max(lengths[i] for i in rows) for rows, width in groups)
     assert all(width * len(rows) <= 256 for rows, width in groups)
     assert [width for _, width in groups] == sorted(width for _, width in groups)
+
+
+@pytest.mark.parametrize(("archs", "native"), [
+    (["Qwen2ForSequenceClassification"], True),  # served as vLLM's Qwen2ForCausalLM with a classify head
+    (["LlamaForSequenceClassification"], True),
+    (["Qwen2ForCausalLM"], True),
+    (["MadeUpForSequenceClassification"], False),  # only the Transformers backend could serve it
+    (["TransformersForSequenceClassification"], False),
+    ([], False),
+])
+def test_native_architecture_decides_from_the_config_and_vllms_list(tmp_path, archs, native):
+    from udfs.architectures import native_architecture
+
+    supported = {"Qwen2ForCausalLM", "LlamaForCausalLM", "TransformersForSequenceClassification"}
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": archs}))
+    assert native_architecture(str(tmp_path), supported) is native
+
+
+def test_native_architecture_is_false_without_a_readable_config(tmp_path):
+    from udfs.architectures import native_architecture
+
+    assert native_architecture(str(tmp_path), {"Qwen2ForCausalLM"}) is False
+    (tmp_path / "config.json").write_text("[not an object")
+    assert native_architecture(str(tmp_path), {"Qwen2ForCausalLM"}) is False
