@@ -62,8 +62,9 @@ def probe(a) -> None:
     Path(a.json).write_text(json.dumps({"label": a.label, "start_parts": engine.start_parts,
                                         "env": {k: os.environ.get(k) for k in VARIANTS["offline"]}}, indent=2))
     print(f"probe {a.label}: {json.dumps(engine.start_parts)}", flush=True)
+    engine.close()  # else its engine core, a child, outlives this process and holds the GPU
     sys.stdout.flush()
-    os._exit(0)  # the engine core is a child; the parts are written
+    os._exit(0)
 
 
 class Call:
