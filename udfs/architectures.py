@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Iterable
 
 # Suffixes of architectures that vLLM serves as its own causal LM with a pooling head
-# (``as_seq_cls_model``), as ``vllm.config.model._SUFFIX_TO_DEFAULTS`` lists them for the pooling runner.
+# (``as_seq_cls_model``): a subset of those that ``vllm.config.model._SUFFIX_TO_DEFAULTS`` lists
+# for the pooling runner.
 _POOLING_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ClassificationModel",
                      "ForRewardModeling", "RewardModel", "ForTextEncoding", "EmbeddingModel")
 

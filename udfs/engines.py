@@ -210,7 +210,8 @@ def check_vllm() -> None:
     else:
         missing += [f"AsyncLLMEngine.{name}" for name in ("from_engine_args", "encode", "shutdown")
                     if not hasattr(AsyncLLMEngine, name)]
-        missing += [] if hasattr(ModelRegistry, "get_supported_archs") else ["ModelRegistry.get_supported_archs"]
+        if not hasattr(ModelRegistry, "get_supported_archs"):
+            missing.append("ModelRegistry.get_supported_archs")
         fields = getattr(PoolingParams, "__struct_fields__", None) or ()
         missing += [f"PoolingParams.{name}" for name in ("task", "use_activation") if name not in fields]
     if missing:
