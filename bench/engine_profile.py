@@ -22,14 +22,15 @@ import os
 import pstats
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from engine_start import Call, gpu_idle, prepare  # noqa: E402 - the same device call, model, prompts and byte-compiling
 
 from udfs.start_parts import PART_KEYS, StartClock  # noqa: E402 - light; the clock starts in each run
 
@@ -67,35 +68,8 @@ def probe(a) -> None:
     os._exit(0)
 
 
-class Call:
-    def __init__(self, a):
-        self.a, self.work, self.out = a, Path(a.work), Path(a.out)
-        for d in (self.work / "logs", self.work / "results", self.out):
-            d.mkdir(parents=True, exist_ok=True)
-        self.deadline = time.monotonic() + a.deadline_s
-        self.progress = open(self.out / "progress.log", "a", buffering=1)
-        self.model = str(self.work / ("tiny" if a.dry else "qwen1.5b"))
-        self.backend, self.dtype = ("transformers", "float32") if a.dry else ("vllm", "bfloat16")
-
-    def say(self, text: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {text}"
-        print(line, flush=True)
-        self.progress.write(line + "\n")
-
-    def run(self, name: str, argv: list[str], limit_s: float, env: dict | None = None) -> int | None:
-        left = self.deadline - time.monotonic() - 15
-        if left < 30:
-            self.say(f"{name}: skipped ({left:.0f} s left)")
-            return None
-        limit = int(min(limit_s, left))
-        self.say(f"{name}: start (timeout {limit} s)")
-        t0 = time.monotonic()
-        with open(self.work / "logs" / f"{name}.log", "ab") as log:
-            code = subprocess.run(["timeout", "-k", "10", str(limit), *argv], stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **(env or {})}, cwd=ROOT).returncode
-        self.say(f"{name}: exit {code} after {time.monotonic() - t0:.1f} s")
-        self.save()
-        return code
+class ProfileCall(Call):
+    """``engine_start``'s device call, with probes of the job's engine and the profiles in its logs."""
 
     def probe(self, label: str, fresh: bool, env: dict | None = None, flags: tuple[str, ...] = (),
               py: tuple[str, ...] = ()) -> None:
@@ -107,9 +81,10 @@ class Call:
         env = {**engine_env(str(cache)), "VLLM_WORKER_MULTIPROC_METHOD": "fork", "TOKENIZERS_PARALLELISM": "false",
                **(env or {})}
         argv = [sys.executable, *py, "-u", __file__, "probe", "--model", self.model, "--backend", self.backend,
-                "--dtype", self.dtype, "--label", label, "--json", str(self.work / "results" / f"{label}.json"),
-                *flags]
-        self.run(label, argv, 240, env)
+                "--dtype", self.dtype, "--label", label, "--json", str(self.results / f"{label}.json"), *flags]
+        gpu_idle(self)  # the run before may still be giving the GPU back
+        self.run(label, argv, 240, env, need_s=30)
+        self.save()
 
     def save(self) -> None:
         tmp = self.out / "logs.tar.gz.tmp"
@@ -137,12 +112,8 @@ def importtime_summary(log: Path, top: int = 60) -> str:
 
 
 def call(a) -> None:
-    c = Call(a)
-    if not Path(c.model, "config.json").exists():
-        bench = str(ROOT / "bench" / "score_bench.py")
-        c.run("prepare", [sys.executable, "-u", bench, "prepare", "--work", str(c.work),
-                          "--prompts", "16", "--min-tokens", "40", "--max-tokens", "200", "--files", "1",
-                          "--device", "cpu" if a.dry else "cuda", *(["--skip-big"] if a.dry else [])], 240)
+    c = ProfileCall(a)
+    prepare(c)
     (c.work / "profiles").mkdir(exist_ok=True)
     c.probe("cold", fresh=True)
     c.probe("warm", fresh=False)
@@ -162,6 +133,7 @@ def call(a) -> None:
     (c.out / "summary.md").write_text("\n".join(summary) + "\n")
     c.say("\n".join(summary))
     c.save()
+    c.progress.close()
 
 
 def main() -> None:
