@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ MAX_MODEL_LEN = 2048
 ENGINE = dict(max_num_batched_tokens=65536, max_num_seqs=512)  # the job's defaults, for both peers
 SPAWN = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 EAGER = {"enforce_eager": True}
+NOCHUNK = {"enable_chunked_prefill": False}  # every prompt prefilled in one step, whatever arrives with it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +148,29 @@ def host(a) -> None:
 # The calls
 
 
+def cpu_samples(path: Path, done: threading.Event, every_s: float = 1.0) -> None:
+    """Busy CPU cores of the whole machine (from ``/proc/stat``), one line a second, until ``done``:
+    what else ran while an engine started."""
+    def read() -> tuple[int, int] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)
+
+    last, t0, cores = read(), time.monotonic(), os.cpu_count() or 1
+    if last is None:
+        return
+    with open(path, "w", buffering=1) as f:
+        while not done.wait(every_s):
+            now = read()
+            if now is None:
+                return
+            total, idle = now[0] - last[0], now[1] - last[1]
+            f.write(f"{time.monotonic() - t0:.0f} {cores * (total - idle) / max(total, 1):.1f}\n")
+            last = now
+
+
 class Call:
     """The steps of one device call: each a command under ``timeout`` within the call's deadline,
     its output in a log of its own, progress in ``OUT/progress.log``."""
@@ -179,10 +204,15 @@ class Call:
         limit = int(min(limit_s, left))
         self.say(f"{name}: start (timeout {limit} s): {' '.join(argv)[:300]}")
         t0 = time.monotonic()
+        done = threading.Event()
+        sampler = threading.Thread(target=cpu_samples, args=(self.logs / f"{name}.cpu", done), daemon=True)
+        sampler.start()
         with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.run(["timeout", "-k", "10", str(limit), *argv], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(env or {})}, cwd=ROOT)
         wall = time.monotonic() - t0
+        done.set()
+        sampler.join()
         self.say(f"{name}: exit {proc.returncode} after {wall:.1f} s")
         return proc.returncode, wall
 
@@ -193,15 +223,14 @@ class Call:
         return self.deadline - time.monotonic()
 
     def save(self) -> None:
-        """Copy this call's results and every log so far to OUT (after each step: a call cut
-        short still brings back what it did). At most 8 files come back from a device call:
-        progress.log, summary.md, logs.tar.gz and this call's (at most 3) result files."""
-        for p in self.results.glob("*.json"):
-            if p.name in self.keep:
-                shutil.copy(p, self.out / p.name)
+        """Pack this call's results and every log so far into OUT/logs.tar.gz (after each step: a
+        call cut short still brings back what it did; few files come back from a device call)."""
         tmp = self.out / "logs.tar.gz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(self.logs, arcname="logs")
+            for p in self.results.glob("*.json"):
+                if p.name in self.keep:
+                    tar.add(p, arcname=f"results/{p.name}")
             runtime = self.work / "runtime-logs"
             if runtime.exists():
                 tar.add(runtime, arcname="engine-hosts")
@@ -260,8 +289,8 @@ def compile_site(c: Call) -> None:
 
 
 def bare_run(c: Call, label: str, fresh: bool, engine_args: dict | None = None, limit_s: float = 330,
-             need_s: float = 60) -> None:
-    cache = c.work / f"bare-cache-{label if engine_args else 'default'}"
+             need_s: float = 60, variant: str = "default") -> None:
+    cache = c.work / f"bare-cache-{variant}"
     if fresh:
         shutil.rmtree(cache, ignore_errors=True)
     from udfs.engine_cache import engine_env
@@ -299,10 +328,13 @@ def gpu_idle(c: Call, timeout_s: float = 90.0) -> None:
     c.say(f"the GPU is still held by {apps}")
 
 
-def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = ()) -> None:
+def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = (),
+            engine_args: dict | None = None, variant: str = "default") -> None:
     """``spark-submit jobs/score.py`` on the prompts, timed whole; the report's engine, its start
-    parts and the scores in ``job-<label>.json``."""
-    cache, runtime, out = c.work / "job-cache", c.work / "runtime", c.work / f"job-out-{label}"
+    parts and the scores in ``job-<label>.json``. ``variant`` names the engine cache (one per
+    engine configuration, so that a variant's cold run is cold)."""
+    cache = c.work / ("job-cache" if variant == "default" else f"job-cache-{variant}")
+    runtime, out = c.work / "runtime", c.work / f"job-out-{label}"
     gpu_idle(c)
     for path in ([cache] if fresh else []) + [runtime, out]:
         shutil.rmtree(path, ignore_errors=True)
@@ -315,7 +347,8 @@ def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, con
              for x in ("--conf", kv)]
     argv = [spark_submit, "--master", master, *confs, "jobs/score.py", "--input", str(c.work / "prompts"),
             "--output", str(out), "--model", c.model, "--backend", c.backend, "--dtype", c.dtype,
-            "--max-model-len", str(MAX_MODEL_LEN), "--cache-dir", str(cache), *(["--device", "cpu"] if c.a.dry else [])]
+            "--max-model-len", str(MAX_MODEL_LEN), "--cache-dir", str(cache), *(["--device", "cpu"] if c.a.dry else []),
+            *(["--engine-args", json.dumps(engine_args)] if engine_args else [])]
     # This checkout need not be installed (a GPU machine with staged wheels): the driver, the
     # Python workers and the engine hosts import it from PYTHONPATH.
     env = {"PROMPTSCORE_RUNTIME_DIR": str(runtime), "PYSPARK_PYTHON": sys.executable,
@@ -396,14 +429,20 @@ def host_run(c: Call, label: str, env: dict[str, str], limit_s: float, need_s: f
 
 def call1(a) -> None:
     c = Call(a)
-    c.say(f"call 1: prepare, bare vLLM cold, the job cold, bare eager ({'dry: ' if a.dry else ''}{c.model})")
+    more = "both with enable_chunked_prefill=False" if a.set == "prefill" else "bare eager"
+    c.say(f"call 1: prepare, bare vLLM cold, the job cold, {more} ({'dry: ' if a.dry else ''}{c.model})")
     try:
         prepare(c)
         gpu_idle(c)
         bare_run(c, "cold", fresh=True, limit_s=330, need_s=150)
         job_run(c, "cold", fresh=True, limit_s=400, need_s=180)
         gpu_idle(c)
-        bare_run(c, "eager", fresh=True, engine_args=EAGER, limit_s=200, need_s=110)
+        if a.set == "prefill":
+            job_run(c, "cold-nochunk", fresh=True, limit_s=200, need_s=120, engine_args=NOCHUNK, variant="nochunk")
+            gpu_idle(c)
+            bare_run(c, "cold-nochunk", fresh=True, engine_args=NOCHUNK, limit_s=200, need_s=140, variant="nochunk")
+        else:
+            bare_run(c, "eager", fresh=True, engine_args=EAGER, limit_s=200, need_s=110, variant="eager")
     finally:
         c.finish()
 
@@ -415,12 +454,22 @@ def call2(a) -> None:
               "on the same machine", file=sys.stderr)
         raise SystemExit(2)
     c = Call(a)
-    c.say("call 2: the job warm, bare vLLM warm, an engine host alone under spawn (warm)")
+    more = ("both with enable_chunked_prefill=False, the job again" if a.set == "prefill"
+            else "an engine host alone under spawn")
+    c.say(f"call 2: the job warm, bare vLLM warm, {more} (warm)")
     try:
         job_run(c, "warm", fresh=False, limit_s=200, need_s=90)
         gpu_idle(c)
+        if a.set == "prefill":
+            job_run(c, "warm-nochunk", fresh=False, limit_s=200, need_s=90, engine_args=NOCHUNK, variant="nochunk")
+            gpu_idle(c)
+            bare_run(c, "warm-nochunk", fresh=False, engine_args=NOCHUNK, limit_s=200, need_s=80, variant="nochunk")
+            gpu_idle(c)
         bare_run(c, "warm", fresh=False, limit_s=200, need_s=80)
-        host_run(c, "spawn", SPAWN, limit_s=120, need_s=40)
+        if a.set == "prefill":
+            job_run(c, "warm2", fresh=False, limit_s=200, need_s=90)
+        else:
+            host_run(c, "spawn", SPAWN, limit_s=120, need_s=40)
     finally:
         c.finish()
 
@@ -459,7 +508,8 @@ def compare(got: list, ref: list) -> str:
 
 def report_text(results: Path) -> str:
     runs = _load(results)
-    cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "bare-eager", "host-spawn") if n in runs]
+    cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "job-warm2", "bare-eager", "host-spawn",
+                        "bare-cold-nochunk", "job-cold-nochunk", "bare-warm-nochunk", "job-warm-nochunk") if n in runs]
     lines = ["| start part, s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     keys = [*PART_KEYS, "compile_cache_hit", "cuda_graphs", "mp_method"]
     for k in keys:
@@ -476,12 +526,17 @@ def report_text(results: Path) -> str:
     for title, get in rows.items():
         lines.append(f"| {title} | " + " | ".join(_fmt(get(runs[n])) for n in cols) + " |")
     lines.append("")
-    for temp in ("cold", "warm"):
-        b, j = runs.get(f"bare-{temp}"), runs.get(f"job-{temp}")
+    pairs = [(f"bare-{t}", f"job-{t}") for t in ("cold", "warm", "cold-nochunk", "warm-nochunk")]
+    pairs += [("bare-warm", "job-warm2"), ("job-cold", "job-warm"), ("job-warm", "job-warm2"),
+              ("job-cold-nochunk", "job-warm-nochunk"), ("bare-cold", "bare-cold-nochunk")]
+    for bn, jn in pairs:
+        b, j = runs.get(bn), runs.get(jn)
+        temp = f"{jn} against {bn}"
         if b and j and b.get("process_s") and j.get("process_s"):
-            lines.append(f"- {temp}: whole process, bare / job = {b['process_s'] / j['process_s']:.3f}x; engine start "
-                         f"job - bare = {_fmt((j.get('engine_start_s') or 0) - (b.get('engine_start_s') or 0))} s; "
-                         f"job vs bare scores: {compare(j.get('scores') or [], b.get('scores') or [])}")
+            lines.append(f"- {temp}: whole process, {bn} / {jn} = {b['process_s'] / j['process_s']:.3f}x; engine "
+                         f"start difference {_fmt((j.get('engine_start_s') or 0) - (b.get('engine_start_s') or 0))} s; "
+                         f"busy {_fmt(b.get('busy_s'))} s and {_fmt(j.get('busy_s'))} s; "
+                         f"scores: {compare(j.get('scores') or [], b.get('scores') or [])}")
     if runs.get("bare-eager") and runs.get("bare-cold"):
         lines.append(f"- bare eager vs bare compiled scores: "
                      f"{compare(runs['bare-eager']['scores'], runs['bare-cold']['scores'])}")
@@ -507,6 +562,9 @@ def main() -> int:
         s.add_argument("--out", required=True)
         s.add_argument("--dry", action="store_true", help="tiny model, transformers on the CPU, 64 prompts")
         s.add_argument("--deadline-s", type=float, default=deadline, help="the call's wall-clock budget")
+        s.add_argument("--set", choices=("start", "prefill"), default="start",
+                       help="start: also bare vLLM eager (call 1) and an engine host under spawn (call 2); prefill: "
+                            "also both peers with enable_chunked_prefill=False, cold and warm, and the job warm twice")
         s.set_defaults(fn=fn)
     s = sub.add_parser("report")
     s.add_argument("--work", default="/tmp/engine-bench")
