@@ -4,6 +4,8 @@
     python3 bench/engine_start.py call2 --work /tmp/engine-bench --out OUT   (<= 300 s, same machine, right after)
     python bench/engine_start.py report --work /tmp/engine-bench            (the Markdown of bench/RESULTS.md)
     python bench/engine_start.py call1 --dry ... ; ... call2 --dry ...       (a CPU: tiny model, transformers)
+    python3 bench/engine_start.py daemon --work /tmp/engine-bench --out OUT  (<= 450 s: the job cold, then warm
+                                                                           with and without udfs.worker_daemon)
 
 ``call1`` (one fresh GPU machine, <= 560 s): ``prepare`` (a random-weight Qwen2.5-1.5B-shaped model
 in bf16 with a tokenizer built here, 8,192 prompts of 223-1,867 tokens in 4 Parquet files) while
@@ -49,6 +51,7 @@ ENGINE = dict(max_num_batched_tokens=65536, max_num_seqs=512)  # the job's defau
 SPAWN = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 EAGER = {"enforce_eager": True}
 NOCHUNK = {"enable_chunked_prefill": False}  # every prompt prefilled in one step, whatever arrives with it
+DAEMON = ("spark.python.daemon.module=udfs.worker_daemon",)  # as conf/local.conf and conf/emr-score-gpu.conf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ def gpu_idle(c: Call, timeout_s: float = 90.0) -> None:
     c.say(f"the GPU is still held by {apps}")
 
 
-def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = (),
+def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = DAEMON,
             engine_args: dict | None = None, variant: str = "default") -> None:
     """``spark-submit jobs/score.py`` on the prompts, timed whole; the report's engine, its start
     parts and the scores in ``job-<label>.json``. ``variant`` names the engine cache (one per
@@ -447,6 +450,22 @@ def call1(a) -> None:
         c.finish()
 
 
+def daemon(a) -> None:
+    """One call on a fresh machine: prepare, the job cold, then warm with the profiles' Python
+    daemon (``udfs.worker_daemon``), warm with Spark's own, and warm again with the profiles'."""
+    c = Call(a)
+    c.say(f"daemon: prepare, the job cold, warm, warm under pyspark.daemon, warm ({c.model})")
+    try:
+        prepare(c)
+        gpu_idle(c)
+        job_run(c, "cold", fresh=True, limit_s=300, need_s=100)
+        job_run(c, "warm", fresh=False, limit_s=150, need_s=70)
+        job_run(c, "warm-nodaemon", fresh=False, limit_s=150, need_s=70, conf=())
+        job_run(c, "warm2", fresh=False, limit_s=150, need_s=70)
+    finally:
+        c.finish()
+
+
 def call2(a) -> None:
     model = Path(a.work) / ("tiny" if a.dry else "qwen1.5b")
     if not (Path(a.work) / "job-cache").is_dir() or not (model / "config.json").exists():
@@ -508,7 +527,8 @@ def compare(got: list, ref: list) -> str:
 
 def report_text(results: Path) -> str:
     runs = _load(results)
-    cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "job-warm2", "bare-eager", "host-spawn",
+    cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "job-warm2", "job-warm-nodaemon",
+                        "bare-eager", "host-spawn",
                         "bare-cold-nochunk", "job-cold-nochunk", "bare-warm-nochunk", "job-warm-nochunk") if n in runs]
     lines = ["| start part, s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     keys = [*PART_KEYS, "compile_cache_hit", "cuda_graphs", "mp_method"]
@@ -528,6 +548,7 @@ def report_text(results: Path) -> str:
     lines.append("")
     pairs = [(f"bare-{t}", f"job-{t}") for t in ("cold", "warm", "cold-nochunk", "warm-nochunk")]
     pairs += [("bare-warm", "job-warm2"), ("job-cold", "job-warm"), ("job-warm", "job-warm2"),
+              ("job-warm-nodaemon", "job-warm"), ("job-warm-nodaemon", "job-warm2"),
               ("job-cold-nochunk", "job-warm-nochunk"), ("bare-cold", "bare-cold-nochunk")]
     for bn, jn in pairs:
         b, j = runs.get(bn), runs.get(jn)
@@ -556,7 +577,7 @@ def report(a) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
-    for name, fn, deadline in (("call1", call1, 550), ("call2", call2, 290)):
+    for name, fn, deadline in (("call1", call1, 550), ("call2", call2, 290), ("daemon", daemon, 440)):
         s = sub.add_parser(name)
         s.add_argument("--work", default="/tmp/engine-bench")
         s.add_argument("--out", required=True)

@@ -78,6 +78,8 @@ def spark(fake_oss_store, readahead_jar):
         # No progress lines unless a test asks for them; live metrics every second when it does.
         .config("spark.promptscore.progress.interval", "0")
         .config("spark.executor.heartbeatInterval", "1s")
+        # As conf/local.conf and conf/emr-score-gpu.conf: workers fork from the score job's daemon.
+        .config("spark.python.daemon.module", "udfs.worker_daemon")
         .getOrCreate()
     )
     yield session

@@ -33,6 +33,7 @@ spark-submit \
   --conf spark.executor.memory=16g \
   --conf spark.executor.memoryOverhead=32g \
   --conf spark.python.worker.reuse=true \
+  --conf spark.python.daemon.module=udfs.worker_daemon \
   --conf spark.promptscore.score.prestart=true \
   --conf spark.sql.execution.arrow.pyspark.enabled=true \
   --conf spark.sql.execution.arrow.maxRecordsPerBatch=1024 \
