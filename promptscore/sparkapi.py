@@ -23,6 +23,8 @@ call                                           Spark 3.5 (tested)               
 ``DataFrame(jdf, session)``                    ``pyspark.sql.DataFrame``           ``...classic.dataframe.DataFrame``
                                                                                    (``frame`` picks whichever is there)
 ``DataFrame._jdf``, ``inputFiles()`` on it     Dataset                              same
+``LogicalRelation.relation().location()``,     analyzed plan; ``allFiles()``        same
+``PartitioningAwareFileIndex.allFiles``
 ``_parse_datatype_string``                     ``pyspark.sql.types``                same
 ``DataFrame._collect_as_arrow``                PandasConversionMixin                same
 ``internalCreateDataFrame(rdd, schema, b)``    SparkSession (private[sql])          classic SparkSession
@@ -190,6 +192,20 @@ def input_files(df) -> Any:
     """The files ``df`` reads, as a JVM array (``len`` and indexing; no copy of millions of
     names into Python)."""
     return df._jdf.inputFiles()
+
+
+def index_statuses(df) -> Any:
+    """The Hadoop ``FileStatus`` of every file in the file index of ``df`` (a plain file read), as
+    the JVM ``Seq`` Spark keeps (``FileIndex.allFiles``; nothing crosses to Python), taken from the
+    analyzed plan: no optimizer, no physical plan. Raises when ``df`` reads no file index."""
+    leaves = df._jdf.queryExecution().analyzed().collectLeaves()
+    for i in range(leaves.size()):
+        try:
+            return leaves.apply(i).relation().location().allFiles()
+        except Exception as e:  # not a file relation: the next leaf
+            if not is_py4j_error(e):
+                raise
+    raise ValueError("no file index in this DataFrame's plan")
 
 
 def _leaves(df) -> list:

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -103,7 +102,9 @@ def gzip_problem(data: bytes) -> str | None:
     return None
 
 
-def _gzip_problems(contents: pd.Series) -> pd.Series:
+def _gzip_problems(contents):  # type: ignore[no-untyped-def]
+    # A pandas Series of file contents -> a Series of problems. No type hints, so that pandas is
+    # imported only on the executors that run it: pandas_udf then takes it as a scalar UDF.
     return contents.map(gzip_problem)
 
 

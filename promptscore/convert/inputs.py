@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -20,7 +21,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from promptscore import errors, sparkapi
-from promptscore.convert import ledger
+from promptscore.convert import ledger, reader
 from promptscore.convert.options import ConvertOptions
 from promptscore.io import hadoop, lists, output
 from promptscore.io.files import File, folders, index_files, lines_of, with_checksums
@@ -135,9 +136,39 @@ class InputIndex:
 
 
 def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sample_files: int) -> InputIndex:
-    """Counts and sizes from Spark's own index and its pruned scans (no second listing), the
-    skipped files by rule with a few examples, and a deterministic, well-spread sample of input
-    files (Spark returns files in hash order; every k-th input file is taken)."""
+    """Counts and sizes from Spark's own index (no second listing, no request), the skipped files
+    by rule with a few examples, and a deterministic, well-spread sample of input files (Spark
+    returns files in hash order; every k-th input file is taken). Counted in one pass in the JVM
+    (``ListingFacts``); where this Spark's internals differ, by pruned scans of the index."""
+    facts = _listing_facts(spark, listed, sample_files)
+    if facts is None:
+        return _index_by_scans(spark, listed, lines, sample_files)
+    n_files, skipped_n = facts["files"], facts["skipped"]
+    skipped = {"files": skipped_n, "bytes": facts["skipped_bytes"],
+               "by_rule": {"other_name": skipped_n} if skipped_n else {},
+               "examples": sorted(redact(p) for p in facts["examples"]), "hidden": HIDDEN_RULE}
+    sample = sorted(facts["sample"])
+    known = sorted(File(path, size, mtime) for path, size, mtime in facts["known"])
+    return InputIndex(n_files, facts["bytes"], sample, skipped, max(0, facts["total"] - n_files - skipped_n),
+                      sample_files=known if [f.path for f in known] == sample else [])
+
+
+def _listing_facts(spark: SparkSession, listed: DataFrame, sample_files: int) -> dict | None:
+    """``ListingFacts.describe`` of the listing (see ``index_inputs``), or None where the jar's
+    class or Spark's index cannot be reached."""
+    try:
+        facts = getattr(sparkapi.jvm(spark), reader.FACTS_CLASS).describe(
+            sparkapi.index_statuses(listed), sparkapi.input_files(listed), "\u0000".join(SUFFIXES), sample_files, 5)
+    except Exception as e:
+        if not sparkapi.is_py4j_error(e) and not isinstance(e, (ValueError, TypeError)):
+            raise
+        return None
+    return json.loads(facts)
+
+
+def _index_by_scans(spark: SparkSession, listed: DataFrame, lines: DataFrame, sample_files: int) -> InputIndex:
+    """``index_inputs`` from the metrics of pruned scans of Spark's index and a filtered scan for
+    the sample's statuses."""
     all_files = sparkapi.input_files(listed)
     total = len(all_files)
     others = listed.where(~is_input_name(F.col("_metadata.file_name")))

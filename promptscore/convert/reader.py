@@ -52,6 +52,7 @@ JAVA_DIR = Path(__file__).resolve().parent / "java"
 JAR = Path(__file__).resolve().parent / "jars" / "promptscore-readahead.jar"
 CLASS = "promptscore.readahead.ReadAheadLines"
 PARSER_CLASS = "promptscore.readahead.JsonLineParser"
+FACTS_CLASS = "promptscore.readahead.ListingFacts"  # the listing's counts (promptscore.convert.inputs)
 KEY = "spark.promptscore.convert.readAhead"
 DEFAULT_IN_FLIGHT = 16
 MAX_IN_FLIGHT = 64  # threads per task

@@ -306,3 +306,43 @@ def test_find_symlink_loop_follows_links_as_hadoop_does(tmp_path):
     link, _ = find_symlink_loop(str(root))
     assert Path(link).name in ("ring1", "ring2")
     assert find_symlink_loop(str(root / "a" / "f.jsonl")) is None  # a file
+
+
+# ---------------------------------------------------------------------------------------------
+# The listing's counts, examples and sample: one pass in the JVM, as the pruned scans count them
+
+
+def _odd_names(root: Path) -> None:
+    """Input files beside every kind of name the listing treats apart: empty files, Spark's own
+    metadata names (listed, never read), a name with '=', spaces and '%', other suffixes, gzip."""
+    for i in range(40):
+        write_lines(root / f"d{i % 3}" / f"f{i:02d}.jsonl", records(f"p{i}"))
+    write_lines(root / "d0" / "z.jsonl.gz", records("gz"), gz=True)
+    write_lines(root / "d1" / "sp ace%20.jsonl", records("space"))
+    write_lines(root / "d1" / "_x=1.jsonl", records("eq"))
+    for name in ("_metadata", "_metadata.jsonl", "_common_metadata.jsonl"):
+        write_lines(root / "d2" / name, records("meta"))
+    for name in ("empty.jsonl", "empty.txt"):
+        (root / "d2" / name).write_bytes(b"")
+    for i in range(7):
+        (root / f"d{i % 3}" / f"notes-{i}.txt").write_text("x" * (100 + i))
+    (root / "d0" / ".hidden.jsonl").write_text("{}\n")
+
+
+def test_the_listing_is_counted_in_one_pass_exactly_as_the_pruned_scans_count_it(spark, tmp_path):
+    from promptscore.convert import inputs, reader
+
+    reader.require(spark)
+    _odd_names(tmp_path / "in")
+    listed = inputs.list_lines(spark, [str(tmp_path / "in")])
+    lines = inputs.input_lines(listed)
+    assert inputs._listing_facts(spark, listed, 4) is not None  # the one-pass count is what runs here
+    for sample in (0, 1, 4, 44, 100):
+        one_pass = inputs.index_inputs(spark, listed, lines, sample)
+        assert one_pass == inputs._index_by_scans(spark, listed, lines, sample), sample
+    index = inputs.index_inputs(spark, listed, lines, 8)
+    assert (index.files, index.skipped["files"], index.empty_files) == (43, 7, 5)
+    assert index.bytes == sum(p.stat().st_size for p in (tmp_path / "in").rglob("*.jsonl*")
+                              if p.stat().st_size and not p.name.startswith(("_m", "_c", ".")))
+    assert len(index.sample) == 8 and index.sample == [f.path for f in index.sample_files]
+    assert len(index.skipped["examples"]) == 5 and all(e.endswith(".txt") for e in index.skipped["examples"])

@@ -115,6 +115,30 @@ def test_examples_of_skipped_files_open_none_of_them(spark, oss_bucket_module, c
     assert d["open"] == 0, d
 
 
+def test_skipped_files_on_local_disk_are_never_read(spark, tmp_path, capsys):
+    """Nothing of a run (the driver, its tasks, Python or the JVM) reads a skipped file: reading
+    one would move its access time, set here before its modification time (relatime updates it
+    then, and on every file system that records access times at all)."""
+    import os
+
+    src = tmp_path / "in"
+    for i in range(FILES):
+        write_lines(src / f"d{i % 4}" / f"f{i:02d}.jsonl", records(*(f"p{i}-{j}" for j in range(20))))
+    skipped = [src / f"d{i % 4}" / f"notes-{i}.txt" for i in range(6)]
+    for p in [*skipped, src / "d0" / "control.txt"]:
+        p.write_bytes(b"x" * (64 << 10))
+        os.utime(p, (p.stat().st_mtime - 3600, p.stat().st_mtime))
+    control = src / "d0" / "control.txt"
+    control.read_bytes()
+    if control.stat().st_atime < control.stat().st_mtime:
+        pytest.skip("this file system does not record access times")
+    control.unlink()
+    code, _, err = run_job("convert", ["--input", src, "--output", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "_report.json").read_text())["skipped_files"]["files"] == 6
+    assert [p.name for p in skipped if p.stat().st_atime >= p.stat().st_mtime] == []
+
+
 def test_the_bad_file_search_takes_the_compressed_files_from_the_listing(spark, oss_bucket_module):
     from promptscore.convert.badfiles import find_bad_files
     from promptscore.convert.write import CompressedInputs
