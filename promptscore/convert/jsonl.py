@@ -19,7 +19,7 @@ its JSON text byte for byte as the line wrote it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -122,23 +122,31 @@ def parser_spec(spark: SparkSession, schema: StructType, required: Sequence[str]
     return cls.spec(schema.json(), "\u0000".join(required), int(max_line_bytes), bool(strict), bool(check_fields))
 
 
+def line_rows(lines: DataFrame) -> Any:
+    """The ``source_file, value`` rows of ``lines`` (as ``parse_lines`` takes them) as the JVM RDD
+    that the parser reads: planned, and its code compiled, now; nothing is read yet."""
+    source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
+    rows = lines.select(source.cast("string").alias("source_file"), F.col("value").cast("string"))
+    return sparkapi.internal_rows(rows)
+
+
 def parse_lines(lines: DataFrame, schema: StructType, required: Sequence[str] = ("prompt",),
                 max_line_bytes: int = 64 << 20, strict: bool = False, check_fields: bool = True,
-                spec=None) -> DataFrame:
+                spec=None, rows=None) -> DataFrame:
     """Parse each line against ``schema`` and sort it: ``ok``, ``blank`` or ``reject``.
 
     Input: the lines of files (Spark's text source: ``value`` plus the hidden ``_metadata``), or
     any DataFrame with ``value`` and ``source_file`` columns. Output: ``output_schema(schema)``.
     ``unknown`` holds the dotted paths of fields the schema lacks (``x``, ``o.deep``, ``arr[].b``,
     ``m{}.k`` inside a map's values); empty with ``check_fields=False``. ``spec``: a parser spec
-    made before (``parser_spec``), instead of the arguments.
+    made before (``parser_spec``), instead of the arguments; ``rows``: ``line_rows(lines)`` made
+    before.
     """
     spark = lines.sparkSession
     if spec is None:
         spec = parser_spec(spark, schema, required, max_line_bytes, strict, check_fields)
-    source = F.col("source_file") if "source_file" in lines.columns else F.col("_metadata.file_path")
-    rows = lines.select(source.cast("string").alias("source_file"), F.col("value").cast("string"))
-    parsed = getattr(sparkapi.jvm(spark), reader.PARSER_CLASS).parseRows(sparkapi.internal_rows(rows), spec)
+    parsed = getattr(sparkapi.jvm(spark), reader.PARSER_CLASS).parseRows(
+        line_rows(lines) if rows is None else rows, spec)
     return sparkapi.frame_of_rows(spark, parsed, output_schema(schema))
 
 

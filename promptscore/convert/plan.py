@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -55,6 +57,32 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
     if index.files == 0 and not (index.only_new and (already or index.only_new["changed_files"])):
         where = redact_uri(opts.input_list) if opts.input_list else ", ".join(map(redact_uri, opts.inputs))
         raise errors.UsageError(f"no {INPUT_NAMES} files in {where}")
+    open_cost, slots = _open_cost(spark), _task_slots(spark)
+    measure = bool(index.files) and (opts.plan or index.bytes / opts.target_file_size > slots)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptscore-ratio") as pool:
+        # The compression ratio's read of the sampled files is planned while the schema is sampled.
+        reading = pool.submit(_sample_read, spark, index, opts.plan) if measure else None
+        schema, source, sample = _schema(spark, opts, explicit, index)
+        clock.lap("schema")
+        ratio = None
+        sampled = None
+        if reading is not None:
+            # --plan reads the sample once more, to measure the rate: held in memory for both.
+            sampled, rows = reading.result()
+            ratio = estimate_ratio(spark, sampled, sample_bytes(spark, index), schema, opts.out.compression, rows)
+            if not opts.plan:
+                sampled = None
+    split = split_bytes(index.bytes, max(1, index.files), open_cost, slots, opts.target_file_size,
+                        ratio or DEFAULT_RATIO)
+    writer = parquet_options(schema, sample.distinct_share if sample else {})
+    return ConvertPlan(lines, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock,
+                       files, already, sampled)
+
+
+def _schema(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
+            index: InputIndex) -> tuple[StructType, str, SchemaSample | None]:
+    """The schema (``explicit``, or from a sample of the input files), where it came from, and
+    the sample."""
     sample = None
     if explicit is not None:
         schema, source = explicit, "explicit"
@@ -66,21 +94,13 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
         schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
     if opts.with_source_file and "source_file" in schema.fieldNames():
         raise errors.UsageError("--with-source-file clashes with a field named source_file in the data")
-    clock.lap("schema")
-    open_cost, slots = _open_cost(spark), _task_slots(spark)
-    ratio = None
-    sampled = None
-    if index.files and (opts.plan or index.bytes / opts.target_file_size > slots):
-        # --plan reads the sample once more, to measure the rate: held in memory for both.
-        sampled = sample_lines(spark, index, cache=opts.plan)
-        ratio = estimate_ratio(spark, sampled, sample_bytes(spark, index), schema, opts.out.compression)
-        if not opts.plan:
-            sampled = None
-    split = split_bytes(index.bytes, max(1, index.files), open_cost, slots, opts.target_file_size,
-                        ratio or DEFAULT_RATIO)
-    writer = parquet_options(schema, sample.distinct_share if sample else {})
-    return ConvertPlan(lines, index, schema, source, sample, slots, open_cost, split, ratio, writer, clock,
-                       files, already, sampled)
+    return schema, source, sample
+
+
+def _sample_read(spark: SparkSession, index: InputIndex, cache: bool) -> tuple[DataFrame | None, Any]:
+    """``sample_lines`` and their rows as the parser reads them (``jsonl.line_rows``), planned."""
+    lines = sample_lines(spark, index, cache=cache)
+    return lines, None if lines is None else jsonl.line_rows(lines)
 
 
 def sample_lines(spark: SparkSession, index: InputIndex, cache: bool = False) -> DataFrame | None:
@@ -105,15 +125,16 @@ def sample_bytes(spark: SparkSession, index: InputIndex) -> int:
 
 
 def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, schema: StructType,
-                   codec: str) -> float:
+                   codec: str, rows=None) -> float:
     """Parquet bytes per input byte (``in_bytes`` of input in ``lines``, from ``sample_lines``),
-    measured by writing the sampled records in memory."""
+    measured by writing the sampled records in memory; ``rows``: ``jsonl.line_rows(lines)`` made
+    before."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if lines is None:
         return DEFAULT_RATIO
-    df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False), schema)
+    df = jsonl.good_rows(jsonl.parse_lines(lines, schema, (), check_fields=False, rows=rows), schema)
     batches = sparkapi.collect_arrow(df)
     if in_bytes <= 0 or not batches:
         return DEFAULT_RATIO

@@ -32,8 +32,10 @@ import os
 import re
 import tempfile
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from pyspark.sql.types import (
     ArrayType,
@@ -258,10 +260,14 @@ class SchemaSample:
     distinct_share: dict[str, float] = field(default_factory=dict)
 
 
+HEAD_READERS = 8  # sampled files' heads read at once (each a request on an object store)
+
+
 def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
                   max_line_bytes: int = 64 << 20, sizes: dict[str, int] | None = None) -> SchemaSample:
     """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each
-    (``sizes``: the files' sizes where the listing gave them, not asked again).
+    (``sizes``: the files' sizes where the listing gave them, not asked again). The heads are
+    read ``HEAD_READERS`` at a time, and taken in the order of ``paths``.
 
     A file whose head cannot be read or decompressed is listed in ``unreadable_files`` and
     otherwise left to the job (which sets it aside as a reject).
@@ -271,13 +277,10 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
     distinct: dict[str, set[int]] = {}
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="promptscore-sample-") as tmp:
-        for i, path in enumerate(paths):
+        for path, head in _heads(spark, list(paths), tmp, bytes_per_file, sizes or {}):
             out.files += 1
-            local = os.path.join(tmp, str(i))
             try:
-                size = hadoop.copy_head(spark, path, local, bytes_per_file, (sizes or {}).get(path))
-                with open(local, "rb") as f:
-                    data = f.read()
+                size, data = head.result()
                 records, unusable = parse_sample(data, path.endswith(".gz"), len(data) >= size, max_line_bytes)
             except Exception:  # noqa: BLE001 - a broken file is the job's to report, not the sample's
                 out.unreadable_files.append(path)
@@ -293,6 +296,28 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
     out.schema = settle(acc) or StructType([])  # type: ignore[assignment]
     out.distinct_share = {k: len(distinct[k]) / n for k, n in counts.items()}
     return out
+
+
+def _heads(spark, paths: list[str], tmp: str, max_bytes: int,
+           sizes: dict[str, int]) -> Iterator[tuple[str, Future[tuple[int, bytes]]]]:
+    """(path, the future of its (size, head)) for each of ``paths`` in order, with at most
+    ``HEAD_READERS`` heads read ahead of the one taken."""
+    def read(i: int, path: str) -> tuple[int, bytes]:
+        local = os.path.join(tmp, str(i))
+        size = hadoop.copy_head(spark, path, local, max_bytes, sizes.get(path))
+        with open(local, "rb") as f:
+            data = f.read()
+        os.remove(local)
+        return size, data
+
+    with ThreadPoolExecutor(max_workers=HEAD_READERS, thread_name_prefix="promptscore-sample") as pool:
+        ahead: deque[tuple[str, Future[tuple[int, bytes]]]] = deque()
+        for i, path in enumerate(paths):
+            ahead.append((path, pool.submit(read, i, path)))
+            if len(ahead) >= HEAD_READERS:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,3 +131,21 @@ def test_names_that_differ_only_in_case_are_one_column_the_first_spelling():
     s = schema_of({"prompt": "a", "Meta": {"x": 1}}, {"Prompt": 5, "meta": {"y": 2}, "META": "z"}, {"prompt": "c"})
     assert s == StructType([StructField("prompt", StringType()),
                             StructField("Meta", StructType([StructField("x", LongType())]))])
+
+
+def test_heads_read_several_at_once_are_taken_in_the_order_of_the_sample(spark, tmp_path):
+    """Fields keep the order in which the sample first shows them, so the heads, read
+    ``HEAD_READERS`` at a time, must be taken file by file in the sample's order; a file that
+    cannot be read is named, and the files after it still count."""
+    paths = []
+    for i in range(3 * infer.HEAD_READERS):
+        path = tmp_path / f"f{i:02d}.jsonl"
+        path.write_text(json.dumps({f"k{i:02d}": i, "prompt": "p"}) + "\n")
+        paths.append(str(path))
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"not gzip at all")
+    paths.insert(5, str(broken))
+    sample = infer.sample_schema(spark, paths, sizes={str(broken): broken.stat().st_size})
+    assert sample.schema.fieldNames() == ["k00", "prompt"] + [f"k{i:02d}" for i in range(1, 3 * infer.HEAD_READERS)]
+    assert sample.unreadable_files == [str(broken)]
+    assert (sample.files, sample.records) == (3 * infer.HEAD_READERS + 1, 3 * infer.HEAD_READERS)
