@@ -447,20 +447,24 @@ public final class ReadAheadLines {
         abstract void close();
 
         InternalRow row(Text line) {
+            return row(line.getBytes(), 0, line.getLength());
+        }
+
+        InternalRow row(byte[] b, int off, int len) {
             if (parser != null) {
-                return parser.parse(line.getBytes(), 0, line.getLength(), meta.getUTF8String(0));
+                return parser.parse(b, off, len, meta.getUTF8String(0));
             }
-            byte[] bytes = Arrays.copyOf(line.getBytes(), line.getLength());
+            byte[] bytes = Arrays.copyOfRange(b, off, off + len);
             return new GenericInternalRow(new Object[] {UTF8String.fromBytes(bytes), meta});
         }
 
         static Lines fetched(Configuration conf, CompressionCodecFactory codecs, Piece p, byte[] data)
                 throws IOException {
             CompressionCodec codec = codecs.getCodec(new Path(URI.create(p.uri)));
-            InputStream raw = new ByteArrayInputStream(data);
             if (codec == null) {
-                return new Fetched(p, raw, conf, null);
+                return new InMemory(p, data);
             }
+            InputStream raw = new ByteArrayInputStream(data);
             Decompressor d = CodecPool.getDecompressor(codec);
             try {
                 return new Fetched(p, codec.createInputStream(raw, d), conf, d);
@@ -475,9 +479,52 @@ public final class ReadAheadLines {
         }
     }
 
+    private static final byte[] BOM = {(byte) 0xEF, (byte) 0xBB, (byte) 0xBF};
+
+    /**
+     * A whole uncompressed file in memory, split in place as {@code LineRecordReader} splits a
+     * file read from its start (what {@link Fetched} does through Hadoop's {@code LineReader},
+     * without copying each line twice): a line ends at LF, CR or CR LF, which it does not hold; a
+     * last line without an end is a line; a byte-order mark that opens the file is dropped.
+     */
+    static final class InMemory extends Lines {
+        private final byte[] data;
+        private int pos;
+
+        InMemory(Piece p, byte[] data) {
+            super(p);
+            this.data = data;
+            boolean bom = data.length >= 3 && data[0] == BOM[0] && data[1] == BOM[1] && data[2] == BOM[2];
+            this.pos = bom ? 3 : 0;
+        }
+
+        @Override
+        InternalRow next() {
+            byte[] b = data;
+            int end = b.length;
+            if (pos >= end) {
+                return null;
+            }
+            int start = pos;
+            int i = start;
+            while (i < end && b[i] != '\n' && b[i] != '\r') {
+                i++;
+            }
+            int len = i - start;
+            if (i < end) {
+                i += b[i] == '\r' && i + 1 < end && b[i + 1] == '\n' ? 2 : 1;
+            }
+            pos = i;
+            return row(b, start, len);
+        }
+
+        @Override
+        void close() {
+        }
+    }
+
     /** A whole file in memory, split as {@code LineRecordReader} splits a file read from its start. */
     static final class Fetched extends Lines {
-        private static final byte[] BOM = {(byte) 0xEF, (byte) 0xBB, (byte) 0xBF};
         private final LineReader reader;
         private final Decompressor decompressor;
         private final Text line = new Text();
