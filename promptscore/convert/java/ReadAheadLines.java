@@ -52,6 +52,7 @@ import org.apache.spark.broadcast.Broadcast;
 import org.apache.spark.rdd.RDD;
 import org.apache.spark.sql.catalyst.InternalRow;
 import org.apache.spark.sql.catalyst.expressions.GenericInternalRow;
+import org.apache.spark.unsafe.Platform;
 import org.apache.spark.unsafe.types.UTF8String;
 import org.apache.spark.util.LongAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
@@ -480,6 +481,10 @@ public final class ReadAheadLines {
     }
 
     private static final byte[] BOM = {(byte) 0xEF, (byte) 0xBB, (byte) 0xBF};
+    private static final long HIGH_BITS = 0x8080808080808080L;
+    private static final long LOW_BITS = 0x0101010101010101L;
+    private static final long LFS = LOW_BITS * '\n';
+    private static final long CRS = LOW_BITS * '\r';
 
     /**
      * A whole uncompressed file in memory, split in place as {@code LineRecordReader} splits a
@@ -506,10 +511,7 @@ public final class ReadAheadLines {
                 return null;
             }
             int start = pos;
-            int i = start;
-            while (i < end && b[i] != '\n' && b[i] != '\r') {
-                i++;
-            }
+            int i = lineEnd(b, start, end);
             int len = i - start;
             if (i < end) {
                 i += b[i] == '\r' && i + 1 < end && b[i + 1] == '\n' ? 2 : 1;
@@ -520,6 +522,24 @@ public final class ReadAheadLines {
 
         @Override
         void close() {
+        }
+
+        /** The index of the first LF or CR in {@code b[from, to)}, or {@code to}: eight bytes at a time. */
+        static int lineEnd(byte[] b, int from, int to) {
+            int i = from;
+            while (i + 8 <= to) {
+                long w = Platform.getLong(b, Platform.BYTE_ARRAY_OFFSET + i);
+                long lf = w ^ LFS;
+                long cr = w ^ CRS;
+                if (((((lf - LOW_BITS) & ~lf) | ((cr - LOW_BITS) & ~cr)) & HIGH_BITS) != 0) {
+                    break;  // a byte of the eight is one of them
+                }
+                i += 8;
+            }
+            while (i < to && b[i] != '\n' && b[i] != '\r') {
+                i++;
+            }
+            return i;
         }
     }
 
