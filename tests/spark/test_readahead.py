@@ -77,6 +77,20 @@ def test_the_lines_are_exactly_those_of_sparks_text_source(spark, tmp_path, spli
         spark.conf.set("spark.sql.files.maxPartitionBytes", before)
 
 
+def test_line_ends_at_every_place_in_an_eight_byte_word_are_found(spark, tmp_path):
+    """A file held whole is searched for line ends eight bytes at a time: lines of every length
+    from 0 to 19, each end (LF, CR, CR LF, and a CR at a word's last byte before its LF), in one
+    file and in files shorter than a word."""
+    ends = [b"\n", b"\r", b"\r\n"]
+    body = b"".join(b"x" * n + ends[n % 3] for n in range(20)) + b"".join(b"y" * 7 + e for e in ends) + b"tail"
+    (tmp_path / "words.jsonl").write_bytes(body)
+    for n in range(1, 8):
+        (tmp_path / f"short{n}.jsonl").write_bytes(b"z" * (n - 1) + ends[n % 3])
+    expected, got = both_readers(spark, str(tmp_path))
+    assert_df_equality(got, expected, ignore_row_order=True)
+    assert got.where(F.col("file_name") == "words.jsonl").count() == 24
+
+
 def test_on_an_object_store_each_object_is_opened_once(spark, oss_bucket):
     for i in range(30):
         write_lines(oss_bucket.path(f"in/d{i % 3}/f{i:02d}.jsonl"), records(*(f"p{i}-{j}" for j in range(20))))
