@@ -194,14 +194,14 @@ def input_files(df) -> Any:
     return df._jdf.inputFiles()
 
 
-def index_statuses(df) -> Any:
-    """The Hadoop ``FileStatus`` of every file in the file index of ``df`` (a plain file read), as
-    the JVM ``Seq`` Spark keeps (``FileIndex.allFiles``; nothing crosses to Python), taken from the
-    analyzed plan: no optimizer, no physical plan. Raises when ``df`` reads no file index."""
+def file_index(df) -> Any:
+    """Spark's file index of ``df`` (a plain file read: ``allFiles()`` gives the Hadoop
+    ``FileStatus`` of every listed file; nothing crosses to Python), taken from the analyzed plan:
+    no optimizer, no physical plan. Raises when ``df`` reads no file index."""
     leaves = df._jdf.queryExecution().analyzed().collectLeaves()
     for i in range(leaves.size()):
         try:
-            return leaves.apply(i).relation().location().allFiles()
+            return leaves.apply(i).relation().location()
         except Exception as e:  # not a file relation: the next leaf
             if not is_py4j_error(e):
                 raise

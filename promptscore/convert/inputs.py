@@ -158,7 +158,7 @@ def _listing_facts(spark: SparkSession, listed: DataFrame, sample_files: int) ->
     class or Spark's index cannot be reached."""
     try:
         facts = getattr(sparkapi.jvm(spark), reader.FACTS_CLASS).describe(
-            sparkapi.index_statuses(listed), sparkapi.input_files(listed), "\u0000".join(SUFFIXES), sample_files, 5)
+            sparkapi.file_index(listed), sparkapi.input_files(listed), "\u0000".join(SUFFIXES), sample_files, 5)
     except Exception as e:
         if not sparkapi.is_py4j_error(e) and not isinstance(e, (ValueError, TypeError)):
             raise

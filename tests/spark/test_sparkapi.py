@@ -91,7 +91,7 @@ def test_the_files_a_scan_reads(spark, tmp_path):
     indexed = sorted(sparkapi.index_files(df))
     assert [(os.path.basename(p), size) for p, size, _ in indexed] == [(p.name, p.stat().st_size) for p in parts]
     assert all(abs(mtime - int(p.stat().st_mtime * 1000)) < 2000 for (_, _, mtime), p in zip(indexed, parts))
-    statuses = sparkapi.index_statuses(df)
+    statuses = sparkapi.file_index(df).allFiles()
     assert statuses.size() == len(parts)
     assert sorted(statuses.apply(i).getPath().getName() for i in range(statuses.size())) == [p.name for p in parts]
 

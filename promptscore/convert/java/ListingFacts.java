@@ -39,16 +39,16 @@ public final class ListingFacts {
      * paths, as {@code Path.toString} spells them, in picking order) and {@code known} (path,
      * size, modification ms of each picked file that is read).
      *
-     * @param files the file index's statuses ({@code FileIndex.allFiles})
+     * @param index Spark's file index of the listing (its {@code allFiles}, asked once per pass and
+     *              never held, so that millions of statuses are walked, not copied)
      * @param order every listed file's URI in Spark's order ({@code Dataset.inputFiles})
      * @param suffixList the input names' suffixes, separated by U+0000
      */
-    public static String describe(scala.collection.Iterable<FileStatus> files, String[] order, String suffixList,
-                                  int sampleFiles, int examples) {
+    public static String describe(Object index, String[] order, String suffixList, int sampleFiles, int examples) {
         String[] suffixes = suffixList.split("\u0000", -1);
         long nFiles = 0, nBytes = 0, skipped = 0, skippedBytes = 0;
         List<String> shown = new ArrayList<>();
-        scala.collection.Iterator<FileStatus> it = files.iterator();
+        scala.collection.Iterator<FileStatus> it = statuses(index);
         while (it.hasNext()) {
             FileStatus f = it.next();
             if (f.isDirectory() || !isRead(f)) {
@@ -79,7 +79,7 @@ public final class ListingFacts {
             writeStrings(g, "sample", sample);
             g.writeArrayFieldStart("known");
             if (!wanted.isEmpty()) {
-                it = files.iterator();
+                it = statuses(index);
                 while (it.hasNext()) {
                     FileStatus f = it.next();
                     String path = f.getPath().toString();
@@ -99,6 +99,18 @@ public final class ListingFacts {
             throw new UncheckedIOException(e);
         }
         return out.toString();
+    }
+
+    /** The statuses of {@code index.allFiles()} (a Scala {@code Seq}, whose class differs between
+     *  Scala versions: called by name). */
+    @SuppressWarnings("unchecked")
+    static scala.collection.Iterator<FileStatus> statuses(Object index) {
+        try {
+            Object files = index.getClass().getMethod("allFiles").invoke(index);
+            return ((scala.collection.Iterable<FileStatus>) files).iterator();
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalArgumentException("not a file index with allFiles(): " + index.getClass().getName(), e);
+        }
     }
 
     /** Every k-th URI of {@code order} ending with a suffix (k = |order| / want), as paths. */
