@@ -12,8 +12,9 @@ is made again, up to 5 times with growing pauses, and counted; a missing file, a
 or a broken ``.gz`` is not retried. Files split over tasks, and files over 16 MB, are read by
 Hadoop's ``LineRecordReader`` as Spark reads them, with nothing ahead.
 
-The reader and the convert job's line parser (``JsonLineParser.java``, see
-``promptscore.convert.jsonl``) are one jar, ``promptscore/convert/jars/promptscore-readahead.jar``,
+The reader, the convert job's line parser (``JsonLineParser.java``, see
+``promptscore.convert.jsonl``) and the listing's counts (``ListingFacts.java``, see
+``promptscore.convert.inputs``) are one jar, ``promptscore/convert/jars/promptscore-readahead.jar``,
 built from every ``promptscore/convert/java/*.java`` with the machine's ``javac`` against pyspark's
 jars (class files for Java 8, the oldest JVM a supported Spark runs on) and committed with the
 sources it was built from (a test checks that its recorded digest matches them). The wheel and the

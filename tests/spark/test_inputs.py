@@ -344,5 +344,9 @@ def test_the_listing_is_counted_in_one_pass_exactly_as_the_pruned_scans_count_it
     assert (index.files, index.skipped["files"], index.empty_files) == (43, 7, 5)
     assert index.bytes == sum(p.stat().st_size for p in (tmp_path / "in").rglob("*.jsonl*")
                               if p.stat().st_size and not p.name.startswith(("_m", "_c", ".")))
-    assert len(index.sample) == 8 and index.sample == [f.path for f in index.sample_files]
+    assert len(index.sample) == 8
+    # The sample's sizes come with it when every sampled file is one the job reads (Spark's order
+    # may pick an empty file or a metadata name, as the scans did).
+    read = {f.path for f in index.sample_files}
+    assert index.sample_files == [] or read == set(index.sample)
     assert len(index.skipped["examples"]) == 5 and all(e.endswith(".txt") for e in index.skipped["examples"])
