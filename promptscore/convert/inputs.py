@@ -40,6 +40,13 @@ def is_input_name(name: Column) -> Column:
     return cond
 
 
+def is_data_name(name: str) -> bool:
+    """Whether Spark's scan opens a file of this name: Spark lists ``_metadata*`` and
+    ``_common_metadata*`` (Parquet's) but reads no name starting with ``_`` (without ``=``) or
+    ``.``. The same in a URI's last segment, where neither character is encoded."""
+    return not ((name.startswith("_") and "=" not in name) or name.startswith("."))
+
+
 def list_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
     """Every line of every file under ``inputs``, at any depth, names unfiltered (see
     ``input_lines``). One column, ``value``; the file is in ``_metadata``."""
@@ -138,8 +145,10 @@ class InputIndex:
 def index_inputs(spark: SparkSession, listed: DataFrame, lines: DataFrame, sample_files: int) -> InputIndex:
     """Counts and sizes from Spark's own index (no second listing, no request), the skipped files
     by rule with a few examples, and a deterministic, well-spread sample of input files (Spark
-    returns files in hash order; every k-th input file is taken). Counted in one pass in the JVM
-    (``ListingFacts``); where this Spark's internals differ, by pruned scans of the index."""
+    returns files in hash order, that of their full URIs; every k-th file with an input name that
+    Spark reads is taken, never a ``_metadata.jsonl``; an empty file may be). Counted in one pass
+    in the JVM (``ListingFacts``); where this Spark's internals differ, by pruned scans of the
+    index."""
     facts = _listing_facts(spark, listed, sample_files)
     if facts is None:
         return _index_by_scans(spark, listed, lines, sample_files)
@@ -187,7 +196,7 @@ def _index_by_scans(spark: SparkSession, listed: DataFrame, lines: DataFrame, sa
         i = 0
         while len(picked) < want and i < total:
             uri = str(all_files[i])
-            if uri.endswith(SUFFIXES):
+            if uri.endswith(SUFFIXES) and is_data_name(uri.rsplit("/", 1)[-1]):
                 picked.append(uri)
                 i += step
             else:

@@ -345,8 +345,26 @@ def test_the_listing_is_counted_in_one_pass_exactly_as_the_pruned_scans_count_it
     assert index.bytes == sum(p.stat().st_size for p in (tmp_path / "in").rglob("*.jsonl*")
                               if p.stat().st_size and not p.name.startswith(("_m", "_c", ".")))
     assert len(index.sample) == 8
-    # The sample's sizes come with it when every sampled file is one the job reads (Spark's order
-    # may pick an empty file or a metadata name, as the scans did).
-    read = {f.path for f in index.sample_files}
-    assert index.sample_files == [] or read == set(index.sample)
+    # Which files are sampled follows Spark's order, a hash of each file's full URI (so it changes
+    # with tmp_path from one pytest session to the next): never a metadata name the job does not
+    # read; the sizes come with the sample exactly when no sampled file is empty.
+    assert not {Path(p).name for p in index.sample} & {"_metadata.jsonl", "_common_metadata.jsonl"}
+    all_read = all(Path(p.removeprefix("file:")).stat().st_size for p in index.sample)
+    assert [f.path for f in index.sample_files] == (index.sample if all_read else [])
     assert len(index.skipped["examples"]) == 5 and all(e.endswith(".txt") for e in index.skipped["examples"])
+
+
+def test_the_sample_never_takes_a_metadata_name_that_spark_lists_but_never_reads(spark, tmp_path):
+    from promptscore.convert import inputs, reader
+
+    reader.require(spark)
+    write_lines(tmp_path / "in" / "a.jsonl", records("a"))
+    for name in ("_metadata.jsonl", "_metadata.b.jsonl", "_common_metadata.jsonl"):
+        write_lines(tmp_path / "in" / name, records("meta", extra=1))
+    listed = inputs.list_lines(spark, [str(tmp_path / "in")])
+    lines = inputs.input_lines(listed)
+    index = inputs.index_inputs(spark, listed, lines, 8)
+    a = f"file:{tmp_path / 'in' / 'a.jsonl'}"
+    assert (index.files, index.empty_files, index.sample) == (1, 3, [a])
+    assert [f.path for f in index.sample_files] == [a]
+    assert index == inputs._index_by_scans(spark, listed, lines, 8)

@@ -23,8 +23,9 @@ import org.apache.hadoop.fs.Path;
  * with one of the input suffixes; the other non-empty data paths are skipped by name; the rest
  * (empty, or Spark's own metadata names) are empty files.
  *
- * <p>The sample is picked as {@code promptscore.convert.inputs} always picked it: every k-th input
- * file in the order of {@code Dataset.inputFiles} (Spark's own order), skipping other names.
+ * <p>The sample is picked as {@code promptscore.convert.inputs} picks it: every k-th input file in
+ * the order of {@code Dataset.inputFiles} (Spark's own order), skipping other names and the
+ * metadata names Spark lists but never reads ({@code _metadata.jsonl}).
  */
 public final class ListingFacts {
     private static final JsonFactory JSON = new JsonFactory();
@@ -113,7 +114,8 @@ public final class ListingFacts {
         }
     }
 
-    /** Every k-th URI of {@code order} ending with a suffix (k = |order| / want), as paths. */
+    /** Every k-th URI of {@code order} that is a data path ending with a suffix (k = |order| /
+     *  want), as paths. */
     static List<String> pick(String[] order, String[] suffixes, int want) {
         List<String> picked = new ArrayList<>();
         if (want <= 0) {
@@ -122,7 +124,7 @@ public final class ListingFacts {
         int step = Math.max(1, order.length / want);
         int i = 0;
         while (picked.size() < want && i < order.length) {
-            if (endsWithAny(order[i], suffixes)) {
+            if (endsWithAny(order[i], suffixes) && isDataName(order[i].substring(order[i].lastIndexOf('/') + 1))) {
                 try {
                     picked.add(new Path(new URI(order[i])).toString());
                 } catch (URISyntaxException e) {
@@ -138,9 +140,13 @@ public final class ListingFacts {
 
     /** What Spark's scan of the index opens: a data path with at least one byte. */
     private static boolean isRead(FileStatus f) {
-        String name = f.getPath().getName();
-        boolean hidden = (name.startsWith("_") && !name.contains("=")) || name.startsWith(".");
-        return !hidden && f.getLen() > 0;
+        return isDataName(f.getPath().getName()) && f.getLen() > 0;
+    }
+
+    /** Whether Spark's scan opens a file of this name (not {@code _x} without {@code =}, not
+     *  {@code .x}); the same in a URI's last segment, where neither character is encoded. */
+    private static boolean isDataName(String name) {
+        return !((name.startsWith("_") && !name.contains("=")) || name.startsWith("."));
     }
 
     private static boolean endsWithAny(String s, String[] suffixes) {
