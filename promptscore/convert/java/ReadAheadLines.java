@@ -64,10 +64,12 @@ import org.apache.spark.util.SerializableConfiguration;
  * waits one request's latency per file. This reader takes the partitions Spark planned for the
  * scan (the same files, in the same tasks) and, in each task, fetches up to {@code inFlight}
  * whole files ahead on a small thread pool while the task parses the current one. The lines are
- * split exactly as Spark's text source splits them, by Hadoop's own {@code LineReader} (LF, CR or
- * CRLF; a UTF-8 byte-order mark at the start of a file dropped, as {@code LineRecordReader}
- * does). A file that is split over tasks, or larger than {@code wholeFileLimit}, is read by
- * Hadoop's {@code LineRecordReader} itself, with nothing ahead.
+ * split exactly as Spark's text source splits them, by the rules of Hadoop's {@code LineReader}
+ * (LF, CR or CRLF; a UTF-8 byte-order mark at the start of a file dropped, as
+ * {@code LineRecordReader} does): an uncompressed file fetched whole is split in place
+ * ({@link InMemory}), a compressed one through {@code LineReader} itself. A file that is split
+ * over tasks, or larger than {@code wholeFileLimit}, is read by Hadoop's {@code LineRecordReader}
+ * itself, with nothing ahead.
  *
  * <p>Each row is {@code value} (the line's bytes, unchanged) and {@code _metadata}:
  * {@code file_path} (the percent-encoded URI, as Spark's {@code _metadata.file_path}),
