@@ -27,6 +27,11 @@ sys.path[1:1] = [str(TESTS / tier) for tier in TIERS if str(TESTS / tier) not in
 # JVM and its Python workers, which start after this line).
 os.environ.setdefault("PROMPTSCORE_RUNTIME_DIR", tempfile.mkdtemp(prefix="promptscore-test-run-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' JVMs (this session's, spark-submit's and local-cluster executors') run short jobs on
+# little data: the C1 compiler alone and a serial collector spend far less CPU on them than the
+# server defaults. Through the launcher's SPARK_SUBMIT_OPTS, so that every spark-submit inherits it.
+TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ.setdefault("SPARK_SUBMIT_OPTS", f"{TEST_JVM_OPTS} '-Dspark.executor.extraJavaOptions={TEST_JVM_OPTS}'")
 
 
 @pytest.fixture(scope="session")
