@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import records, run_job, write_lines
 
+from promptscore.frames import session_conf
 from promptscore.io import hadoop
 from promptscore.io.publish import Publisher
 from promptscore.score import pieces
@@ -157,8 +158,9 @@ def test_the_bad_file_search_takes_the_compressed_files_from_the_listing(spark, 
 
 def test_plan_reads_its_sample_once_in_spark_and_asks_nothing_per_file(spark, oss_bucket_module, capsys_module):
     inp = _input(oss_bucket_module, "in-plan")
-    few, _ = _convert(spark, capsys_module, inp, oss_bucket_module / "out-plan-2", "--plan", "--sample-files", "2")
-    many, _ = _convert(spark, capsys_module, inp, oss_bucket_module / "out-plan-8", "--plan", "--sample-files", "8")
+    with session_conf(spark, {"spark.promptscore.plan.measureBytes": "1m"}):  # a quick rate measurement
+        few, _ = _convert(spark, capsys_module, inp, oss_bucket_module / "out-plan-2", "--plan", "--sample-files", "2")
+        many, _ = _convert(spark, capsys_module, inp, oss_bucket_module / "out-plan-8", "--plan", "--sample-files", "8")
     d = _diff(many, few)
     # Before, per sampled file: 7 HEAD, 2 LIST, 3 GET. Now: the schema sample's head on the
     # driver and one read by Spark, held in memory for the ratio and the rate.
