@@ -294,6 +294,40 @@ def gpu_score_submit(tmp_path_factory, tiny_model) -> tuple[subprocess.Completed
     return launch_gpu_score(home, f"file://{tiny_model}", FAKE), home
 
 
+@pytest.fixture(scope="session")
+def resume_input(spark, tmp_path_factory) -> Path:
+    """240 prompts in 6 Parquet files (6 chunks on local[2]: 4 per slot, a file is never split), for
+    the resume tests (spark/test_resume, e2e/test_resume_killed)."""
+    path = tmp_path_factory.mktemp("resume-in") / "prompts"
+    rows = [(i, f"prompt {i}: " + "words " * (i % 13 + 1)) for i in range(240)]
+    spark.createDataFrame(rows, "id int, prompt string").repartition(6, "id").write.parquet(str(path))
+    assert len(list(path.glob("*.parquet"))) == 6
+    return path
+
+
+@pytest.fixture(scope="session")
+def resume_baseline(spark, resume_input, tiny_model, tmp_path_factory) -> tuple[Path, str]:
+    """The score job over ``resume_input`` never stopped, on the shared session: its output, and
+    what it printed on stderr (progress lines every second). The reference of the resumed runs."""
+    import contextlib
+    import io
+
+    from promptscore import progress
+
+    out = tmp_path_factory.mktemp("whole") / "scores"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    spark.conf.set(progress.INTERVAL_CONF, "1")
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = load_job("score").main([str(a) for a in ("--input", resume_input, "--output", out,
+                                                            "--model", tiny_model)])
+    finally:
+        spark.conf.set(progress.INTERVAL_CONF, "0")
+    err = stderr.getvalue()
+    assert code == 0, err
+    return out, err
+
+
 # ---------------------------------------------------------------------------------------------
 # The package's wheel, built once per run, and an offline wheel directory (no network).
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import test_resume
 from chispa import assert_df_equality
 from conftest import kill_when, submit
 from test_resume import scores
@@ -14,17 +13,14 @@ from test_resume import scores
 from promptscore import progress
 from promptscore.io.publish import work_dir
 
-six_files = test_resume.six_files  # the fixture of test_resume
-uninterrupted = test_resume.uninterrupted  # the fixture of test_resume
 
-
-def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark, six_files, tiny_model, tmp_path,
-                                                                         uninterrupted):
+def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark, resume_input, tiny_model, tmp_path,
+                                                                         resume_baseline):
     import pyarrow as pa
 
     out = tmp_path / "scores"
     flag = tmp_path / "paused"
-    args = ["jobs/score.py", "--input", six_files, "--output", out, "--model", tiny_model, "--mode", "overwrite"]
+    args = ["jobs/score.py", "--input", resume_input, "--output", out, "--model", tiny_model, "--mode", "overwrite"]
     # An earlier run's output (its contents do not matter to the publish step, only that it is ours).
     out.mkdir()
     pq.write_table(pa.table({"prompt": ["old"], "score": [0.5]}), out / "part-00000-old.parquet")
@@ -61,5 +57,5 @@ def test_killed_mid_run_keeps_the_old_output_and_the_same_command_resumes(spark,
     assert report["resume"]["chunks_resumed"] == len(done) and report["resume"]["chunks_scored"] == 6 - len(done)
     assert f"({resumed:,} resumed from an earlier run)" in stdout
     assert any(line.startswith("score: ") and "/ 240 rows" in line for line in err.splitlines())
-    assert_df_equality(scores(spark, out), scores(spark, uninterrupted[0]), ignore_row_order=True)
+    assert_df_equality(scores(spark, out), scores(spark, resume_baseline[0]), ignore_row_order=True)
     assert not Path(work_dir(str(out))).exists()

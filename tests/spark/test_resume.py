@@ -1,6 +1,6 @@
 """Resuming the score job: a run killed (SIGKILL to its whole process group) after committing some
 chunks is finished by the same command, which reuses them and scores only the rest; the output is
-the uninterrupted run's, and the previous output stays readable until then. Other options
+the uninterrupted run's (``resume_baseline``), and the previous output stays readable until then. Other options
 (another fingerprint) never reuse them (a run stopped by an injected failure leaves the pieces).
 Progress lines, and the --compare-sample check."""
 
@@ -21,58 +21,25 @@ from promptscore.score import fingerprint, pieces
 from promptscore.score.compare import compare_scores, spearman
 
 
-@pytest.fixture(scope="module")
-def six_files(spark, tmp_path_factory) -> Path:
-    """240 prompts in 6 Parquet files (6 chunks on local[2]: 4 per slot, a file is never split)."""
-    path = tmp_path_factory.mktemp("resume-in") / "prompts"
-    rows = [(i, f"prompt {i}: " + "words " * (i % 13 + 1)) for i in range(240)]
-    spark.createDataFrame(rows, "id int, prompt string").repartition(6, "id").write.parquet(str(path))
-    assert len(list(path.glob("*.parquet"))) == 6
-    return path
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(spark, six_files, tiny_model, tmp_path_factory):
-    """The output of a run that was never stopped, and what it printed on stderr (progress lines
-    every second)."""
-    import contextlib
-    import io
-
-    from conftest import load_job
-
-    out = tmp_path_factory.mktemp("whole") / "scores"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    spark.conf.set(progress.INTERVAL_CONF, "1")
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = load_job("score").main([str(a) for a in ("--input", six_files, "--output", out,
-                                                            "--model", tiny_model)])
-    finally:
-        spark.conf.set(progress.INTERVAL_CONF, "0")
-    err = stderr.getvalue()
-    assert code == 0, err
-    return out, err
-
-
 def scores(spark, out: Path):
     return spark.read.parquet(str(out)).select("id", "prompt", "score", "score_error")
 
 
-def test_progress_lines_and_one_chunk_per_file(uninterrupted, six_files):
-    out, err = uninterrupted
+def test_progress_lines_and_one_chunk_per_file(resume_baseline, resume_input):
+    out, err = resume_baseline
     lines = [line for line in err.splitlines() if line.startswith("score: ") and "starting ahead" not in line]
     assert lines and all(" / 240 rows scored" in line for line in lines), lines
     assert any("rows/s, ETA" in line and "engine(s) scoring" in line for line in lines), lines
     report = json.loads((out / "_report.json").read_text())
     assert report["resumed_rows"] == 0 and report["resume"]["chunks"] == 6
     # Each chunk's write reads its own file only (Spark prunes the listing by _metadata.file_path).
-    per_file = sorted(pq.read_metadata(f).num_rows for f in six_files.glob("*.parquet"))
+    per_file = sorted(pq.read_metadata(f).num_rows for f in resume_input.glob("*.parquet"))
     assert sorted(t["rows"] for t in report["tasks"]) == per_file
 
 
-def test_other_options_never_reuse_pieces(spark, six_files, tiny_model, tmp_path, capsys, monkeypatch):
+def test_other_options_never_reuse_pieces(spark, resume_input, tiny_model, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    base = ["--input", six_files, "--output", out, "--model", tiny_model, "--max-bad-fraction", "1"]
+    base = ["--input", resume_input, "--output", out, "--model", tiny_model, "--max-bad-fraction", "1"]
     monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "chunk-committed")
     code, _, _ = run_job("score", base, capsys)
     monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
@@ -186,13 +153,13 @@ def test_the_model_digest_reads_every_byte_in_blocks_and_is_the_same_through_the
 
 
 def test_a_model_changed_between_the_blocks_once_sampled_never_reuses_the_old_model_s_pieces(
-        spark, six_files, tiny_model, tmp_path, capsys, monkeypatch):
+        spark, resume_input, tiny_model, tmp_path, capsys, monkeypatch):
     import shutil
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path / "out"
-    base = ["--input", six_files, "--output", out, "--model", model, "--cache-dir", tmp_path / "cache"]
+    base = ["--input", resume_input, "--output", out, "--model", model, "--cache-dir", tmp_path / "cache"]
     monkeypatch.setenv("PROMPTSCORE_TEST_FAIL_AT", "chunk-committed")
     code, _, _ = run_job("score", base, capsys)
     monkeypatch.delenv("PROMPTSCORE_TEST_FAIL_AT")
@@ -237,11 +204,12 @@ def test_progress_helpers():
     assert progress._number("total (min, med, max (stageId: taskId))\n1,024 (12, 500, 512 (stage 1.0: task 2))") == 1024
 
 
-def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, six_files, tiny_model, tmp_path, capsys):
+def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, resume_input, tiny_model, tmp_path,
+                                                                        capsys):
     out, copy = tmp_path / "out", tmp_path / "report.json"
     # The reference is the options of the other tests here (dtype auto: float32 on the CPU), whose
     # engine is up already.
-    code, stdout, err = run_job("score", ["--input", six_files, "--output", out, "--model", tiny_model,
+    code, stdout, err = run_job("score", ["--input", resume_input, "--output", out, "--model", tiny_model,
                                           "--dtype", "bfloat16", "--compare-dtype", "auto",
                                           "--compare-sample", "50", "--report", copy], capsys)
     assert code == 0, err
@@ -252,7 +220,7 @@ def test_compare_sample_scores_a_sample_both_ways_and_writes_no_output(spark, si
     assert 0.9 < report["spearman"] <= 1.0 and 0 < report["max_abs_diff"] < 0.5
     assert stdout.startswith("score: compare-sample 50 rows, bfloat16 vs auto: Spearman ")
 
-    code, _, err = run_job("score", ["--input", six_files, "--output", out, "--model", tiny_model,
+    code, _, err = run_job("score", ["--input", resume_input, "--output", out, "--model", tiny_model,
                                      "--compare-sample", "50"], capsys)
     assert code == 2 and "nothing to compare" in err
 
