@@ -422,11 +422,11 @@ public class FakeObjectStoreFileSystem extends FileSystem {
     }
 
     /** Create {@code target}'s parent directories, then {@code place} it there: again when a
-     *  concurrent {@link #prune} removed the parent in between. */
+     *  concurrent {@link #prune} removed a parent in between, or while they were being created. */
     private static void place(File target, Placement place) throws IOException {
         for (int attempt = 1; ; attempt++) {
-            Files.createDirectories(target.getParentFile().toPath());
             try {
+                Files.createDirectories(target.getParentFile().toPath());
                 place.run();
                 return;
             } catch (NoSuchFileException e) {
