@@ -226,7 +226,7 @@ def test_convert_progress_never_claims_more_than_the_files_read(spark, oss_bucke
     recorder = Recorder(opened)
     monkeypatch.setattr(progress, "Reporter", recorder.cls)
     with bucket_settings(spark, delays_ms={"open": 15}), \
-            session_conf(spark, {progress.INTERVAL_CONF: "0.2", reader.KEY: read_ahead}):
+            session_conf(spark, {progress.INTERVAL_CONF: "0.05", reader.KEY: read_ahead}):
         fake_oss.reset_counts(spark)
         code, _, err = run_job("convert", ["--input", oss_bucket / "in", "--output", oss_bucket / "out",
                                            "--schema", "prompt string", "--sample-files", "0"], capsys)
