@@ -49,7 +49,8 @@ class _StandIn:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits for the loop to see it.
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def handle(self, method: str, path: str, headers) -> tuple[int, dict[str, str], bytes]:  # pragma: no cover
         raise NotImplementedError

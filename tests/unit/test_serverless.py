@@ -101,7 +101,8 @@ class FakeService:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: shutdown() waits for the loop to see it.
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def handle(self, method: str, raw_path: str, headers: dict, body: bytes) -> tuple[int, dict]:
         url = urlsplit(raw_path)
