@@ -68,11 +68,16 @@ demo: venv
 	  --input $(DEMO)/parquet --output $(DEMO)/scored --model $(DEMO)/model --backend transformers
 	@$(RUN) python -m promptscore.tools.show $(DEMO)/scored
 
+# The tests run in TEST_WORKERS pytest-xdist processes, each with a local Spark session of its own;
+# tests that share a launch, a build or a baseline run in one of them (tests/conftest.py). 0: one process.
+TEST_WORKERS ?= 2
+PYTEST := python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: lint
-	@$(RUN) python -m pytest -q tests
+	@$(RUN) $(PYTEST) tests
 
 test-fast: venv
-	@$(RUN) python -m pytest -q tests/unit tests/spark
+	@$(RUN) $(PYTEST) tests/unit tests/spark
 
 lint: venv
 	@$(RUN) ruff check .

