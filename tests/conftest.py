@@ -31,6 +31,8 @@ if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("PROMPTSCORE_TES
     os.environ["PROMPTSCORE_RUNTIME_DIR"] = os.environ["PROMPTSCORE_TEST_WORKER_DIR"] = os.path.join(
         os.environ["PROMPTSCORE_RUNTIME_DIR"], os.environ["PYTEST_XDIST_WORKER"])
     os.makedirs(os.environ["PROMPTSCORE_RUNTIME_DIR"], mode=0o700, exist_ok=True)
+# Where pytest-xdist workers leave the groups of the tests they collected, for the scheduler.
+os.environ.setdefault("PROMPTSCORE_TEST_GROUPS", os.path.join(os.environ["PROMPTSCORE_RUNTIME_DIR"], "groups.json"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tests' JVMs (this session's, spark-submit's and local-cluster executors') run short jobs on
 # little data: the C1 compiler alone and a serial collector spend far less CPU on them than the
@@ -268,6 +270,31 @@ def group_and_order(items: list[pytest.Item]) -> None:
     order = sorted(range(len(items)), key=lambda i: (tier[find(items[i].path.name)],
                                                      first[find(items[i].path.name)], i))
     items[:] = [items[i] for i in order]
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same tests
+        groups = Path(os.environ["PROMPTSCORE_TEST_GROUPS"])
+        partial = groups.with_name(f"{groups.name}.{os.environ['PYTEST_XDIST_WORKER']}")
+        partial.write_text(json.dumps({item.nodeid: find(item.path.name) for item in items}))
+        partial.replace(groups)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` by the groups of ``group_and_order``. pytest-xdist 3.8 reads a test's
+    group from a suffix it adds to the test's id, which pytest 9.2 no longer takes: here the
+    scheduler reads them from the file the workers wrote (pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # called once every worker has collected
+                self.groups = json.loads(Path(os.environ["PROMPTSCORE_TEST_GROUPS"]).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def has_gpu_and_vllm() -> bool:
