@@ -115,41 +115,6 @@ def test_chat_template_scores_prompt_response_pairs(spark, prompts, tiny_model, 
     assert abs(rows[1].score - direct_scores(tiny_model, [rendered])[0]) < 1e-4
 
 
-def test_long_prompts_are_truncated_not_failed(spark, prompts, tiny_model, tmp_path, capsys):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path / "scored"
-    code, _, err = run_job("score", ["--input", prompts, "--output", out, "--model", tiny_model,
-                                     "--max-model-len", "32", "--max-bad-fraction", "1"], capsys)
-    assert code == 0, err
-    report = json.loads((out / "_report.json").read_text())
-    assert report["truncated"] == 1 and report["max_tokens"] == 32
-    row = {r.id: r for r in read(spark, out).collect()}[7]
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
-    kept = tok(row.prompt)["input_ids"][-32:]  # the end of the text is kept
-    with torch.inference_mode():
-        want = float(model(input_ids=torch.tensor([kept])).logits[0, 0])
-    assert row.score_error is None and abs(row.score - want) < 1e-4
-
-
-def test_engine_rejected_rows_are_isolated_and_marked(spark, oov_model, tmp_path, capsys):
-    src = tmp_path / "in"
-    texts = [f"prompt number {i}" for i in range(40)]
-    texts[7] = texts[23] = "holds <|oov|> which the model cannot embed"
-    spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, prompt string") \
-        .repartition(2).write.parquet(str(src))
-    out = tmp_path / "scored"
-    code, _, err = run_job("score", ["--input", src, "--output", out, "--model", oov_model,
-                                     "--max-bad-fraction", "0.1"], capsys)
-    assert code == 0, err
-    rows = {r.id: r for r in read(spark, out).collect()}
-    assert {i for i, r in rows.items() if r.score is None} == {7, 23}
-    assert rows[7].score_error.startswith("engine_rejected: ValueError: token id")
-    assert json.loads((out / "_report.json").read_text())["errors"] == {"engine_rejected": 2}
-
-
 def test_too_many_unscorable_rows_exit_3_after_writing(spark, prompts, tiny_model, tmp_path, capsys):
     out = tmp_path / "scored"
     code, stdout, err = run_job("score", ["--input", prompts, "--output", out, "--model", tiny_model], capsys)
@@ -214,6 +179,41 @@ def test_one_engine_for_many_tasks_and_batches_and_worker_churn(spark, tiny_mode
         assert again["scored"] == 300
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+def test_long_prompts_are_truncated_not_failed(spark, prompts, tiny_model, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "scored"
+    code, _, err = run_job("score", ["--input", prompts, "--output", out, "--model", tiny_model,
+                                     "--max-model-len", "32", "--max-bad-fraction", "1"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "_report.json").read_text())
+    assert report["truncated"] == 1 and report["max_tokens"] == 32
+    row = {r.id: r for r in read(spark, out).collect()}[7]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    kept = tok(row.prompt)["input_ids"][-32:]  # the end of the text is kept
+    with torch.inference_mode():
+        want = float(model(input_ids=torch.tensor([kept])).logits[0, 0])
+    assert row.score_error is None and abs(row.score - want) < 1e-4
+
+
+def test_engine_rejected_rows_are_isolated_and_marked(spark, oov_model, tmp_path, capsys):
+    src = tmp_path / "in"
+    texts = [f"prompt number {i}" for i in range(40)]
+    texts[7] = texts[23] = "holds <|oov|> which the model cannot embed"
+    spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, prompt string") \
+        .repartition(2).write.parquet(str(src))
+    out = tmp_path / "scored"
+    code, _, err = run_job("score", ["--input", src, "--output", out, "--model", oov_model,
+                                     "--max-bad-fraction", "0.1"], capsys)
+    assert code == 0, err
+    rows = {r.id: r for r in read(spark, out).collect()}
+    assert {i for i, r in rows.items() if r.score is None} == {7, 23}
+    assert rows[7].score_error.startswith("engine_rejected: ValueError: token id")
+    assert json.loads((out / "_report.json").read_text())["errors"] == {"engine_rejected": 2}
 
 
 def test_model_as_a_uri_is_copied_once_and_checked(spark, prompts, tiny_model, tmp_path, capsys):

@@ -33,17 +33,6 @@ def test_batches_keep_their_order_and_bad_rows_their_reason(tiny_model, slice_ro
     assert out["score"].isna().tolist() == [False, True, False, True, True, False, False]
 
 
-@pytest.mark.parametrize("slice_rows", [128, 3])
-def test_a_row_the_engine_refuses_is_isolated(oov_model, slice_rows):
-    texts = [f"prompt {i}" for i in range(9)]
-    texts[4] = "this one holds <|oov|> a token the model has no embedding for"
-    out = run(oov_model, [pd.Series(texts)], slice_rows=slice_rows)
-    errors = out["score_error"].tolist()
-    assert errors[4].startswith("engine_rejected: ValueError: token id") and "out of vocabulary" in errors[4]
-    assert [e is None for i, e in enumerate(errors) if i != 4] == [True] * 8
-    assert out["score"].notna().sum() == 8
-
-
 def test_pairs_with_the_chat_template(tiny_model):
     batches = [(pd.Series(["What is 2+2?", "Name a colour"]), pd.Series(["4", None]))]
     out = run(tiny_model, batches, template="chat")
@@ -71,3 +60,14 @@ def test_rows_in_flight_stay_under_the_limit_however_many_come(tiny_model):
     assert stats.host["link_limit"] == 200 and 64 <= stats.host["link_peak_rows"] <= 200
     want = direct_scores(tiny_model, [texts[0], texts[3999]])
     assert abs(out["score"][0] - want[0]) < 1e-4 and abs(out["score"][3999] - want[1]) < 1e-4
+
+
+@pytest.mark.parametrize("slice_rows", [128, 3])
+def test_a_row_the_engine_refuses_is_isolated(oov_model, slice_rows):
+    texts = [f"prompt {i}" for i in range(9)]
+    texts[4] = "this one holds <|oov|> a token the model has no embedding for"
+    out = run(oov_model, [pd.Series(texts)], slice_rows=slice_rows)
+    errors = out["score_error"].tolist()
+    assert errors[4].startswith("engine_rejected: ValueError: token id") and "out of vocabulary" in errors[4]
+    assert [e is None for i, e in enumerate(errors) if i != 4] == [True] * 8
+    assert out["score"].notna().sum() == 8
