@@ -228,6 +228,9 @@ SLOW_FIXTURES = {"soak_submit", "make_submit_convert", "gpu_score_submit", "pack
 # Session fixtures that cost more than a test: with pytest-xdist (`make test`), each worker would
 # make its own, so the tests that use one run in the same worker (below).
 SHARED_FIXTURES = SLOW_FIXTURES | {"resume_baseline"}
+# Seconds each test file took in a full run (setup included), two workers on two busy cores: only
+# their ratios matter. A file missing here counts as 0; refresh it when a file's cost changes a lot.
+DURATIONS = TESTS / "durations.json"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -243,9 +246,9 @@ def pytest_collection_modifyitems(config, items):
 def group_and_order(items: list[pytest.Item]) -> None:
     """Give each test the ``xdist_group`` of its file, joined with every file whose tests share a
     fixture of SHARED_FIXTURES (``--dist loadgroup`` runs a group in one worker: module fixtures
-    and shared launches are made once); then order the groups e2e first, unit last (xdist hands
-    them out in this order: the long ones start first, the short ones fill in at the end). A
-    group's tests keep their order and stay together."""
+    and shared launches are made once); then order the groups longest first by DURATIONS, the
+    rest e2e first, unit last (xdist hands them out in this order: the long ones start first, the
+    short ones fill in at the end). A group's tests keep their order and stay together."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -267,7 +270,14 @@ def group_and_order(items: list[pytest.Item]) -> None:
         group = find(item.path.name)
         first.setdefault(group, i)
         item.add_marker(pytest.mark.xdist_group(group.removeprefix("fixture:").removesuffix(".py")))
-    order = sorted(range(len(items)), key=lambda i: (tier[find(items[i].path.name)],
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    weight: dict[str, float] = {}
+    for path in {item.path for item in items}:
+        group = find(path.name)
+        weight[group] = weight.get(group, 0) + seconds.get(path.relative_to(ROOT).as_posix(), 0) \
+            if path.is_relative_to(ROOT) else 0
+    order = sorted(range(len(items)), key=lambda i: (-weight[find(items[i].path.name)],
+                                                     tier[find(items[i].path.name)],
                                                      first[find(items[i].path.name)], i))
     items[:] = [items[i] for i in order]
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same tests
@@ -279,11 +289,12 @@ def group_and_order(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` by the groups of ``group_and_order``. pytest-xdist 3.8 reads a test's
-    group from a suffix it adds to the test's id, which pytest 9.2 no longer takes: here the
-    scheduler reads them from the file the workers wrote (pytest-xdist#1386)."""
+    """``--dist loadgroup`` by the groups and in the order of ``group_and_order``. pytest-xdist
+    3.8 reads a test's group from a suffix it adds to the test's id, which pytest 9.2 no longer
+    takes: here the scheduler reads them from the file the workers wrote (pytest-xdist#1386)."""
     if config.getvalue("dist") != "loadgroup":
         return None
+    config.option.loadscopereorder = False  # hand the groups out in the order above, not by size
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
