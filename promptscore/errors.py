@@ -8,7 +8,7 @@ Exit codes (the same for every job):
   2  usage: bad flags, missing input (a prefix, or a file a list names), output already there
      (--mode error), input and output overlapping, a URI carrying keys, an unsubstituted
      scheduling parameter, a symbolic link loop in a local input, a scheme no file system
-     serves. Fix the call or the input.
+     serves, a module the executors' Python lacks. Fix the call, the input or the environment.
   3  data quality: too many rejected rows (output, rejects and report are published, without
      _SUCCESS; a rerun replaces them), or input files that changed since an earlier partition
      ingested them (--only-new; nothing is written)
@@ -43,7 +43,8 @@ EXIT_CODES_HELP = """exit codes:
      names), output exists (--mode error), input and output overlap, a URI with keys in it, an
      unsubstituted ${...} scheduling parameter, a symlink loop in a local input, a URI scheme
      with no file system, another run holding the output (named), a model that cannot load
-     (the file named)
+     (the file named), Spark's Python workers unable to start (a module the executors' Python
+     lacks)
   3  data quality: more rejects than --max-bad-fraction (output, rejects and report published
      without _SUCCESS); or, with --only-new, input files changed since an earlier partition
      ingested them (--changed-files error; nothing written)
@@ -173,6 +174,8 @@ _QUOTA = re.compile(r"Disk quota exceeded|QuotaExceededException|The (?:DiskSpac
 _MEMORY = re.compile(r"java\.lang\.OutOfMemoryError|\bOutOfMemoryError\b|Container killed by YARN for exceeding "
                      r"(?:physical |virtual )?memory limits|exceeding memory limits")
 _NO_FS = re.compile(r"No FileSystem for scheme \W?(\w[\w+.-]*)")
+# What Spark says when the Python daemon or worker it starts exits at once (3.5 and 4).
+_NO_MODULE = re.compile(r"Error from python worker:\s*\n\s*(\S+): No module named (\S+)")
 _QUOTA_PATH = re.compile(r"quota of (\S+) is exceeded")
 _WRITE_PATH = re.compile(r"(?:writing rows to|writing to|Error writing|Failed to (?:create|write|rename)[^:]*?) "
                          r"\[?([a-zA-Z][\w+.-]*:/\S+|/\S+?)\]?\.?(?:\s|$)")
@@ -183,9 +186,10 @@ def classify(exc: BaseException) -> Classified | None:
     """The exit code a failure means when it is not 1 (a retry may fix it), from every link of its
     chain of causes, Python's and the JVM's: a full disk or an exceeded quota, memory exhausted
     (4, ``EXIT_RESOURCES``: nothing a rerun alone fixes, and the same command works once the
-    resource is there); a URI scheme no file system serves (2). None: unexpected (exit 1)."""
+    resource is there); a URI scheme no file system serves, or Spark's Python workers that cannot
+    start for a module their Python lacks (2). None: unexpected (exit 1)."""
     links = _links(exc)
-    return _resources(links) or _memory(links) or _no_file_system(links)
+    return _resources(links) or _memory(links) or _no_file_system(links) or _python_workers(links)
 
 
 def _resources(links: Sequence[_Link]) -> Classified | None:
@@ -221,6 +225,18 @@ def _no_file_system(links: Sequence[_Link]) -> Classified | None:
             return Classified(EXIT_USAGE, f"no file system serves the scheme {scheme!r}: {_cause(link)}; fix the URI, "
                               "or put the scheme's connector on the class path (for oss:// on EMR: JindoSDK). "
                               "Exit 2: fix the call")
+    return None
+
+
+def _python_workers(links: Sequence[_Link]) -> Classified | None:
+    for link in reversed(links):
+        m = _NO_MODULE.search(link.message)
+        if m:
+            python, module = m.group(1), m.group(2)
+            return Classified(EXIT_USAGE, f"Spark's Python workers cannot start: {python} has no module {module}; "
+                              "install it in the executors' Python (bootstrap/install-python-env.sh installs "
+                              "promptscore and udfs), or, where the code travels only with --py-files, drop "
+                              "spark.python.daemon.module. Exit 2: fix the executors' environment")
     return None
 
 

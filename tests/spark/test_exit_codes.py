@@ -137,3 +137,18 @@ def test_help_lists_every_exit_code(capsys):
                  "4  out of resources"):
         assert code in text
     assert "--changed-files" in text and "symlink loop" in text
+
+
+def test_python_workers_that_cannot_start_for_a_missing_module_are_exit_2(spark):
+    # Spark's own words when the daemon of spark.python.daemon.module cannot be imported.
+    jvm = spark.sparkContext._jvm
+    eof = jvm.org.apache.spark.SparkException(
+        "EOFException occurred while reading the port number from udfs.worker_daemon's stdout.")
+    worker = jvm.org.apache.spark.SparkException(
+        "Error from python worker:\n  /opt/promptscore/venv/bin/python: No module named udfs.worker_daemon\n"
+        "PYTHONPATH was:\n  /opt/spark/python/lib/pyspark.zip", eof)
+    got = errors.classify(thrown_in_the_jvm(spark, worker))
+    assert got.code == 2
+    assert got.line.startswith("Spark's Python workers cannot start: /opt/promptscore/venv/bin/python has no module "
+                               "udfs.worker_daemon; install it")
+    assert "spark.python.daemon.module" in got.line and "\n" not in got.line
