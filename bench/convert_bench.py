@@ -136,6 +136,9 @@ def main() -> int:
                    help="also run the job of another checkout of this repository (an earlier commit, "
                    "e.g. made with `git worktree add DIR REV`) as a peer, interleaved with this one")
     p.add_argument("--only", help="run only these peers (comma-separated names, e.g. 'this job,earlier')")
+    p.add_argument("--job-conf", action="append", default=[], metavar="LABEL:K=V[,K=V...]",
+                   help="also run this job with these Spark properties as the peer 'this job (LABEL)', e.g. "
+                   "'pgc:spark.driver.extraJavaOptions=-XX:+UseParallelGC' (repeatable)")
     p.add_argument("--baseline-mb-s", type=float, default=0.0,
                    help="an earlier steady-state rate (write pass, MB/s per core) to compare the job's with")
     a = p.parse_args()
@@ -149,8 +152,8 @@ def main() -> int:
     common = ["--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.log.level=WARN",
               "--conf", "spark.driver.memory=4g"]
 
-    def job_cmd(inp: Path) -> list[str]:
-        return [spark_submit, "--master", master, *conf_args("conf/local.conf"), *common,
+    def job_cmd(inp: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        return [spark_submit, "--master", master, *conf_args("conf/local.conf"), *common, *extra,
                 "jobs/convert.py", "--input", str(inp), "--output", "{out}"]
 
     runs = {
@@ -158,6 +161,8 @@ def main() -> int:
         **({"earlier": ["env", f"PYTHONPATH={Path(a.compare_checkout).resolve()}", *job_cmd(src)[:-5],
                         str(Path(a.compare_checkout).resolve() / "jobs" / "convert.py"), "--input", str(src),
                         "--output", "{out}"]} if a.compare_checkout else {}),
+        **{f"this job ({label})": job_cmd(src, tuple(x for kv in pairs.split(",") for x in ("--conf", kv)))
+           for label, pairs in (v.split(":", 1) for v in a.job_conf)},
         "naive Spark": [spark_submit, "--master", master, *common, "bench/naive_convert.py", str(src), "{out}"],
         "DuckDB": [sys.executable, "bench/duckdb_convert.py", str(src), "{out}", str(a.cores)],
     }
@@ -168,7 +173,7 @@ def main() -> int:
     loads: list[float] = []  # other work on the machine slows every peer alike: say how much there was
     for rep in range(a.repeat):
         for name, cmd in runs.items():
-            out = work / f"out-{name.split()[0].lower()}"
+            out = work / ("out-" + "".join(c if c.isalnum() else "-" for c in name.lower()))
             shutil.rmtree(out, ignore_errors=True)
             if out.with_suffix(".parquet").exists():
                 out.with_suffix(".parquet").unlink()
