@@ -7,6 +7,7 @@
    - this job:  spark-submit <conf/local.conf as --conf pairs> jobs/convert.py
    - naive:     spark-submit bench/naive_convert.py (spark.read.json(...).write.parquet(...))
    - DuckDB:    COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)
+   - with --job-conf LABEL:K=V: this job again with other Spark properties, as "this job (LABEL)"
    and checks that all three wrote the same number of rows.
 3. The job's steady state apart from its fixed costs: from each run's ``_report.json``
    (``phase_s``, ``elapsed_s``), the seconds before the job's clock starts (JVM, session, imports),
