@@ -175,7 +175,10 @@ _MEMORY = re.compile(r"java\.lang\.OutOfMemoryError|\bOutOfMemoryError\b|Contain
                      r"(?:physical |virtual )?memory limits|exceeding memory limits")
 _NO_FS = re.compile(r"No FileSystem for scheme \W?(\w[\w+.-]*)")
 # What Spark says when the Python daemon or worker it starts exits at once (3.5 and 4).
-_NO_MODULE = re.compile(r"Error from python worker:\s*\n\s*(\S+): No module named (\S+)")
+# Python's own line for `python -m X` is "PYTHON: No module named X" when X's package exists, or
+# "PYTHON: Error while finding module specification for 'X' (ModuleNotFoundError: ...)" when not.
+_NO_MODULE = re.compile(r"Error from python worker:\s*\n\s*(\S+): (?:No module named (\S+)|Error while finding "
+                        r"module specification for '([^']+)' \(ModuleNotFoundError: No module named '([^']+)'\))")
 _QUOTA_PATH = re.compile(r"quota of (\S+) is exceeded")
 _WRITE_PATH = re.compile(r"(?:writing rows to|writing to|Error writing|Failed to (?:create|write|rename)[^:]*?) "
                          r"\[?([a-zA-Z][\w+.-]*:/\S+|/\S+?)\]?\.?(?:\s|$)")
@@ -232,8 +235,10 @@ def _python_workers(links: Sequence[_Link]) -> Classified | None:
     for link in reversed(links):
         m = _NO_MODULE.search(link.message)
         if m:
-            python, module = m.group(1), m.group(2)
-            return Classified(EXIT_USAGE, f"Spark's Python workers cannot start: {python} has no module {module}; "
+            python, module = m.group(1), m.group(2) or m.group(3)
+            missing = f" (no package {m.group(4)})" if m.group(4) else ""
+            return Classified(EXIT_USAGE, f"Spark's Python workers cannot start: {python} has no module {module}"
+                              f"{missing}; "
                               "install it in the executors' Python (bootstrap/install-python-env.sh installs "
                               "promptscore and udfs), or, where the code travels only with --py-files, drop "
                               "spark.python.daemon.module. Exit 2: fix the executors' environment")

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,16 +140,33 @@ def test_help_lists_every_exit_code(capsys):
     assert "--changed-files" in text and "symlink loop" in text
 
 
-def test_python_workers_that_cannot_start_for_a_missing_module_are_exit_2(spark):
-    # Spark's own words when the daemon of spark.python.daemon.module cannot be imported.
+@pytest.mark.parametrize("python_says, missing", [
+    ("No module named udfs.worker_daemon", ""),  # the package is there, the module not
+    ("Error while finding module specification for 'udfs.worker_daemon' (ModuleNotFoundError: No module named "
+     "'udfs')", " (no package udfs)"),  # no package udfs at all
+])
+def test_python_workers_that_cannot_start_for_a_missing_module_are_exit_2(spark, python_says, missing):
+    # Spark's own words when the daemon of spark.python.daemon.module cannot be imported, with
+    # Python's line for `python -m udfs.worker_daemon` in each case.
     jvm = spark.sparkContext._jvm
     eof = jvm.org.apache.spark.SparkException(
         "EOFException occurred while reading the port number from udfs.worker_daemon's stdout.")
     worker = jvm.org.apache.spark.SparkException(
-        "Error from python worker:\n  /opt/promptscore/venv/bin/python: No module named udfs.worker_daemon\n"
+        f"Error from python worker:\n  /opt/promptscore/venv/bin/python: {python_says}\n"
         "PYTHONPATH was:\n  /opt/spark/python/lib/pyspark.zip", eof)
     got = errors.classify(thrown_in_the_jvm(spark, worker))
     assert got.code == 2
     assert got.line.startswith("Spark's Python workers cannot start: /opt/promptscore/venv/bin/python has no module "
-                               "udfs.worker_daemon; install it")
+                               f"udfs.worker_daemon{missing}; install it")
     assert "spark.python.daemon.module" in got.line and "\n" not in got.line
+
+
+def test_pythons_own_lines_for_a_missing_module_are_those_the_classifier_reads(tmp_path):
+    """The two forms above are what this Python prints for ``python -m`` of a missing module."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    lines = [subprocess.run([sys.executable, "-m", name], cwd=tmp_path, capture_output=True, text=True).stderr.strip()
+             for name in ("pkg.nosuch", "nosuchpkg.worker_daemon")]
+    assert lines[0] == f"{sys.executable}: No module named pkg.nosuch"
+    assert lines[1] == (f"{sys.executable}: Error while finding module specification for 'nosuchpkg.worker_daemon' "
+                        "(ModuleNotFoundError: No module named 'nosuchpkg')")
