@@ -1,5 +1,6 @@
 """The score job's Python workers fork from ``udfs.worker_daemon`` (``spark.python.daemon.module``
-in conf/local.conf, conf/emr-score-gpu.conf and the tests' session), which imported the tokenizer."""
+in conf/local.conf, conf/emr-score-gpu.conf and the tests' session), which imported the tokenizer
+but left the project's own modules to each worker (so that a --py-files copy wins)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ def test_sql_udf_workers_fork_from_the_daemon_that_imported_the_tokenizer(spark)
             parent = f.read().split(b"\0")
         daemon = next((w.decode() for w in parent if w.startswith(b"udfs.")), "pyspark.daemon")
         preloaded = "transformers.models.auto.tokenization_auto" in sys.modules
-        return pd.Series([f"{daemon} {preloaded}"] * len(ids))
+        own = sorted(n for n in sys.modules if n == "udfs" or n.startswith("udfs."))  # left to the worker
+        return pd.Series([f"{daemon} {preloaded} {own}"] * len(ids))
 
     rows = spark.range(0, 8, numPartitions=2).select(where("id").alias("w")).distinct().collect()
-    assert [r.w for r in rows] == ["udfs.worker_daemon True"]
+    assert [r.w for r in rows] == ["udfs.worker_daemon True []"]
 
 
 def test_every_preload_imports():
