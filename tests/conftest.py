@@ -260,34 +260,35 @@ def group_and_order(items: list[pytest.Item]) -> None:
             x = parent[x]
         return x
 
+    def file_of(path: Path) -> str:  # tests/spark/test_x.py: files of one name in two tiers stay apart
+        return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
     for item in items:
         for name in SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
-            a, b = find(item.path.name), find(f"fixture:{name}")
+            a, b = find(file_of(item.path)), find(f"fixture:{name}")
             parent[max(a, b)] = min(a, b)  # "fixture:..." sorts first; files of one group: the first
     rank = {"e2e": 0, "spark": 1, "unit": 2}
     tier: dict[str, int] = {}
     for item in items:
-        group = find(item.path.name)
+        group = find(file_of(item.path))
         tier[group] = min(tier.get(group, 3), rank.get(item.path.parent.name, 3))
     first = {}
     for i, item in enumerate(items):
-        group = find(item.path.name)
+        group = find(file_of(item.path))
         first.setdefault(group, i)
         item.add_marker(pytest.mark.xdist_group(group.removeprefix("fixture:").removesuffix(".py")))
     seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     weight: dict[str, float] = {}
     for path in {item.path for item in items}:
-        group = find(path.name)
-        weight[group] = weight.get(group, 0) + seconds.get(path.relative_to(ROOT).as_posix(), 0) \
-            if path.is_relative_to(ROOT) else 0
-    order = sorted(range(len(items)), key=lambda i: (-weight[find(items[i].path.name)],
-                                                     tier[find(items[i].path.name)],
-                                                     first[find(items[i].path.name)], i))
+        group = find(file_of(path))
+        weight[group] = weight.get(group, 0) + seconds.get(file_of(path), 0)
+    groups = [find(file_of(item.path)) for item in items]
+    order = sorted(range(len(items)), key=lambda i: (-weight[groups[i]], tier[groups[i]], first[groups[i]], i))
     items[:] = [items[i] for i in order]
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same tests
         groups = Path(os.environ["PROMPTSCORE_TEST_GROUPS"])
         partial = groups.with_name(f"{groups.name}.{os.environ['PYTEST_XDIST_WORKER']}")
-        partial.write_text(json.dumps({item.nodeid: find(item.path.name) for item in items}))
+        partial.write_text(json.dumps({item.nodeid: find(file_of(item.path)) for item in items}))
         partial.replace(groups)
 
 
@@ -307,7 +308,10 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:  # called once every worker has collected
                 self.groups = json.loads(Path(os.environ["PROMPTSCORE_TEST_GROUPS"]).read_text())
-            return self.groups.get(nodeid, nodeid)
+            # A test id may carry the "@group" suffix that other pytest-xdist versions add; a test
+            # not in the file (none should be) at least stays with the other tests of its file.
+            base = nodeid.split("@", 1)[0]
+            return self.groups.get(nodeid) or self.groups.get(base) or base.split("::", 1)[0]
 
     return GroupScheduling(config, log)
 
