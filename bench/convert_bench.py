@@ -124,6 +124,14 @@ def prepare(root: Path, files: int, file_kb: int, marker: Path | None = None) ->
     return files, size
 
 
+def label_and_property(value: str) -> tuple[str, str]:
+    """``LABEL:KEY=VALUE`` of ``--job-conf``: the label, and the property as ``--conf`` takes it."""
+    label, sep, prop = value.partition(":")
+    if not sep or not label or "=" not in prop:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected LABEL:KEY=VALUE")
+    return label, prop
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=4000)
@@ -137,9 +145,10 @@ def main() -> int:
                    help="also run the job of another checkout of this repository (an earlier commit, "
                    "e.g. made with `git worktree add DIR REV`) as a peer, interleaved with this one")
     p.add_argument("--only", help="run only these peers (comma-separated names, e.g. 'this job,earlier')")
-    p.add_argument("--job-conf", action="append", default=[], metavar="LABEL:K=V[,K=V...]",
-                   help="also run this job with these Spark properties as the peer 'this job (LABEL)', e.g. "
-                   "'pgc:spark.driver.extraJavaOptions=-XX:+UseParallelGC' (repeatable)")
+    p.add_argument("--job-conf", action="append", default=[], metavar="LABEL:K=V", type=label_and_property,
+                   help="also run this job with this Spark property as the peer 'this job (LABEL)', e.g. "
+                   "'pgc:spark.driver.extraJavaOptions=-XX:+UseParallelGC'; repeat it for more peers, or with "
+                   "the same LABEL for more properties of one peer")
     p.add_argument("--baseline-mb-s", type=float, default=0.0,
                    help="an earlier steady-state rate (write pass, MB/s per core) to compare the job's with")
     a = p.parse_args()
@@ -162,8 +171,8 @@ def main() -> int:
         **({"earlier": ["env", f"PYTHONPATH={Path(a.compare_checkout).resolve()}", *job_cmd(src)[:-5],
                         str(Path(a.compare_checkout).resolve() / "jobs" / "convert.py"), "--input", str(src),
                         "--output", "{out}"]} if a.compare_checkout else {}),
-        **{f"this job ({label})": job_cmd(src, tuple(x for kv in pairs.split(",") for x in ("--conf", kv)))
-           for label, pairs in (v.split(":", 1) for v in a.job_conf)},
+        **{f"this job ({label})": job_cmd(src, tuple(x for lb, kv in a.job_conf if lb == label for x in ("--conf", kv)))
+           for label in dict.fromkeys(lb for lb, _ in a.job_conf)},
         "naive Spark": [spark_submit, "--master", master, *common, "bench/naive_convert.py", str(src), "{out}"],
         "DuckDB": [sys.executable, "bench/duckdb_convert.py", str(src), "{out}", str(a.cores)],
     }
@@ -174,7 +183,7 @@ def main() -> int:
     loads: list[float] = []  # other work on the machine slows every peer alike: say how much there was
     for rep in range(a.repeat):
         for name, cmd in runs.items():
-            out = work / ("out-" + "".join(c if c.isalnum() else "-" for c in name.lower()))
+            out = work / f"out-{list(runs).index(name)}"
             shutil.rmtree(out, ignore_errors=True)
             if out.with_suffix(".parquet").exists():
                 out.with_suffix(".parquet").unlink()
