@@ -19,12 +19,13 @@ from promptscore import cli, errors, sparkapi
 from promptscore.convert import jsonl
 from promptscore.convert.inputs import INPUT_NAMES, InputIndex, select_input
 from promptscore.convert.options import ConvertOptions
-from promptscore.convert.schema import SchemaSample, sample_schema, with_required
+from promptscore.convert.schema import SAMPLE_HEAD_BYTES, SchemaSample, sample_schema, with_required
 from promptscore.io import hadoop
 from promptscore.io.files import File, lines_of
 from promptscore.io.reports import Phases, redact_uri
 
 DEFAULT_RATIO = 0.3  # Parquet bytes per input byte when no sample is read
+RATIO_SAMPLE_BYTES = 8 << 20  # at most this much of the schema sample's whole files measure the ratio
 
 
 @dataclass
@@ -59,13 +60,22 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
         raise errors.UsageError(f"no {INPUT_NAMES} files in {where}")
     open_cost, slots = _open_cost(spark), _task_slots(spark)
     measure = bool(index.files) and (opts.plan or index.bytes / opts.target_file_size > slots)
+    # Sampled files small enough to be read whole by the schema sample give the compression ratio
+    # from its records, with no read of their own (--plan reads them in Spark anyway, for the rate).
+    from_sample = measure and not opts.plan and explicit is None and _sampled_whole(index)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptscore-ratio") as pool:
-        # The compression ratio's read of the sampled files is planned while the schema is sampled.
-        reading = pool.submit(_sample_read, spark, index, opts.plan) if measure else None
-        schema, source, sample = _schema(spark, opts, explicit, index)
+        # Otherwise the ratio's read of the sampled files is planned while the schema is sampled.
+        reading = pool.submit(_sample_read, spark, index, opts.plan) if measure and not from_sample else None
+        schema, source, sample = _schema(spark, opts, explicit, index, RATIO_SAMPLE_BYTES if from_sample else 0)
         clock.lap("schema")
         ratio = None
         sampled = None
+        if from_sample:
+            ratio = ratio_of_records(sample.kept_records, sample.kept_bytes, opts.out.compression) if sample else None
+            if sample:
+                sample.kept_records = []
+            if ratio is None:  # values pyarrow cannot type alike, say: the sample is read in Spark after all
+                reading = pool.submit(_sample_read, spark, index, False)
         if reading is not None:
             # --plan reads the sample once more, to measure the rate: held in memory for both.
             sampled, rows = reading.result()
@@ -80,15 +90,15 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
 
 
 def _schema(spark: SparkSession, opts: ConvertOptions, explicit: StructType | None,
-            index: InputIndex) -> tuple[StructType, str, SchemaSample | None]:
+            index: InputIndex, keep_bytes: int = 0) -> tuple[StructType, str, SchemaSample | None]:
     """The schema (``explicit``, or from a sample of the input files), where it came from, and
-    the sample."""
+    the sample (keeping the records of ``keep_bytes`` of whole files)."""
     sample = None
     if explicit is not None:
         schema, source = explicit, "explicit"
     elif index.files:
         sample = sample_schema(spark, index.sample, max_line_bytes=opts.max_line_bytes,
-                               sizes={f.path: f.size for f in index.sample_files})
+                               sizes={f.path: f.size for f in index.sample_files}, keep_bytes=keep_bytes)
         schema, source = with_required(sample.schema, opts.required_fields), f"sample of {sample.files} files"
     else:
         schema, source = with_required(StructType([]), opts.required_fields), "nothing new to sample"
@@ -122,6 +132,33 @@ def sample_bytes(spark: SparkSession, index: InputIndex) -> int:
     if len(index.sample_files) == len(index.sample):
         return sum(f.size for f in index.sample_files)
     return sum(hadoop.file_size(spark, p) for p in index.sample)
+
+
+def _sampled_whole(index: InputIndex) -> bool:
+    """Whether the schema sample reads every sampled file whole (their sizes known and small)."""
+    return bool(index.sample) and len(index.sample_files) == len(index.sample) and \
+        all(f.size <= SAMPLE_HEAD_BYTES for f in index.sample_files)
+
+
+def ratio_of_records(records: list[dict], in_bytes: int, codec: str) -> float | None:
+    """Parquet bytes per input byte of ``records`` (parsed from ``in_bytes`` of whole files),
+    measured by writing them in memory, their types as pyarrow infers them; None when there is
+    nothing to measure or pyarrow cannot type the values alike (a field a number here, a string
+    there)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not records or in_bytes <= 0:
+        return None
+    try:
+        table = pa.Table.from_struct_array(pa.array(records))
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if table.num_columns == 0:
+        return None
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=None if codec == "none" else codec)
+    return min(1.0, max(0.02, buf.tell() / in_bytes))
 
 
 def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, schema: StructType,

@@ -258,16 +258,23 @@ class SchemaSample:
     unusable_lines: int = 0
     unreadable_files: list[str] = field(default_factory=list)
     distinct_share: dict[str, float] = field(default_factory=dict)
+    # The records of the first files read whole, and those files' bytes (``keep_bytes``): what the
+    # compression ratio is measured on, with no read of its own.
+    kept_records: list[dict] = field(default_factory=list, repr=False, compare=False)
+    kept_bytes: int = 0
 
 
 HEAD_READERS = 8  # sampled files' heads read at once (each a request on an object store)
+SAMPLE_HEAD_BYTES = 1 << 20  # read of each sampled file
 
 
-def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
-                  max_line_bytes: int = 64 << 20, sizes: dict[str, int] | None = None) -> SchemaSample:
+def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = SAMPLE_HEAD_BYTES,
+                  max_line_bytes: int = 64 << 20, sizes: dict[str, int] | None = None,
+                  keep_bytes: int = 0) -> SchemaSample:
     """Infer the schema of the JSONL files at ``paths`` from at most ``bytes_per_file`` of each
     (``sizes``: the files' sizes where the listing gave them, not asked again). The heads are
-    read ``HEAD_READERS`` at a time, and taken in the order of ``paths``.
+    read ``HEAD_READERS`` at a time, and taken in the order of ``paths``. The records of files
+    read whole are kept while their bytes stay within ``keep_bytes`` (``kept_records``).
 
     A file whose head cannot be read or decompressed is listed in ``unreadable_files`` and
     otherwise left to the job (which sets it aside as a reject).
@@ -293,6 +300,9 @@ def sample_schema(spark, paths: Iterable[str], bytes_per_file: int = 1 << 20,
                         counts[k] = counts.get(k, 0) + 1
             out.records += len(records)
             out.unusable_lines += unusable
+            if len(data) >= size and out.kept_bytes + size <= keep_bytes:
+                out.kept_records.extend(records)
+                out.kept_bytes += size
     out.schema = settle(acc) or StructType([])  # type: ignore[assignment]
     out.distinct_share = {k: len(distinct[k]) / n for k, n in counts.items()}
     return out

@@ -161,6 +161,23 @@ def test_many_small_files_are_packed_into_few_tasks_and_files(spark, tmp_path, c
     assert sum(pq.read_metadata(f).num_rows for f in files) == 6000
 
 
+def test_the_ratio_comes_from_the_sample_or_from_a_read_of_it_when_pyarrow_cannot_type_it(spark, tmp_path, capsys):
+    from promptscore.convert.plan import ratio_of_records
+
+    assert ratio_of_records([], 100, "zstd") is None
+    assert ratio_of_records([{"a": 1}, {"a": "x"}], 100, "zstd") is None  # a number here, a string there
+    assert 0.02 <= ratio_of_records([{"prompt": f"p{i}"} for i in range(100)], 1500, "zstd") <= 1.0
+    src = tmp_path / "in"
+    for i in range(40):  # "n" a number in some files and a string in others: Spark's schema says string
+        write_lines(src / f"f{i:02d}.jsonl", records(*(f"p{i}-{j}" for j in range(20)), n=i if i % 2 else f"s{i}"))
+    out = tmp_path / "out"
+    code, _, err = run_job("convert", ["--input", src, "--output", out, "--target-file-size", "1k"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "_report.json").read_text())
+    assert report["estimated_compression_ratio"] is not None and report["output_files"] > 2
+    assert report["rows_written"] == 800 and report["rows_rejected"] == 0
+
+
 def test_too_many_bad_lines_exit_3_after_writing_everything(spark, tmp_path, capsys):
     src = tmp_path / "in"
     write_lines(src / "f.jsonl", [*records(*(f"p{i}" for i in range(98))), "oops", "{bad"])
