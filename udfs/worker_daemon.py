@@ -50,9 +50,17 @@ def preload() -> list[str]:
 if os.environ.get("SPARK_SIMPLIFIED_TRACEBACK"):
     preload()
 
+def forget_own_modules() -> list[str]:
+    """Drop the project's own modules from ``sys.modules`` (``python -m udfs.worker_daemon``
+    imported the package ``udfs`` from where it is installed), so that the forked workers import
+    them afresh from their own ``sys.path``: a ``--py-files`` copy first, if there is one. The
+    names dropped."""
+    names = [n for n in sys.modules if n == "udfs" or n.startswith("udfs.")]
+    for name in names:
+        del sys.modules[name]
+    return names
+
+
 if __name__ == "__main__":
-    # `python -m udfs.worker_daemon` imported the package `udfs` from where it is installed; its
-    # workers import it afresh, from their own sys.path (a --py-files copy first, if there is one).
-    for _name in [n for n in sys.modules if n == "udfs" or n.startswith("udfs.")]:
-        del sys.modules[_name]
+    forget_own_modules()
     daemon.manager()
