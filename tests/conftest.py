@@ -282,8 +282,8 @@ def group_and_order(items: list[pytest.Item]) -> None:
     for path in {item.path for item in items}:
         group = find(file_of(path))
         weight[group] = weight.get(group, 0) + seconds.get(file_of(path), 0)
-    groups = [find(file_of(item.path)) for item in items]
-    order = sorted(range(len(items)), key=lambda i: (-weight[groups[i]], tier[groups[i]], first[groups[i]], i))
+    group_of = [find(file_of(item.path)) for item in items]
+    order = sorted(range(len(items)), key=lambda i: (-weight[group_of[i]], tier[group_of[i]], first[group_of[i]], i))
     items[:] = [items[i] for i in order]
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same tests
         groups = Path(os.environ["PROMPTSCORE_TEST_GROUPS"])

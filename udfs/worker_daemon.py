@@ -50,6 +50,7 @@ def preload() -> list[str]:
 if os.environ.get("SPARK_SIMPLIFIED_TRACEBACK"):
     preload()
 
+
 def forget_own_modules() -> list[str]:
     """Drop the project's own modules from ``sys.modules`` (``python -m udfs.worker_daemon``
     imported the package ``udfs`` from where it is installed), so that the forked workers import

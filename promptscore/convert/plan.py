@@ -70,10 +70,9 @@ def plan_convert(spark: SparkSession, opts: ConvertOptions, explicit: StructType
         clock.lap("schema")
         ratio = None
         sampled = None
-        if from_sample:
-            ratio = ratio_of_records(sample.kept_records, sample.kept_bytes, opts.out.compression) if sample else None
-            if sample:
-                sample.kept_records = []
+        if from_sample and sample:
+            ratio = ratio_of_records(sample.kept_records, sample.kept_bytes, opts.out.compression)
+            sample.kept_records = []  # the plan keeps the sample: not its records
             if ratio is None:  # values pyarrow cannot type alike, say: the sample is read in Spark after all
                 reading = pool.submit(_sample_read, spark, index, False)
         if reading is not None:
@@ -146,7 +145,6 @@ def ratio_of_records(records: list[dict], in_bytes: int, codec: str) -> float | 
     nothing to measure or pyarrow cannot type the values alike (a field a number here, a string
     there)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not records or in_bytes <= 0:
         return None
@@ -154,11 +152,7 @@ def ratio_of_records(records: list[dict], in_bytes: int, codec: str) -> float | 
         table = pa.Table.from_struct_array(pa.array(records))
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return None
-    if table.num_columns == 0:
-        return None
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression=None if codec == "none" else codec)
-    return min(1.0, max(0.02, buf.tell() / in_bytes))
+    return _parquet_ratio(table, in_bytes, codec) if table.num_columns else None
 
 
 def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, schema: StructType,
@@ -167,7 +161,6 @@ def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, 
     measured by writing the sampled records in memory; ``rows``: ``jsonl.line_rows(lines)`` made
     before."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if lines is None:
         return DEFAULT_RATIO
@@ -175,8 +168,15 @@ def estimate_ratio(spark: SparkSession, lines: DataFrame | None, in_bytes: int, 
     batches = sparkapi.collect_arrow(df)
     if in_bytes <= 0 or not batches:
         return DEFAULT_RATIO
+    return _parquet_ratio(pa.Table.from_batches(batches), in_bytes, codec)
+
+
+def _parquet_ratio(table, in_bytes: int, codec: str) -> float:
+    """Parquet bytes of ``table`` written in memory with ``codec``, per input byte (0.02 to 1)."""
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_batches(batches), buf, compression=None if codec == "none" else codec)
+    pq.write_table(table, buf, compression=None if codec == "none" else codec)
     return min(1.0, max(0.02, buf.tell() / in_bytes))
 
 
