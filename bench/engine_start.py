@@ -6,6 +6,11 @@
     python bench/engine_start.py call1 --dry ... ; ... call2 --dry ...       (a CPU: tiny model, transformers)
     python3 bench/engine_start.py daemon --work /tmp/engine-bench --out OUT  (<= 450 s: the job cold, then warm
                                                                            with and without udfs.worker_daemon)
+    python3 bench/engine_start.py more --work /tmp/engine-bench --out OUT    (<= 590 s, right after daemon: more
+                                                                           warm runs, without and with it in turn)
+    python3 bench/engine_start.py mega --work /tmp/engine-bench --out OUT    (<= 480 s, a fresh machine: imports
+                                                                           profiled, the job cold and warm with
+                                                                           VLLM_USE_MEGA_AOT_ARTIFACT=1)
 
 ``call1`` (one fresh GPU machine, <= 560 s): ``prepare`` (a random-weight Qwen2.5-1.5B-shaped model
 in bf16 with a tokenizer built here, 8,192 prompts of 223-1,867 tokens in 4 Parquet files) while
@@ -332,7 +337,7 @@ def gpu_idle(c: Call, timeout_s: float = 90.0) -> None:
 
 
 def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = DAEMON,
-            engine_args: dict | None = None, variant: str = "default") -> None:
+            engine_args: dict | None = None, variant: str = "default", extra_env: dict | None = None) -> None:
     """``spark-submit jobs/score.py`` on the prompts, timed whole; the report's engine, its start
     parts and the scores in ``job-<label>.json``. ``variant`` names the engine cache (one per
     engine configuration, so that a variant's cold run is cold)."""
@@ -356,7 +361,8 @@ def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, con
     # Python workers and the engine hosts import it from PYTHONPATH.
     env = {"PROMPTSCORE_RUNTIME_DIR": str(runtime), "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_HOME": str(spark_home()),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           **(extra_env or {})}
     submitted = time.time()
     code, wall = c.run(name, argv, limit_s, env, need_s)
     gpu_idle(c, 60)
@@ -466,6 +472,50 @@ def daemon(a) -> None:
         c.finish()
 
 
+def more(a) -> None:
+    """Right after ``daemon`` on the same machine: more warm runs, with Spark's own Python daemon
+    and with the profiles' in turn, for as long as the call's deadline allows."""
+    if not (Path(a.work) / "job-cache").is_dir():
+        print(f"engine_start: no job cache of the daemon call in {a.work} (a fresh machine?): run daemon first, "
+              "on the same machine", file=sys.stderr)
+        raise SystemExit(2)
+    c = Call(a)
+    c.say("more: the job warm, under pyspark.daemon and udfs.worker_daemon in turn")
+    try:
+        for n in range(2, 8):
+            job_run(c, f"warm-nodaemon{n}", fresh=False, limit_s=150, need_s=75, conf=())
+            job_run(c, f"warm{n + 1}", fresh=False, limit_s=150, need_s=75)
+    finally:
+        c.finish()
+
+
+MEGA = {"VLLM_USE_MEGA_AOT_ARTIFACT": "1"}  # vLLM's default from torch 2.12; opt-in on 2.11
+
+
+def imports(c: Call) -> None:
+    """The engine host's imports under ``-X importtime`` (warm page cache, byte-compiled)."""
+    code = ("import torch; from vllm import AsyncEngineArgs, AsyncLLMEngine, ModelRegistry, PoolingParams; "
+            "from vllm.inputs import tokens_input")
+    for n in (1, 2):
+        c.run(f"importtime{n}", [sys.executable, "-X", "importtime", "-c", code], 90, need_s=40)
+
+
+def mega(a) -> None:
+    """One call on a fresh machine: prepare, the host's imports profiled, then the job cold and
+    warm twice with ``VLLM_USE_MEGA_AOT_ARTIFACT=1`` (compiled graphs loaded as one artifact)."""
+    c = Call(a)
+    c.say(f"mega: prepare, imports, the job cold, warm, warm with {MEGA} ({c.model})")
+    try:
+        prepare(c)
+        imports(c)
+        gpu_idle(c)
+        job_run(c, "cold-mega", fresh=True, limit_s=240, need_s=100, variant="mega", extra_env=MEGA)
+        job_run(c, "warm-mega", fresh=False, limit_s=150, need_s=75, variant="mega", extra_env=MEGA)
+        job_run(c, "warm-mega2", fresh=False, limit_s=150, need_s=75, variant="mega", extra_env=MEGA)
+    finally:
+        c.finish()
+
+
 def call2(a) -> None:
     model = Path(a.work) / ("tiny" if a.dry else "qwen1.5b")
     if not (Path(a.work) / "job-cache").is_dir() or not (model / "config.json").exists():
@@ -530,6 +580,7 @@ def report_text(results: Path) -> str:
     cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "job-warm2", "job-warm-nodaemon",
                         "bare-eager", "host-spawn",
                         "bare-cold-nochunk", "job-cold-nochunk", "bare-warm-nochunk", "job-warm-nochunk") if n in runs]
+    cols += sorted(n for n in runs if n.startswith(("job-warm", "job-cold")) and n not in cols)
     lines = ["| start part, s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     keys = [*PART_KEYS, "compile_cache_hit", "cuda_graphs", "mp_method"]
     for k in keys:
@@ -558,6 +609,7 @@ def report_text(results: Path) -> str:
                          f"start difference {_fmt((j.get('engine_start_s') or 0) - (b.get('engine_start_s') or 0))} s; "
                          f"busy {_fmt(b.get('busy_s'))} s and {_fmt(j.get('busy_s'))} s; "
                          f"scores: {compare(j.get('scores') or [], b.get('scores') or [])}")
+    lines += _daemon_summary(runs)
     if runs.get("bare-eager") and runs.get("bare-cold"):
         lines.append(f"- bare eager vs bare compiled scores: "
                      f"{compare(runs['bare-eager']['scores'], runs['bare-cold']['scores'])}")
@@ -565,6 +617,23 @@ def report_text(results: Path) -> str:
         for p in runs[n].get("progress_lines") or []:
             lines.append(f"- {n} progress: `{p}`")
     return "\n".join(lines) + "\n"
+
+
+def _daemon_summary(runs: dict[str, dict]) -> list[str]:
+    """Warm engine starts and whole processes with and without the profiles' Python daemon."""
+    import statistics
+
+    warm = [n for n in runs if n.startswith("job-warm") and "nochunk" not in n and "mega" not in n and runs[n].get("engine_start_s")]
+    lines = []
+    for title, names in (("udfs.worker_daemon", [n for n in warm if "nodaemon" not in n]),
+                         ("pyspark.daemon", [n for n in warm if "nodaemon" in n])):
+        if names:
+            starts = [runs[n]["engine_start_s"] for n in names]
+            whole = [runs[n]["process_s"] for n in names if runs[n].get("process_s")]
+            lines.append(f"- warm under {title}, {len(names)} runs: engine start "
+                         f"{', '.join(f'{x:.1f}' for x in starts)} s (median {statistics.median(starts):.1f}); "
+                         f"whole process median {statistics.median(whole):.1f} s" if whole else "")
+    return [x for x in lines if x]
 
 
 def report(a) -> None:
@@ -577,7 +646,9 @@ def report(a) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
-    for name, fn, deadline in (("call1", call1, 550), ("call2", call2, 290), ("daemon", daemon, 440)):
+    for name, fn, deadline in (("call1", call1, 550), ("call2", call2, 290), ("daemon", daemon, 440),
+                               ("more", more, 580),
+                               ("mega", mega, 480)):
         s = sub.add_parser(name)
         s.add_argument("--work", default="/tmp/engine-bench")
         s.add_argument("--out", required=True)

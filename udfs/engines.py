@@ -376,4 +376,16 @@ class VllmEngine:
         if self.llm is not None:
             self.llm.shutdown()
         self.llm = None
-        self.loop.close()
+        close_loop(self.loop)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop, timeout_s: float = 5.0) -> None:
+    """Cancel the tasks still pending in ``loop`` (vLLM's output handlers, after its shutdown),
+    let them end for up to ``timeout_s``, then close it. Closed with them pending, each would end
+    later, in the garbage collector, by logging an error traceback about a closed event loop."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=timeout_s))
+    loop.close()
