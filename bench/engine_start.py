@@ -623,7 +623,8 @@ def _daemon_summary(runs: dict[str, dict]) -> list[str]:
     """Warm engine starts and whole processes with and without the profiles' Python daemon."""
     import statistics
 
-    warm = [n for n in runs if n.startswith("job-warm") and "nochunk" not in n and "mega" not in n and runs[n].get("engine_start_s")]
+    warm = [n for n in runs if n.startswith("job-warm") and not any(v in n for v in ("nochunk", "mega"))
+            and runs[n].get("engine_start_s")]
     lines = []
     for title, names in (("udfs.worker_daemon", [n for n in warm if "nodaemon" not in n]),
                          ("pyspark.daemon", [n for n in warm if "nodaemon" in n])):
