@@ -472,13 +472,20 @@ def daemon(a) -> None:
         c.finish()
 
 
+def after(a, step: str) -> None:
+    """Exit 2 with one line unless ``step`` left its model and job cache in ``--work`` (the steps
+    that follow it run on the same machine, right after)."""
+    model = Path(a.work) / ("tiny" if a.dry else "qwen1.5b")
+    if not (Path(a.work) / "job-cache").is_dir() or not (model / "config.json").exists():
+        print(f"engine_start: no model or job cache of {step} in {a.work} (a fresh machine?): run {step} first, "
+              "on the same machine", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def more(a) -> None:
     """Right after ``daemon`` on the same machine: more warm runs, with Spark's own Python daemon
     and with the profiles' in turn, for as long as the call's deadline allows."""
-    if not (Path(a.work) / "job-cache").is_dir():
-        print(f"engine_start: no job cache of the daemon call in {a.work} (a fresh machine?): run daemon first, "
-              "on the same machine", file=sys.stderr)
-        raise SystemExit(2)
+    after(a, "daemon")
     c = Call(a)
     c.say("more: the job warm, under pyspark.daemon and udfs.worker_daemon in turn")
     try:
@@ -517,11 +524,7 @@ def mega(a) -> None:
 
 
 def call2(a) -> None:
-    model = Path(a.work) / ("tiny" if a.dry else "qwen1.5b")
-    if not (Path(a.work) / "job-cache").is_dir() or not (model / "config.json").exists():
-        print(f"engine_start: no model or job cache of call 1 in {a.work} (a fresh machine?): run call1 first, "
-              "on the same machine", file=sys.stderr)
-        raise SystemExit(2)
+    after(a, "call1")
     c = Call(a)
     more = ("both with enable_chunked_prefill=False, the job again" if a.set == "prefill"
             else "an engine host alone under spawn")
