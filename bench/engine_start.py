@@ -337,7 +337,7 @@ def gpu_idle(c: Call, timeout_s: float = 90.0) -> None:
 
 
 def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, conf: tuple[str, ...] = DAEMON,
-            engine_args: dict | None = None, variant: str = "default", extra_env: dict | None = None) -> None:
+            engine_args: dict | None = None, variant: str = "default") -> None:
     """``spark-submit jobs/score.py`` on the prompts, timed whole; the report's engine, its start
     parts and the scores in ``job-<label>.json``. ``variant`` names the engine cache (one per
     engine configuration, so that a variant's cold run is cold)."""
@@ -361,8 +361,7 @@ def job_run(c: Call, label: str, fresh: bool, limit_s: float, need_s: float, con
     # Python workers and the engine hosts import it from PYTHONPATH.
     env = {"PROMPTSCORE_RUNTIME_DIR": str(runtime), "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_HOME": str(spark_home()),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           **(extra_env or {})}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     submitted = time.time()
     code, wall = c.run(name, argv, limit_s, env, need_s)
     gpu_idle(c, 60)
@@ -496,9 +495,6 @@ def more(a) -> None:
         c.finish()
 
 
-MEGA = {"VLLM_USE_MEGA_AOT_ARTIFACT": "1"}  # vLLM's default from torch 2.12; opt-in on 2.11
-
-
 def imports(c: Call) -> None:
     """The engine host's imports under ``-X importtime`` (warm page cache, byte-compiled)."""
     code = ("import torch; from vllm import AsyncEngineArgs, AsyncLLMEngine, ModelRegistry, PoolingParams; "
@@ -509,16 +505,17 @@ def imports(c: Call) -> None:
 
 def mega(a) -> None:
     """One call on a fresh machine: prepare, the host's imports profiled, then the job cold and
-    warm twice with ``VLLM_USE_MEGA_AOT_ARTIFACT=1`` (compiled graphs loaded as one artifact)."""
+    warm twice with ``VLLM_USE_MEGA_AOT_ARTIFACT=1`` (compiled graphs loaded as one artifact; the
+    engine host sets it unless the environment does, ``udfs.engine_client.HOST_ENV_DEFAULTS``)."""
     c = Call(a)
-    c.say(f"mega: prepare, imports, the job cold, warm, warm with {MEGA} ({c.model})")
+    c.say(f"mega: prepare, imports, the job cold, warm, warm with the compiled artifact ({c.model})")
     try:
         prepare(c)
         imports(c)
         gpu_idle(c)
-        job_run(c, "cold-mega", fresh=True, limit_s=240, need_s=100, variant="mega", extra_env=MEGA)
-        job_run(c, "warm-mega", fresh=False, limit_s=150, need_s=75, variant="mega", extra_env=MEGA)
-        job_run(c, "warm-mega2", fresh=False, limit_s=150, need_s=75, variant="mega", extra_env=MEGA)
+        job_run(c, "cold-mega", fresh=True, limit_s=240, need_s=100, variant="mega")
+        job_run(c, "warm-mega", fresh=False, limit_s=150, need_s=75, variant="mega")
+        job_run(c, "warm-mega2", fresh=False, limit_s=150, need_s=75, variant="mega")
     finally:
         c.finish()
 
