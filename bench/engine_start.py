@@ -7,7 +7,8 @@
     python3 bench/engine_start.py daemon --work /tmp/engine-bench --out OUT  (<= 450 s: the job cold, then warm
                                                                            with and without udfs.worker_daemon)
     python3 bench/engine_start.py more --work /tmp/engine-bench --out OUT    (<= 590 s, right after daemon: more
-                                                                           warm runs, without and with it in turn)
+                                                                           warm runs, without and with it in turn;
+                                                                           again for more, numbered on)
     python3 bench/engine_start.py mega --work /tmp/engine-bench --out OUT    (<= 480 s, a fresh machine: imports
                                                                            profiled, the job cold and warm with
                                                                            VLLM_USE_MEGA_AOT_ARTIFACT=1)
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -481,14 +483,26 @@ def after(a, step: str) -> None:
         raise SystemExit(2)
 
 
+def first_round(results: Path) -> int:
+    """The first round of ``more`` whose runs are not in ``results`` yet: ``more`` again on the same
+    machine adds runs (``job-warm-nodaemon<n>``, ``job-warm<n+1>``) instead of replacing them."""
+    rounds = [2]
+    for p in results.glob("job-warm*.json"):
+        m = re.fullmatch(r"job-warm(-nodaemon)?(\d+)\.json", p.name)
+        if m:
+            rounds.append(int(m.group(2)) + (1 if m.group(1) else 0))
+    return max(rounds)
+
+
 def more(a) -> None:
     """Right after ``daemon`` on the same machine: more warm runs, with Spark's own Python daemon
     and with the profiles' in turn, for as long as the call's deadline allows."""
     after(a, "daemon")
     c = Call(a)
-    c.say("more: the job warm, under pyspark.daemon and udfs.worker_daemon in turn")
+    first = first_round(c.results)
+    c.say(f"more: the job warm, under pyspark.daemon and udfs.worker_daemon in turn, from round {first}")
     try:
-        for n in range(2, 8):
+        for n in range(first, first + 6):
             job_run(c, f"warm-nodaemon{n}", fresh=False, limit_s=150, need_s=75, conf=())
             job_run(c, f"warm{n + 1}", fresh=False, limit_s=150, need_s=75)
     finally:
