@@ -594,7 +594,7 @@ def report_text(results: Path) -> str:
     cols = [n for n in ("bare-cold", "job-cold", "bare-warm", "job-warm", "job-warm2", "job-warm-nodaemon",
                         "bare-eager", "host-spawn",
                         "bare-cold-nochunk", "job-cold-nochunk", "bare-warm-nochunk", "job-warm-nochunk") if n in runs]
-    cols += sorted(n for n in runs if n.startswith(("job-warm", "job-cold")) and n not in cols)
+    cols += sorted((n for n in runs if n.startswith(("job-warm", "job-cold")) and n not in cols), key=_in_rounds)
     lines = ["| start part, s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     keys = [*PART_KEYS, "compile_cache_hit", "cuda_graphs", "mp_method"]
     for k in keys:
@@ -633,12 +633,18 @@ def report_text(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _in_rounds(name: str) -> tuple[str, int]:
+    """``job-warm10`` after ``job-warm9``: a run's name without its round, then the round."""
+    m = re.fullmatch(r"(.*?)(\d*)", name)
+    return m.group(1), int(m.group(2) or 0)
+
+
 def _daemon_summary(runs: dict[str, dict]) -> list[str]:
     """Warm engine starts and whole processes with and without the profiles' Python daemon."""
     import statistics
 
-    warm = [n for n in runs if n.startswith("job-warm") and not any(v in n for v in ("nochunk", "mega"))
-            and runs[n].get("engine_start_s")]
+    warm = sorted((n for n in runs if n.startswith("job-warm") and not any(v in n for v in ("nochunk", "mega"))
+                   and runs[n].get("engine_start_s")), key=_in_rounds)
     lines = []
     for title, names in (("udfs.worker_daemon", [n for n in warm if "nodaemon" not in n]),
                          ("pyspark.daemon", [n for n in warm if "nodaemon" in n])):
@@ -646,9 +652,9 @@ def _daemon_summary(runs: dict[str, dict]) -> list[str]:
             starts = [runs[n]["engine_start_s"] for n in names]
             whole = [runs[n]["process_s"] for n in names if runs[n].get("process_s")]
             lines.append(f"- warm under {title}, {len(names)} runs: engine start "
-                         f"{', '.join(f'{x:.1f}' for x in starts)} s (median {statistics.median(starts):.1f}); "
-                         f"whole process median {statistics.median(whole):.1f} s" if whole else "")
-    return [x for x in lines if x]
+                         f"{', '.join(f'{x:.1f}' for x in starts)} s (median {statistics.median(starts):.1f})"
+                         + (f"; whole process median {statistics.median(whole):.1f} s" if whole else ""))
+    return lines
 
 
 def report(a) -> None:
