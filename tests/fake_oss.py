@@ -90,7 +90,9 @@ def submit_args(jar: Path, root: str | os.PathLike, **kwargs) -> list[str]:
 
 
 def _fs_class(spark):
-    return getattr(spark.sparkContext._jvm, CLASS)
+    from promptscore import sparkapi
+
+    return getattr(sparkapi.jvm(spark), CLASS)
 
 
 def counts(spark) -> dict[str, int]:

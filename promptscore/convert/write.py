@@ -213,4 +213,5 @@ def _write_rejects(spark: SparkSession, opts: ConvertOptions, plan: ConvertPlan,
     counted = rejects.observe(obs, *[count_if(reason == r).alias(r) for r in all_reasons])
     output.write_parquet(spark, counted.coalesce(max(1, min(len(result.reject_files) + len(result.bad_files), 16))),
                          path, opts.out.compression)
-    return {r: int(obs.get[r] or 0) for r in all_reasons if obs.get[r]}
+    got = obs.get  # each .get reads the whole map from the JVM
+    return {r: int(got[r] or 0) for r in all_reasons if got[r]}

@@ -105,7 +105,8 @@ class _ChunkWriter:
             output.write_parquet(spark, final_rows(observed_metrics(score_rows(df, self.udf, opts.text_col,
                                                                                opts.response_col), obs)),
                                  pcs.tmp(chunk), opts.out.compression, group)
-            counts = {k: obs.get[k] for k in COUNTS}
+            got = obs.get  # each .get reads the whole map from the JVM
+            counts = {k: got[k] for k in COUNTS}
             self.out.verify_lock()  # a run whose lock was taken over commits nothing more
             marker = pcs.commit(chunk, self.out.run_id, counts, time.monotonic() - start)
             self.markers.append(marker)

@@ -42,6 +42,19 @@ def test_the_jvm_the_context_and_the_hadoop_confs(spark):
     assert sparkapi.driver_stderr() is not None
 
 
+def test_java_names_reach_classes_their_statics_and_inner_classes_without_lookups(spark):
+    from py4j.java_gateway import JavaClass
+
+    jvm = sparkapi.jvm(spark)
+    path = jvm.org.apache.hadoop.fs.Path
+    assert isinstance(path, JavaClass) and path("/a/b").getName() == "b"
+    assert getattr(jvm, "java.lang.Integer").MAX_VALUE == 2**31 - 1
+    assert jvm.java.util.AbstractMap.SimpleEntry("k", 1).getKey() == "k"  # an inner class
+    assert str(jvm.java.lang.Class.forName("java.util.Map$Entry").getName()) == "java.util.Map$Entry"
+    with pytest.raises(Exception, match="no.such.Thing"):  # a class that is not there fails when used
+        jvm.no.such.Thing()
+
+
 def test_add_jar_puts_classes_on_the_session_class_path(spark):
     from promptscore.convert import reader
 
