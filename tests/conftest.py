@@ -69,17 +69,37 @@ def readahead_jar() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def spark(fake_oss_store, readahead_jar):
+def lookup_cache_jar() -> Path | None:
+    """``tests/jvm/ClassLookupCache.java`` compiled (once per source and pyspark version, as the
+    fake ``oss://`` is); None without ``javac``, and the session then looks classes up as py4j does."""
+    import hashlib
+
+    import pyspark
+
+    from promptscore.convert.reader import compile_jar, javac
+
+    source = TESTS / "jvm" / "ClassLookupCache.java"
+    if javac() is None:
+        return None
+    digest = hashlib.sha256(source.read_bytes() + pyspark.__version__.encode()).hexdigest()[:16]
+    jar = Path(tempfile.gettempdir()) / "promptscore-test-jvm" / f"lookup-cache-{digest}.jar"
+    return jar if jar.is_file() else compile_jar(source, jar)
+
+
+@pytest.fixture(scope="session")
+def spark(fake_oss_store, readahead_jar, lookup_cache_jar):
     """A local[2] SparkSession shared by every test (the jobs reuse it through getActiveSession);
-    ``oss://`` paths go to ``fake_oss_store``; the read-ahead reader is on its class path."""
+    ``oss://`` paths go to ``fake_oss_store``; the read-ahead reader is on its class path; py4j's
+    failed class lookups are remembered (``lookup_cache_jar``)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
     conf = fake_oss_store.spark_conf()
-    if readahead_jar:
-        conf["spark.jars"] = ",".join(filter(None, [conf.get("spark.jars"), str(readahead_jar)]))
+    for jar in (readahead_jar, lookup_cache_jar):
+        if jar:
+            conf["spark.jars"] = ",".join(filter(None, [conf.get("spark.jars"), str(jar)]))
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = (
@@ -98,6 +118,10 @@ def spark(fake_oss_store, readahead_jar):
         .config("spark.python.daemon.module", "udfs.worker_daemon")
         .getOrCreate()
     )
+    if lookup_cache_jar:  # py4j's lookups of names that are not classes, answered once (see the Java)
+        from promptscore import sparkapi
+
+        sparkapi.jvm(session).promptscore.testjvm.ClassLookupCache.install()
     yield session
     from udfs import engine_client
 

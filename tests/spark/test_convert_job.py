@@ -285,7 +285,7 @@ def test_progress_lines_while_writing(spark, tmp_path, capsys):
     src = tmp_path / "in"
     for i in range(120):
         write_lines(src / f"d{i % 10}" / f"f{i:03d}.jsonl", records(*(f"prompt {i}-{j}" for j in range(400))))
-    spark.conf.set("spark.promptscore.progress.interval", "0.2")
+    spark.conf.set("spark.promptscore.progress.interval", "0.05")
     try:
         code, _, err = run_job("convert", ["--input", src, "--output", tmp_path / "out"], capsys)
     finally:
