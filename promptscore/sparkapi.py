@@ -16,8 +16,8 @@ Spark 3.5 column):
 =============================================  ==================================  ====================================
 call                                           Spark 3.5 (tested)                  Spark 4.0
 =============================================  ==================================  ====================================
-``SparkContext._jsc`` / ``_gateway`` (its       JavaSparkContext, py4j gateway      same (classic)
-``_gateway_client``) / ``_ensure_initialized``
+``SparkContext._jsc`` / ``_gateway`` /         JavaSparkContext, py4j gateway      same (classic)
+``_gateway_client`` / ``_ensure_initialized``
 ``SparkSession._jsparkSession``                ``org.apache.spark.sql.SparkSession``  ``...classic.SparkSession``;
                                                                                    the methods used here are on it
 ``DataFrame(jdf, session)``                    ``pyspark.sql.DataFrame``           ``...classic.dataframe.DataFrame``
