@@ -43,7 +43,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # server defaults, and so does loading Spark's own classes (and those Spark generates) without
 # verifying their bytecode again (a tenth of the JVMs' CPU in `make test-fast`). Through the
 # launcher's SPARK_SUBMIT_OPTS, so that every spark-submit inherits it.
-TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:+UnlockDiagnosticVMOptions -XX:-BytecodeVerificationRemote"
+TEST_JVM_OPTS = ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC "
+                 "-XX:+UnlockDiagnosticVMOptions -XX:-BytecodeVerificationRemote")
 os.environ.setdefault("SPARK_SUBMIT_OPTS", f"{TEST_JVM_OPTS} '-Dspark.executor.extraJavaOptions={TEST_JVM_OPTS}'")
 
 
