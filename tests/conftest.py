@@ -75,18 +75,8 @@ def readahead_jar() -> Path | None:
 def lookup_cache_jar() -> Path | None:
     """``tests/jvm/ClassLookupCache.java`` compiled (once per source and pyspark version, as the
     fake ``oss://`` is); None without ``javac``, and the session then looks classes up as py4j does."""
-    import hashlib
-
-    import pyspark
-
-    from promptscore.convert.reader import compile_jar, javac
-
-    source = TESTS / "jvm" / "ClassLookupCache.java"
-    if javac() is None:
-        return None
-    digest = hashlib.sha256(source.read_bytes() + pyspark.__version__.encode()).hexdigest()[:16]
-    jar = Path(tempfile.gettempdir()) / "promptscore-test-jvm" / f"lookup-cache-{digest}.jar"
-    return jar if jar.is_file() else compile_jar(source, jar)
+    return fake_oss.cached_jar(TESTS / "jvm" / "ClassLookupCache.java",
+                               Path(tempfile.gettempdir()) / "promptscore-test-jvm", "lookup-cache")
 
 
 @pytest.fixture(scope="session")

@@ -36,14 +36,19 @@ def build_jar(cache_dir: str | os.PathLike | None = None) -> Path | None:
 
     A compile error raises: a broken source must fail the run, not skip its tests.
     """
+    return cached_jar(SOURCE, Path(cache_dir or Path(tempfile.gettempdir()) / "promptscore-fake-oss"), "fake-oss")
+
+
+def cached_jar(source: Path, cache: Path, name: str) -> Path | None:
+    """``source`` compiled into ``cache/<name>-<digest>.jar``, once per source and pyspark
+    version (a rerun finds it at once); None without ``javac``."""
     import pyspark
 
     if javac() is None:
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + pyspark.__version__.encode()).hexdigest()[:16]
-    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "promptscore-fake-oss")
-    jar = cache / f"fake-oss-{digest}.jar"
-    return jar if jar.is_file() else compile_jar(SOURCE, jar)
+    digest = hashlib.sha256(source.read_bytes() + pyspark.__version__.encode()).hexdigest()[:16]
+    jar = cache / f"{name}-{digest}.jar"
+    return jar if jar.is_file() else compile_jar(source, jar)
 
 
 def hadoop_conf(delays_ms: dict[str, int] | None = None, counters_file: str | os.PathLike | None = None,
